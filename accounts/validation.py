@@ -1,0 +1,59 @@
+"""Turning msgspec's decode errors into (field, reason) pairs.
+
+msgspec reports ``Expected `int` >= 1 - at `$.concurrency``` and, for unknown
+fields and ``__post_init__`` errors, the enclosing object's path with the field
+named in the message. Config loading and every API body use this one function,
+so a bad value is reported the same way wherever it came from.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+
+from .errors import BadRequest, ValidationFailed
+
+T = TypeVar("T")
+
+_PATH_IN_MSG = re.compile(r"\s*-\s*at `\$(.*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`$")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`$")
+_FIELD_REASON = re.compile(r"^([a-z_][a-z0-9_]*): (.+)$")
+
+
+def field_error(exc: msgspec.ValidationError | ValueError) -> tuple[str, str]:
+    """``(dotted.field.path, reason)`` for one msgspec validation error."""
+    message = str(exc)
+    match = _PATH_IN_MSG.search(message)
+    path = match.group(1).lstrip(".") if match else ""
+    reason = _PATH_IN_MSG.sub("", message) if match else message
+    for pattern, fixed in (
+        (_UNKNOWN, "unknown field"),
+        (_MISSING, "required"),
+        (_FIELD_REASON, None),
+    ):
+        m = pattern.match(reason)
+        if m:
+            name = m.group(1)
+            return (f"{path}.{name}" if path else name), fixed or m.group(2)
+    return path or "$", reason
+
+
+def decode_json(body: bytes, type_: type[T]) -> T:
+    """Decode and validate a JSON body; 400 if not JSON, 422 naming the field otherwise."""
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed([field_error(exc)]) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest([("$", f"body is not valid JSON: {exc}")]) from None
+
+
+def convert(data: Any, type_: type[T]) -> T:
+    """Validate an already-decoded value (CLI input, CSV rows) into ``type_``; 422 on error."""
+    try:
+        return msgspec.convert(data, type_)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed([field_error(exc)]) from None

@@ -1,0 +1,187 @@
+"""Configuration: one TOML file decoded into frozen structs, overridable by env.
+
+Lookup order for the file: ``--config PATH``, then ``$STATIONMASTER_CONFIG``, then
+``./stationmaster.toml``, then ``/etc/stationmaster/stationmaster.toml``; with none
+of them present every key takes its default.
+
+Every key ``[section] key`` can be overridden by ``STATIONMASTER_SECTION_KEY``.
+Environment values are read as TOML values (``8080``, ``true``, ``["a", "b"]``,
+``1.5``) and, when that does not parse or the key is a string, as the raw string.
+Environment variables naming a known section but an unknown key are errors, like
+unknown keys in the file; variables naming no section (``STATIONMASTER_STATE_DIR``,
+``STATIONMASTER_TEST_*``) are left alone.
+
+Errors are :class:`~accounts.errors.ConfigError` with the dotted key path and the
+reason; the CLI prints them and exits 2 before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, get_args, get_origin
+
+import msgspec
+
+from accounts.crypto import CryptoConfig
+from accounts.db import DatabaseConfig
+from accounts.errors import ConfigError
+from accounts.validation import field_error
+from snapshot.redis import RedisConfig
+
+ENV_PREFIX = "STATIONMASTER_"
+DEFAULT_PATHS = (Path("stationmaster.toml"), Path("/etc/stationmaster/stationmaster.toml"))
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    # 0 picks a free port (tests, `stationmaster dev`); the bound URL is logged.
+    port: Port = 8080
+    # Admin bodies (an import of many accounts) are the largest legitimate ones.
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    # Time SIGTERM gives in-flight requests before they are cancelled.
+    drain_timeout_s: PositiveFloat = 10.0
+    keep_alive_timeout_s: PositiveFloat = 5.0
+
+
+class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Bearer tokens. Empty lists disable the corresponding routes (every call 401)."""
+
+    admin_tokens: list[Annotated[str, msgspec.Meta(min_length=16)]] = msgspec.field(
+        default_factory=list
+    )
+    gateway_tokens: list[Annotated[str, msgspec.Meta(min_length=16)]] = msgspec.field(
+        default_factory=list
+    )
+
+
+class SupervisorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Restart delay starts here and doubles per consecutive crash, capped below.
+    backoff_initial_s: PositiveFloat = 0.1
+    backoff_max_s: PositiveFloat = 30.0
+    # An essential actor crashing more than max_restarts times inside window_s
+    # ends the daemon (exit 1) so systemd restarts the whole process.
+    max_restarts: PositiveInt = 5
+    window_s: PositiveFloat = 60.0
+
+
+class HealthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    probe_interval_s: PositiveFloat = 1.0
+    probe_timeout_s: PositiveFloat = 1.0
+    # Loop lag above this makes /livez fail and stops systemd watchdog pings.
+    max_loop_lag_s: PositiveFloat = 2.0
+
+
+class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    level: str = "info"
+    # "auto": console renderer on a TTY, JSON lines otherwise.
+    format: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.level.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("level: must be one of debug, info, warning, error")
+        if self.format not in {"auto", "json", "console"}:
+            raise ValueError("format: must be one of auto, json, console")
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The whole configuration, built once at start and passed down."""
+
+    database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    crypto: CryptoConfig = msgspec.field(default_factory=CryptoConfig)
+    supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+
+_SECTIONS: dict[str, type[msgspec.Struct]] = {
+    f.name: f.type
+    for f in msgspec.structs.fields(Config)  # type: ignore[misc]
+}
+
+
+def find_config_file(
+    explicit: str | os.PathLike[str] | None, env: Mapping[str, str]
+) -> Path | None:
+    """The file to read, or None for all defaults; an explicit path must exist."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError("--config", f"no such file: {path}")
+        return path
+    if env.get(ENV_PREFIX + "CONFIG"):
+        path = Path(env[ENV_PREFIX + "CONFIG"])
+        if not path.is_file():
+            raise ConfigError(ENV_PREFIX + "CONFIG", f"no such file: {path}")
+        return path
+    return next((p for p in DEFAULT_PATHS if p.is_file()), None)
+
+
+def _env_value(raw: str, field_type: Any) -> Any:
+    if get_origin(field_type) is Annotated:
+        field_type = get_args(field_type)[0]
+    if field_type is str:
+        return raw
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    # Longest section names first so that a section whose name prefixes another
+    # (none today) would still match correctly.
+    sections = sorted(_SECTIONS, key=len, reverse=True)
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            continue
+        key = rest[len(section) + 1 :]
+        fields = {f.name: f.type for f in msgspec.structs.fields(_SECTIONS[section])}
+        if key not in fields:
+            raise ConfigError(f"{section}.{key}", f"unknown key (from environment {name})")
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(section, "must be a table")
+        data[section][key] = _env_value(raw, fields[key])
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Read, merge and validate; raises ConfigError naming the key and the reason."""
+    env = os.environ if env is None else env
+    file = find_config_file(path, env)
+    data: dict[str, Any] = {}
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(file), f"not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(str(file), f"cannot read: {exc.strerror}") from exc
+    _apply_env(data, env)
+    return parse_config(data)
+
+
+def parse_config(data: Mapping[str, Any]) -> Config:
+    """Validate an already-merged mapping into a Config."""
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        key, reason = field_error(exc)
+        if reason == "unknown field":
+            reason = "unknown key"
+        raise ConfigError(key, reason) from None

@@ -1,0 +1,123 @@
+"""The daemon: open the stores, migrate, start the actors in order, serve, drain.
+
+Lifetimes nest from the outside in: asyncio bridge loop → PostgreSQL pool →
+Redis client → the supervisor's nursery. Stores outlive every actor that uses
+them, so shutdown can cancel actors without any of them finding a closed pool.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from accounts.db import open_database, open_loop
+from accounts.migrate import migrate
+from snapshot.redis import open_redis
+
+from . import __version__
+from .config import Config
+from .health import Health, Phase
+from .http.app import build_app
+from .http.server import HttpServer
+from .logs import bind, get_logger, register_secret
+from .metrics import Metrics
+from .probes import InstanceRegistry, LoopLag, StoreProber
+from .services import Services
+from .supervisor import RestartPolicy, Supervisor
+from .systemd import Notifier, Watchdog, watchdog_interval_s
+
+log = get_logger("daemon")
+
+
+class Daemon:
+    """One stationmaster process. ``run`` serves until :meth:`shutdown` (or a signal, via the CLI).
+
+    ``started()`` hands back the HTTP URLs once every actor is up and READY=1 was sent.
+    Raises SupervisorError (in an exception group) if an essential actor keeps crashing.
+    """
+
+    def __init__(self, config: Config, *, env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.env = os.environ if env is None else env
+        self.metrics = Metrics()
+        self.health = Health(self.metrics, max_loop_lag_s=config.health.max_loop_lag_s)
+        self.notifier = Notifier(self.env)
+        self.instance_id = f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.services: Services | None = None
+        self._shutdown = trio.Event()
+        register_secret(*config.auth.admin_tokens, *config.auth.gateway_tokens, *config.crypto.keys)
+
+    def shutdown(self) -> None:
+        """Begin the graceful stop (idempotent, callable from any trio task)."""
+        self._shutdown.set()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        bind(instance=self.instance_id)
+        cfg = self.config
+        self.notifier.status("starting: connecting to stores")
+        try:
+            async with open_loop(), open_database(cfg.database) as db:
+                applied = await migrate(db)
+                if applied:
+                    log.info("migrations applied", versions=applied)
+                async with open_redis(cfg.redis) as redis:
+                    self.services = Services(
+                        cfg, self.health, self.metrics, db, redis, self.instance_id
+                    )
+                    await self._serve(self.services, task_status)
+        finally:
+            self.health.set_phase(Phase.STOPPED)
+            self.notifier.close()
+
+    async def _serve(self, services: Services, task_status: trio.TaskStatus[list[str]]) -> None:
+        cfg = self.config
+        policy = RestartPolicy(
+            **{f: getattr(cfg.supervisor, f) for f in cfg.supervisor.__struct_fields__}
+        )
+        supervisor = Supervisor(policy, self.health, self.metrics)
+        http = HttpServer(build_app(services), cfg.http)
+        try:
+            async with trio.open_nursery() as nursery:
+                for actor in self._actors(services):
+                    await supervisor.start(nursery, actor)
+                urls = await supervisor.start(nursery, http)
+                self.health.set_phase(Phase.RUNNING)
+                self.notifier.ready(self.health.summary())
+                log.info("ready", urls=urls, version=__version__)
+                task_status.started(urls)
+                await self._shutdown.wait()
+                # Order matters: readiness 503 and STOPPING=1 first, so the load
+                # balancer stops sending; then drain HTTP; then stop the rest.
+                self.health.set_phase(Phase.DRAINING)
+                self.notifier.stopping()
+                log.info("draining", timeout_s=cfg.http.drain_timeout_s)
+                await http.drain()
+                await supervisor.stop(timeout_s=5)
+                nursery.cancel_scope.cancel()
+        except BaseException:
+            self.health.set_phase(Phase.FAILING)
+            raise
+        log.info("stopped")
+
+    def _actors(self, services: Services) -> list[Any]:
+        """Actors in start order (dependencies first); the HTTP server is started last."""
+        cfg = self.config
+        return [
+            LoopLag(self.health, self.metrics),
+            StoreProber(
+                services.db,
+                services.redis,
+                self.health,
+                self.metrics,
+                interval_s=cfg.health.probe_interval_s,
+                timeout_s=cfg.health.probe_timeout_s,
+            ),
+            InstanceRegistry(services.db, self.instance_id, __version__, os.getpid()),
+            Watchdog(self.notifier, self.health, watchdog_interval_s(self.env)),
+        ]

@@ -1,0 +1,221 @@
+"""Declaring HTTP endpoints once: routing, auth, body decoding, errors and OpenAPI.
+
+Each API module lists :class:`Endpoint` values; :func:`scheduler.http.app.build_app`
+turns them into starlette routes wrapped by :func:`_wrap`, and
+:func:`scheduler.http.openapi.openapi_document` documents the same list, so a
+route cannot exist without appearing in ``/openapi.json``.
+
+A handler is ``async def handler(call: Call) -> Any``. ``call.body`` is the
+decoded, validated request struct (or None), ``call.request`` the starlette
+request, ``call.services`` the daemon's services. Returning a msgspec Struct,
+dict or list sends it as JSON with ``Endpoint.status``; returning a starlette
+``Response`` sends it as is. Raising a :class:`~accounts.errors.StationmasterError`
+sends the error body with its status.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+
+from accounts.errors import (
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    StationmasterError,
+    Unauthorized,
+)
+from accounts.validation import decode_json
+
+from ..logs import get_logger
+
+log = get_logger("http")
+
+
+class Scope(enum.Enum):
+    """Who may call an endpoint. Tokens of one scope are refused (403) on the other."""
+
+    ADMIN = "admin"
+    GATEWAY = "gateway"
+
+
+class ErrorDetail(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """Every error answer: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorDetail
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    request: Request
+    body: Any
+    services: Any
+    scope: Scope | None
+
+
+Handler = Callable[[Call], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    scope: Scope | None = None
+    body: type | None = None
+    response: type | None = None
+    status: int = 200
+    # Extra documented error statuses beyond those every route can answer.
+    errors: tuple[int, ...] = ()
+    tags: tuple[str, ...] = ()
+    query: Mapping[str, str] = field(default_factory=dict)
+
+
+def json_response(
+    value: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(
+        msgspec.json.encode(value),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(exc: StationmasterError, request_id: str = "") -> Response:
+    headers = {"x-request-id": request_id} if request_id else {}
+    retry = exc.details.get("retry_after_s")
+    if isinstance(retry, (int, float)):
+        headers["retry-after"] = str(max(1, round(retry)))
+    if exc.status == 401:
+        headers["www-authenticate"] = "Bearer"
+    body = ErrorBody(ErrorDetail(exc.code, exc.message, exc.details))
+    return json_response(body, exc.status, headers)
+
+
+class TokenTable:
+    """Bearer tokens by scope, compared in constant time."""
+
+    def __init__(self, admin: list[str], gateway: list[str]) -> None:
+        self._tokens = [(t.encode(), Scope.ADMIN) for t in admin] + [
+            (t.encode(), Scope.GATEWAY) for t in gateway
+        ]
+
+    def scope_of(self, presented: str) -> Scope | None:
+        """The scope of ``presented``; every stored token is compared, so timing says nothing."""
+        candidate = presented.encode()
+        found: Scope | None = None
+        for token, scope in self._tokens:
+            if hmac.compare_digest(token, candidate):
+                found = scope
+        return found
+
+
+def authorize(request: Request, tokens: TokenTable, needed: Scope) -> Scope:
+    header = request.headers.get("authorization", "")
+    kind, _, presented = header.partition(" ")
+    if kind.lower() != "bearer" or not presented.strip():
+        raise Unauthorized("a bearer token is required")
+    scope = tokens.scope_of(presented.strip())
+    if scope is None:
+        raise Unauthorized("the bearer token is not valid")
+    if scope is not needed:
+        raise Forbidden(f"this route needs a token with the {needed.value} scope")
+    return scope
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest([("content-length", "not an integer")]) from None
+        if size > limit:
+            raise PayloadTooLarge(f"body of {size} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    # Accept the gateway's id when it is a plausible token; never echo arbitrary bytes.
+    if 0 < len(given) <= 64 and all(c.isalnum() or c in "-_." for c in given):
+        return given
+    return secrets.token_hex(8)
+
+
+def wrap(
+    endpoint: Endpoint, *, services: Any, tokens: TokenTable, max_body: int, metrics: Any
+) -> Callable[[Request], Awaitable[Response]]:
+    """The starlette handler for ``endpoint``: auth, body, call, errors, metrics, logs."""
+
+    async def handle(request: Request) -> Response:
+        rid = _request_id(request)
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(request_id=rid):
+            response = await _run(endpoint, request, rid, services, tokens, max_body)
+            response.headers.setdefault("x-request-id", rid)
+            metrics.http_requests.labels(endpoint.path, str(response.status_code)).inc()
+            if response.status_code >= 500:
+                log.warning(
+                    "request failed",
+                    method=endpoint.method,
+                    route=endpoint.path,
+                    status=response.status_code,
+                    ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+            return response
+
+    handle.__name__ = endpoint.handler.__name__
+    return handle
+
+
+async def _run(
+    endpoint: Endpoint, request: Request, rid: str, services: Any, tokens: TokenTable, max_body: int
+) -> Response:
+    try:
+        scope = authorize(request, tokens, endpoint.scope) if endpoint.scope else None
+        body: Any = None
+        if endpoint.body is not None:
+            raw = await read_body(request, max_body)
+            body = decode_json(raw or b"{}", endpoint.body)
+        elif request.method in ("POST", "PUT", "PATCH"):
+            # Still bounded: a route without a body must not buffer an unbounded one.
+            await read_body(request, max_body)
+        result = await endpoint.handler(Call(request, body, services, scope))
+    except StationmasterError as exc:
+        return error_response(exc, rid)
+    except Exception:
+        # Log the traceback (redacted by the log pipeline); answer without details.
+        log.exception("unhandled error", route=endpoint.path)
+        return error_response(
+            StationmasterError("internal error; see the daemon log with this request id"), rid
+        )
+    if isinstance(result, Response):
+        return result
+    return json_response(result, endpoint.status)

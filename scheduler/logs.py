@@ -1,0 +1,146 @@
+"""Structured logging: JSON lines (console on a TTY), context per trio task, redaction.
+
+Context (``request_id``, ``actor``) is bound with :func:`bind` and lives in
+contextvars; trio copies the context into each child task, so a value bound in a
+request handler or an actor's ``run`` follows everything it starts.
+
+Redaction runs last, after exceptions are rendered to text, so a secret inside
+an exception message or a traceback is caught too. Three nets:
+
+* by key: any field whose name looks secret (``password``, ``token``,
+  ``credentials``, ``authorization``, ``api_key`` …) has its value replaced,
+  at any depth of nested dicts and lists;
+* by value: every string registered with :func:`register_secret` (admin and
+  gateway tokens, Fernet keys, decrypted credentials) is replaced wherever it
+  appears inside any string;
+* by shape: ``Bearer …`` and well-known provider key prefixes (``sk-…``,
+  ``sk-ant-…``, ``AIza…``) are replaced inside any string.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import structlog
+
+REDACTED = "[redacted]"
+_SECRET_KEY = re.compile(
+    r"(pass(word)?|secret|token|credential|authorization|api[_-]?key|private[_-]?key|"
+    r"cookie|session[_-]?key|fernet|dsn)",
+    re.IGNORECASE,
+)
+# Keys that match the pattern above but carry no secret.
+_NOT_SECRET = frozenset(
+    {"token_count", "tokens_used", "max_tokens", "input_tokens", "output_tokens"}
+)
+_SECRET_SHAPES = re.compile(
+    r"(Bearer\s+[A-Za-z0-9._~+/=-]+|sk-ant-[A-Za-z0-9_-]{8,}|sk-[A-Za-z0-9_-]{16,}|AIza[0-9A-Za-z_-]{20,})"
+)
+# Short strings would redact ordinary words; real secrets are longer than this.
+_MIN_SECRET_LEN = 8
+
+
+class _SecretRegistry:
+    """Strings never to print. Thread-safe, append-only, compiled lazily."""
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+        self._lock = threading.Lock()
+        self._pattern: re.Pattern[str] | None = None
+
+    def add(self, values: Iterable[str]) -> None:
+        with self._lock:
+            new = {v for v in values if isinstance(v, str) and len(v) >= _MIN_SECRET_LEN}
+            if not new <= self._values:
+                self._values |= new
+                self._pattern = None
+
+    def scrub(self, text: str) -> str:
+        pattern = self._pattern
+        if pattern is None and self._values:
+            with self._lock:
+                # Longest first so a secret containing another is replaced whole.
+                ordered = sorted(self._values, key=len, reverse=True)
+                pattern = self._pattern = re.compile("|".join(map(re.escape, ordered)))
+        if pattern is not None:
+            text = pattern.sub(REDACTED, text)
+        return _SECRET_SHAPES.sub(REDACTED, text)
+
+
+_registry = _SecretRegistry()
+
+
+def register_secret(*values: str) -> None:
+    """Never print these strings, in any field, message or traceback."""
+    _registry.add(values)
+
+
+def scrub(value: Any, *, key: str | None = None) -> Any:
+    """Return ``value`` with secrets replaced (recursively for dicts, lists, tuples)."""
+    if key is not None and key not in _NOT_SECRET and _SECRET_KEY.search(key):
+        return REDACTED
+    if isinstance(value, str):
+        return _registry.scrub(value)
+    if isinstance(value, dict):
+        return {k: scrub(v, key=str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [scrub(v) for v in value]
+    if isinstance(value, BaseException):
+        return _registry.scrub(f"{type(value).__name__}: {value}")
+    return value
+
+
+def redact_processor(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: scrub every field (the ``event`` text included)."""
+    for k in list(event_dict):
+        event_dict[k] = scrub(event_dict[k], key=None if k in ("event", "exception") else k)
+    return event_dict
+
+
+def configure_logging(*, level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
+    """Set up structlog for the process. Safe to call again (tests, CLI re-entry)."""
+    stream = stream if stream is not None else sys.stdout
+    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if use_console
+        else structlog.processors.JSONRenderer(serializer=_json_dumps)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            redact_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _json_dumps(obj: Any, **_kw: Any) -> str:
+    import json
+
+    return json.dumps(obj, default=str, separators=(",", ":"))
+
+
+def bind(**values: Any) -> None:
+    """Bind context for the current trio task and the tasks it starts."""
+    structlog.contextvars.bind_contextvars(**values)
+
+
+def get_logger(name: str | None = None) -> Any:
+    return structlog.get_logger(name) if name else structlog.get_logger()

@@ -1,0 +1,68 @@
+"""Prometheus metrics, one registry per daemon (several daemons can share a test process)."""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from . import __version__
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Store probes and selection run well under a second; finer buckets at the low end.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """Every collector the daemon exports. Subsystems add theirs here, not ad hoc."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.build_info = Gauge(
+            "stationmaster_build_info",
+            "Build information (always 1).",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        self.actor_restarts = Counter(
+            "stationmaster_actor_restarts_total",
+            "Actor restarts after a crash.",
+            ["actor"],
+            registry=r,
+        )
+        self.actor_up = Gauge(
+            "stationmaster_actor_up", "1 while the actor is running.", ["actor"], registry=r
+        )
+        self.loop_lag = Gauge(
+            "stationmaster_loop_lag_seconds", "Latest measured event-loop lag.", registry=r
+        )
+        self.probe_latency = Histogram(
+            "stationmaster_store_probe_seconds",
+            "Health probe round trip per store.",
+            ["store"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.probe_failures = Counter(
+            "stationmaster_store_probe_failures_total",
+            "Failed health probes per store.",
+            ["store"],
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "stationmaster_store_up", "1 while the store answers probes.", ["store"], registry=r
+        )
+        self.http_requests = Counter(
+            "stationmaster_http_requests_total",
+            "HTTP requests by route and status.",
+            ["route", "status"],
+            registry=r,
+        )
+        self.ready = Gauge("stationmaster_ready", "1 while /readyz answers 200.", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

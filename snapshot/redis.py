@@ -1,0 +1,120 @@
+"""Redis access: the only module that imports coredis.
+
+:func:`open_redis` yields a :class:`RedisStore`: the client, the key prefix every
+key of this deployment starts with, and a health probe. Callers build key names
+with :meth:`RedisStore.key` (or the key builders next to their Lua scripts) and
+never hard-code the prefix, so test runs and deployments sharing one server do
+not collide.
+
+Connection failures and timeouts become :class:`~accounts.errors.StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import coredis
+import coredis.exceptions
+import msgspec
+import trio
+
+from accounts.errors import StoreUnavailable
+
+# Errors that mean "Redis is not answering" rather than "the command is wrong".
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    coredis.exceptions.ConnectionError,
+    coredis.exceptions.BusyLoadingError,
+)
+ResponseError = coredis.exceptions.ResponseError
+
+
+class RedisConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How to reach Redis and how this deployment names its keys."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    # Every key starts with this, so several deployments (or test runs) can share
+    # one server. Keep it short: it is sent with every command.
+    key_prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "sm:"
+    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    # Bounds every command so a wedged server becomes StoreUnavailable quickly.
+    command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
+
+
+class RedisStore:
+    """An open coredis client plus this deployment's key prefix."""
+
+    def __init__(self, client: coredis.Redis[str], config: RedisConfig) -> None:
+        self.client = client
+        self.config = config
+        self.prefix = config.key_prefix
+        self._scripts: dict[str, Any] = {}
+
+    def key(self, *parts: str) -> str:
+        """``prefix + ':'.join(parts)``: the one way to name a key."""
+        return self.prefix + ":".join(parts)
+
+    def script(self, path: Path) -> Any:
+        """A Lua script loaded from ``path``, called by SHA with NOSCRIPT reload.
+
+        coredis' Script object already does EVALSHA and falls back to loading the
+        text when the server answers NOSCRIPT (after a restart or SCRIPT FLUSH).
+        """
+        cached = self._scripts.get(str(path))
+        if cached is None:
+            cached = self.client.register_script(path.read_text())
+            self._scripts[str(path)] = cached
+        return cached
+
+    async def ping(self, *, timeout_s: float = 1.0) -> float:
+        """PING; returns seconds taken or raises StoreUnavailable."""
+        start = time.perf_counter()
+        try:
+            with trio.fail_after(timeout_s):
+                await self.client.ping()
+        except trio.TooSlowError as exc:
+            raise StoreUnavailable("redis", f"no answer within {timeout_s}s") from exc
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable("redis", type(exc).__name__) from exc
+        return time.perf_counter() - start
+
+    async def delete_prefix(self, prefix: str | None = None) -> int:
+        """Delete every key under ``prefix`` (default: this store's prefix); for tests and resets.
+
+        Uses SCAN, never KEYS or FLUSHALL, so other users of the server are untouched.
+        """
+        pattern = (prefix if prefix is not None else self.prefix) + "*"
+        removed = 0
+        batch: list[str] = []
+        async for k in self.client.scan_iter(match=pattern, count=500):
+            batch.append(k)
+            if len(batch) >= 500:
+                removed += await self.client.delete(batch)
+                batch = []
+        if batch:
+            removed += await self.client.delete(batch)
+        return removed
+
+
+@contextlib.asynccontextmanager
+async def open_redis(config: RedisConfig) -> AsyncIterator[RedisStore]:
+    """Open the client and its pool; the pool's tasks live until the block ends.
+
+    Does not wait for the server: start-up probes with :meth:`RedisStore.ping`,
+    and readiness reports Redis down until it answers.
+    """
+    client: coredis.Redis[str] = coredis.Redis.from_url(
+        config.url,
+        decode_responses=True,
+        connect_timeout=config.connect_timeout_s,
+        stream_timeout=config.command_timeout_s,
+        max_connections=config.max_connections,
+    )
+    async with client:
+        yield RedisStore(client, config)

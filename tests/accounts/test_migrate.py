@@ -1,0 +1,100 @@
+"""Migrations: applied once, in order, even when two processes start at the same moment."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from accounts.db import DatabaseConfig, PostgresError, admin_execute, open_database
+from accounts.migrate import MigrationError, applied_versions, load_migrations, migrate
+
+from ..support import ROOT, create_database, drop_database, with_database
+
+
+def test_two_processes_migrate_at_once(pg_server_dsn: str) -> None:
+    name = "smtest_mig_" + Path(__file__).stem[-4:] + "_" + str(id(object()))[-6:]
+    dsn = create_database(pg_server_dsn, name)
+    try:
+        env_base = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(ROOT),
+            "STATIONMASTER_DATABASE_DSN": dsn,
+        }
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "scheduler", "migrate"],
+                env=env_base,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+            for _ in range(2)
+        ]
+        outputs = [p.communicate(timeout=60)[0].decode() for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        # Exactly one of them applied the files; the other found nothing to do.
+        applied = [o for o in outputs if "nothing (up to date)" not in o]
+        assert len(applied) == 1, outputs
+        versions = [m.version for m in load_migrations()]
+        rows = subprocess.run(
+            ["psql", dsn, "-Atc", "SELECT version FROM schema_migrations ORDER BY version"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if rows.returncode == 0:  # psql is optional on a developer machine
+            assert [int(v) for v in rows.stdout.split()] == versions
+    finally:
+        drop_database(pg_server_dsn, name)
+
+
+async def test_migrate_is_idempotent_and_detects_edits(
+    aio_loop: None, pg_server_dsn: str, tmp_path: Path
+) -> None:
+    name = f"smtest_mig_{tmp_path.name[-12:].replace('-', '_')}"
+    await admin_execute(pg_server_dsn, f'CREATE DATABASE "{name}"')
+    try:
+        (tmp_path / "0001_a.sql").write_text("CREATE TABLE probe_a (id int);")
+        (tmp_path / "0002_b.sql").write_text("ALTER TABLE probe_a ADD COLUMN b text;")
+        async with open_database(DatabaseConfig(dsn=with_database(pg_server_dsn, name))) as db:
+            assert await migrate(db, tmp_path) == [1, 2]
+            assert await migrate(db, tmp_path) == []
+            # A broken new file rolls back whole: nothing of it, no row for it.
+            (tmp_path / "0003_c.sql").write_text(
+                "ALTER TABLE probe_a ADD COLUMN c text; SELECT nope;"
+            )
+            with pytest.raises(PostgresError):
+                await migrate(db, tmp_path)
+            assert await applied_versions(db) == [1, 2]
+            cols = await db.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'probe_a'"
+            )
+            assert sorted(r["column_name"] for r in cols) == ["b", "id"]
+            (tmp_path / "0003_c.sql").unlink()
+            # Editing an applied file is refused rather than silently ignored.
+            (tmp_path / "0001_a.sql").write_text("CREATE TABLE probe_a (id bigint);")
+            with pytest.raises(MigrationError, match="changed after it was applied"):
+                await migrate(db, tmp_path)
+    finally:
+        await admin_execute(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_misnamed_or_duplicate_files_refused(tmp_path: Path) -> None:
+    (tmp_path / "1_bad.sql").write_text("")
+    with pytest.raises(MigrationError):
+        load_migrations(tmp_path)
+    (tmp_path / "1_bad.sql").unlink()
+    (tmp_path / "0001_a.sql").write_text("")
+    (tmp_path / "0001_b.sql").write_text("")
+    with pytest.raises(MigrationError):
+        load_migrations(tmp_path)
+
+
+def test_with_database_keeps_host_and_query() -> None:
+    assert (
+        with_database("postgresql://postgres:@/postgres?host=/tmp/x", "db1")
+        == "postgresql://postgres:@/db1?host=/tmp/x"
+    )
