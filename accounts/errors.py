@@ -9,6 +9,7 @@ code and one JSON body::
     ├── ValidationFailed            bad input: one or more (field, reason) pairs; 422
     ├── NotFound                    the named thing does not exist; 404
     ├── Conflict                    compare-and-set lost (carries current version); 409
+    ├── PreconditionRequired        a compare-and-set write sent no version; 428
     ├── Unauthorized / Forbidden    missing or wrong-scope bearer token; 401 / 403
     ├── PayloadTooLarge             request body over the configured limit; 413
     ├── StoreUnavailable            PostgreSQL or Redis did not answer in time; 503
@@ -187,3 +188,10 @@ class SupervisorError(StationmasterError):
     def __init__(self, actor: str, message: str) -> None:
         super().__init__(f"{actor}: {message}", details={"actor": actor})
         self.actor = actor
+
+
+class PreconditionRequired(StationmasterError):
+    """A write that must be compare-and-set came without the version it expects."""
+
+    code = "precondition_required"
+    status = 428
