@@ -1,0 +1,301 @@
+"""Pure scheduling rules: may this account take a request right now, and why not.
+
+Everything here takes values and returns values: no I/O, no clock reads (the
+caller passes ``now`` in epoch seconds), no logging. Selection calls ``check``
+for every candidate on the hot path, so the common case allocates nothing:
+"not paused" answers are prebuilt constants and reasons are enum members.
+
+Order of the checks (what selection counts when several apply): the request's
+model first, then the account's own state (status, admin switch, expiry), then
+the quota auto-pause, then the shared runtime deadlines. Hard reasons come
+before soft ones so a sticky binding is dropped whenever any hard reason holds.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from datetime import UTC
+
+import msgspec
+
+from .model import Account, QuotaPolicy, QuotaWindow, Status, Window, model_matches
+
+__all__ = [
+    "EMPTY_RUNTIME",
+    "HARD_REASONS",
+    "NOT_PAUSED",
+    "AccountRuntime",
+    "PauseDecision",
+    "Reason",
+    "check",
+    "expires_at_ts",
+    "is_hard",
+    "quota_pause",
+    "schedulable",
+]
+
+
+class Reason(enum.StrEnum):
+    """Why a candidate was not used: the closed set selection counts and reports.
+
+    Selection adds no reason of its own outside this set; the values appear in
+    "no available accounts" answers, the explain endpoint and metric labels.
+    """
+
+    # Hard: the account cannot serve this request; a sticky binding to it is dropped.
+    MODEL_UNSUPPORTED = "model_unsupported"
+    DISABLED = "disabled"
+    ERROR = "error"
+    NOT_SCHEDULABLE = "not_schedulable"
+    EXPIRED = "expired"
+    QUOTA_PAUSED_5H = "quota_paused_5h"
+    QUOTA_PAUSED_7D = "quota_paused_7d"
+    # Soft: a passing condition; a sticky binding is kept and the request spills over.
+    EXCLUDED_BY_REQUEST = "excluded_by_request"
+    RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
+    TEMP_UNSCHEDULABLE = "temp_unschedulable"
+    FULL = "full"
+    SLOW = "slow"
+
+
+HARD_REASONS: frozenset[Reason] = frozenset(
+    {
+        Reason.MODEL_UNSUPPORTED,
+        Reason.DISABLED,
+        Reason.ERROR,
+        Reason.NOT_SCHEDULABLE,
+        Reason.EXPIRED,
+        Reason.QUOTA_PAUSED_5H,
+        Reason.QUOTA_PAUSED_7D,
+    }
+)
+
+
+def is_hard(reason: Reason) -> bool:
+    """True when ``reason`` means a sticky binding to the account must be dropped."""
+    return reason in HARD_REASONS
+
+
+class AccountRuntime(msgspec.Struct, frozen=True, kw_only=True):
+    """The shared, fast-changing state of one account (kept in Redis by selection).
+
+    Deadlines are epoch seconds; the account is blocked while ``now < deadline``
+    and usable again from the deadline on. ``None`` means no deadline.
+    """
+
+    rate_limited_until: float | None = None
+    overloaded_until: float | None = None
+    unschedulable_until: float | None = None
+    unschedulable_reason: str | None = None
+    windows: tuple[QuotaWindow, ...] = ()
+    last_used_at: float | None = None
+
+
+# What an account with no runtime state at all looks like (never used yet).
+EMPTY_RUNTIME = AccountRuntime()
+
+
+class PauseDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """The verdict of the quota auto-pause rule for one account.
+
+    When ``paused``: ``window`` is the window that pauses it, ``utilisation``
+    the reading's used fraction, ``threshold`` the one applied, and ``until``
+    the moment the verdict lifts by itself at the latest (the window's reset,
+    or when the reading turns stale). ``why`` is a human-readable sentence.
+    """
+
+    paused: bool
+    reason: Reason | None = None
+    window: Window | None = None
+    utilisation: float | None = None
+    threshold: float | None = None
+    until: float | None = None
+    why: str = ""
+
+
+# Why one window does not pause (constant strings, so no formatting on the hot path).
+_DISABLED = "auto-pause disabled for this window"
+_NO_THRESHOLD = "no threshold"
+_NO_READING = "no reading"
+_UNUSED = "nothing used"
+_RESET = "window already reset"
+_STALE = "reading stale"
+_BELOW = "below threshold"
+_NOTES = (_DISABLED, _NO_THRESHOLD, _NO_READING, _UNUSED, _RESET, _STALE, _BELOW)
+
+# Every "not paused" answer, prebuilt: the common case must not allocate.
+_NOT_PAUSED: dict[tuple[str, str], PauseDecision] = {
+    (a, b): PauseDecision(paused=False, why=f"5h: {a}; 7d: {b}") for a in _NOTES for b in _NOTES
+}
+NOT_PAUSED = _NOT_PAUSED[(_NO_READING, _NO_READING)]
+
+_PAUSE_REASON = {
+    Window.FIVE_HOURS: Reason.QUOTA_PAUSED_5H,
+    Window.SEVEN_DAYS: Reason.QUOTA_PAUSED_7D,
+}
+
+
+def _judge(
+    window: Window,
+    reading: QuotaWindow | None,
+    disabled: bool,
+    own: float | None,
+    default: float | None,
+    stale_after_s: float,
+    now: float,
+) -> PauseDecision | str:
+    """One window's verdict: a paused decision, or the note saying why it does not pause."""
+    if disabled:
+        return _DISABLED
+    threshold = own if own is not None else default
+    if threshold is None:
+        return _NO_THRESHOLD
+    if reading is None:
+        return _NO_READING
+    used = reading.used_ratio
+    if not used > 0:  # also rejects NaN
+        return _UNUSED
+    resets = reading.resets_at()
+    # Written as "not (now < x)" so a NaN deadline or timestamp errs on the side of
+    # not pausing: a paused account gets no traffic, so a bad reading must not stick.
+    if resets is not None and not now < resets:
+        return _RESET
+    if not now - reading.observed_at <= stale_after_s:
+        return _STALE
+    if used < threshold:
+        return _BELOW
+    until = reading.observed_at + stale_after_s
+    if resets is not None and resets < until:
+        until = resets
+    return PauseDecision(
+        paused=True,
+        reason=_PAUSE_REASON[window],
+        window=window,
+        utilisation=used,
+        threshold=threshold,
+        until=until,
+        why=f"{window} window {used:.1%} used >= threshold {threshold:.1%}",
+    )
+
+
+def quota_pause(
+    account: Account, windows: Iterable[QuotaWindow], policy: QuotaPolicy, now: float
+) -> PauseDecision:
+    """Decide whether the account's quota readings pause it (5h and 7d independently).
+
+    Per window: its disable flag wins outright; the threshold is the account's
+    own, else the policy default, else none (never pauses); the latest reading
+    counts only when something was used, its window has not reset yet and it is
+    not older than ``policy.stale_after_s``; then it pauses when used >= threshold.
+    When both windows pause, the one that lifts later is reported (the account
+    stays paused until then).
+    """
+    r5: QuotaWindow | None = None
+    r7: QuotaWindow | None = None
+    for w in windows:
+        if w.window == Window.FIVE_HOURS:
+            if r5 is None or w.observed_at >= r5.observed_at:
+                r5 = w
+        elif w.window == Window.SEVEN_DAYS and (r7 is None or w.observed_at >= r7.observed_at):
+            r7 = w
+    stale = policy.stale_after_s
+    d5 = _judge(
+        Window.FIVE_HOURS,
+        r5,
+        account.auto_pause_5h_disabled,
+        account.auto_pause_5h_threshold,
+        policy.default_5h_threshold,
+        stale,
+        now,
+    )
+    d7 = _judge(
+        Window.SEVEN_DAYS,
+        r7,
+        account.auto_pause_7d_disabled,
+        account.auto_pause_7d_threshold,
+        policy.default_7d_threshold,
+        stale,
+        now,
+    )
+    if isinstance(d5, str):
+        return _NOT_PAUSED[(d5, d7)] if isinstance(d7, str) else d7
+    if isinstance(d7, str):
+        return d5
+    return d7 if (d7.until or 0.0) > (d5.until or 0.0) else d5
+
+
+def expires_at_ts(account: Account) -> float | None:
+    """The account's expiry as epoch seconds (a naive datetime is taken as UTC)."""
+    exp = account.expires_at
+    if exp is None:
+        return None
+    if exp.tzinfo is None:
+        exp = exp.replace(tzinfo=UTC)
+    return exp.timestamp()
+
+
+def _own_state(account: Account, now: float) -> Reason | None:
+    """Status, admin switch and expiry: everything that does not live in Redis."""
+    status = account.status
+    if status is not Status.ACTIVE:
+        return Reason.DISABLED if status is Status.DISABLED else Reason.ERROR
+    if not account.schedulable:
+        return Reason.NOT_SCHEDULABLE
+    if account.expires_at is not None and account.auto_pause_on_expired:
+        ts = expires_at_ts(account)
+        if ts is not None and now >= ts:
+            return Reason.EXPIRED
+    return None
+
+
+def _deadlines(runtime: AccountRuntime, now: float) -> Reason | None:
+    """The three shared deadlines: blocked while ``now`` is before them."""
+    until = runtime.rate_limited_until
+    if until is not None and now < until:
+        return Reason.RATE_LIMITED
+    until = runtime.overloaded_until
+    if until is not None and now < until:
+        return Reason.OVERLOADED
+    until = runtime.unschedulable_until
+    if until is not None and now < until:
+        return Reason.TEMP_UNSCHEDULABLE
+    return None
+
+
+def schedulable(account: Account, runtime: AccountRuntime | None, now: float) -> Reason | None:
+    """Why the account may not be scheduled now, or None when it may.
+
+    Covers status (disabled, error), the admin switch, expiry (only when
+    ``auto_pause_on_expired``), and the rate-limited / overloaded /
+    temporarily-unschedulable deadlines. Quota and model are not looked at.
+    """
+    reason = _own_state(account, now)
+    if reason is not None or runtime is None:
+        return reason
+    return _deadlines(runtime, now)
+
+
+def check(
+    account: Account,
+    runtime: AccountRuntime | None,
+    model: str,
+    policy: QuotaPolicy,
+    now: float,
+) -> Reason | None:
+    """The whole candidate filter for one account: the first reason it is excluded, or None.
+
+    Order: model support, own state (``schedulable`` without deadlines), quota
+    auto-pause, runtime deadlines -- hard reasons before soft ones.
+    """
+    if account.models and not model_matches(account.models, model):
+        return Reason.MODEL_UNSUPPORTED
+    reason = _own_state(account, now)
+    if reason is not None or runtime is None:
+        return reason
+    if runtime.windows:
+        decision = quota_pause(account, runtime.windows, policy, now)
+        if decision.paused:
+            return decision.reason
+    return _deadlines(runtime, now)
