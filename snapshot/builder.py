@@ -1,0 +1,202 @@
+"""SnapshotBuilder: the actor that turns ``schedule_events`` into published snapshots.
+
+Woken by PostgreSQL ``LISTEN schedule_events`` and by a poll (default 1 s, the
+safety net for a missed notification), it reads the pending events, deduplicates
+them into dirty buckets (a NULL bucket means every bucket), and rebuilds each
+dirty bucket once with :func:`~snapshot.schedule.set_snapshot` (PostgreSQL read
+under the bucket's lock). An event is marked consumed only after its bucket's
+new version was activated; when another instance holds the lock (BUSY) or the
+activation lost (STALE/FENCED) the event stays pending and the next round
+retries, so no change is lost to a race. Every bucket is rebuilt at start-up
+and every ``full_rebuild_s`` (default 300 s).
+
+Each publish reports to the observer with the lag: the age of the oldest event
+of the bucket when its version became active.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+import trio
+
+from accounts.db import Database
+from accounts.errors import StoreUnavailable
+from accounts.model import Platform
+
+from .keys import Bucket
+from .observer import NullObserver, ScheduleObserver
+from .redis import RedisStore
+from .schedule import Outcome, PublishResult, set_snapshot
+from .source import BucketSource
+from .view import Tunable, _value
+
+CHANNEL = "schedule_events"
+# Events read per round; a burst beyond this is picked up by the next round.
+EVENT_BATCH = 5000
+
+
+class BucketStatus(msgspec.Struct, frozen=True):
+    """This instance's last rebuild of a bucket."""
+
+    outcome: str
+    version: int
+    size: int
+    at: float
+    seconds: float
+    lag_s: float | None = None
+
+
+class _Pending(msgspec.Struct):
+    ids: list[int]
+    oldest_age_s: float
+
+
+class SnapshotBuilder:
+    """Rebuilds dirty buckets; see the module docstring.
+
+    ``started()`` after the LISTEN is in place and the start-up full rebuild
+    ran (a bucket that failed is retried by the next round). Store failures in
+    a round are logged through the observer's outcome and retried; the actor
+    itself only fails (and is restarted) when it cannot hold its PostgreSQL
+    connection.
+    """
+
+    name = "snapshot-builder"
+    essential = False
+
+    def __init__(
+        self,
+        db: Database,
+        store: RedisStore,
+        source: BucketSource,
+        *,
+        grace_s: Tunable = 60.0,
+        full_rebuild_s: Tunable = 300.0,
+        poll_s: float = 1.0,
+        lock_ttl_s: float = 30.0,
+        observer: ScheduleObserver | None = None,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.source = source
+        self.grace_s = grace_s
+        self.full_rebuild_s = full_rebuild_s
+        self.poll_s = poll_s
+        self.lock_ttl_s = lock_ttl_s
+        self.observer: ScheduleObserver = observer or NullObserver()
+        self.status: dict[Bucket, BucketStatus] = {}
+        self.rounds = 0
+        self._wake = trio.Event()
+
+    def wake(self) -> None:
+        """Run a round now (NOTIFY arrived, or an admin asked). No I/O."""
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        async with self.db.acquire() as conn:
+            await conn.add_listener(CHANNEL, lambda _payload: self.wake())
+            await self._safe(self.rebuild_all())
+            next_full = trio.current_time() + _value(self.full_rebuild_s)
+            task_status.started()
+            while True:
+                timeout = min(self.poll_s, max(0.0, next_full - trio.current_time()))
+                with trio.move_on_after(timeout):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                if trio.current_time() >= next_full:
+                    await self._safe(self.rebuild_all())
+                    next_full = trio.current_time() + _value(self.full_rebuild_s)
+                await self._safe(self.process_events())
+                self.rounds += 1
+
+    async def _safe(self, work: Any) -> None:
+        try:
+            await work
+        except StoreUnavailable:
+            pass  # the stores' probes report the outage; the next round retries
+
+    async def rebuild(self, bucket: Bucket, *, lag_from: float | None = None) -> PublishResult:
+        """Publish ``bucket`` from PostgreSQL now (BUSY if another holder has the lock).
+
+        ``lag_from`` (perf_counter seconds of the oldest pending event) feeds the lag.
+        """
+
+        async def load() -> Any:
+            return await self.source.bucket_accounts(bucket)
+
+        result = await set_snapshot(
+            self.store, bucket, load, grace_s=_value(self.grace_s), lock_ttl_s=self.lock_ttl_s
+        )
+        lag = None
+        if lag_from is not None and result.outcome is Outcome.ACTIVATED:
+            lag = time.perf_counter() - lag_from
+        if result.outcome is not Outcome.BUSY:
+            self.status[bucket] = BucketStatus(
+                result.outcome.value, result.active, result.size, time.time(), result.seconds, lag
+            )
+        self.observer.rebuilt(bucket, result.outcome.value, result.seconds, lag)
+        return result
+
+    async def rebuild_all(self) -> dict[Bucket, PublishResult]:
+        """Rebuild every known bucket (PostgreSQL's list plus any rebuilt before)."""
+        buckets = sorted(set(await self.source.buckets()) | set(self.status))
+        return {b: await self.rebuild(b) for b in buckets}
+
+    async def process_events(self) -> dict[Bucket, PublishResult]:
+        """One round: read pending events, rebuild each dirty bucket once, consume on success."""
+        rows = await self.db.fetch(
+            "SELECT id, bucket_group, bucket_platform,"
+            " EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8 AS age_s"
+            " FROM schedule_events WHERE consumed_at IS NULL ORDER BY id LIMIT $1",
+            EVENT_BATCH,
+        )
+        if not rows:
+            return {}
+        read_at = time.perf_counter()
+        dirty, everything = _group(rows)
+        if everything is not None:
+            for b in set(await self.source.buckets()) | set(self.status):
+                dirty.setdefault(b, _Pending([], everything.oldest_age_s))
+        results: dict[Bucket, PublishResult] = {}
+        done: list[int] = []
+        for bucket, pending in sorted(dirty.items()):
+            result = await self.rebuild(bucket, lag_from=read_at - pending.oldest_age_s)
+            results[bucket] = result
+            if result.outcome is Outcome.ACTIVATED:
+                done.extend(pending.ids)
+        if everything is not None and all(
+            r.outcome is Outcome.ACTIVATED for r in results.values()
+        ):
+            done.extend(everything.ids)
+        if done:
+            await self.db.execute(
+                "UPDATE schedule_events SET consumed_at = now()"
+                " WHERE id = ANY($1::bigint[]) AND consumed_at IS NULL",
+                done,
+            )
+        return results
+
+
+def _group(rows: Iterable[Any]) -> tuple[dict[Bucket, _Pending], _Pending | None]:
+    """Events by bucket, plus the 'every bucket' events (NULL group or platform)."""
+    dirty: dict[Bucket, _Pending] = {}
+    everything: _Pending | None = None
+    for r in rows:
+        group, platform = r["bucket_group"], r["bucket_platform"]
+        if group is None or platform is None:
+            everything = everything or _Pending([], 0.0)
+            everything.ids.append(r["id"])
+            everything.oldest_age_s = max(everything.oldest_age_s, r["age_s"])
+            continue
+        try:
+            bucket = Bucket(group, Platform(platform))
+        except ValueError:
+            continue  # an unknown platform cannot have a bucket; leave the row for operators
+        entry = dirty.setdefault(bucket, _Pending([], 0.0))
+        entry.ids.append(r["id"])
+        entry.oldest_age_s = max(entry.oldest_age_s, r["age_s"])
+    return dirty, everything
