@@ -61,14 +61,18 @@ async def run_until_signal(daemon: Any) -> None:
         nursery.cancel_scope.cancel()
 
 
-def run_daemon(config: Config) -> int:
-    """Run the daemon in this process until a signal; the exit code."""
+def run_daemon(config: Config, **daemon_options: Any) -> int:
+    """Run the daemon in this process until a signal; the exit code.
+
+    ``daemon_options`` go to :class:`~scheduler.daemon.Daemon` (tests inject
+    ``extra_actors`` / ``extra_endpoints`` this way).
+    """
     from accounts.errors import SupervisorError
 
     from .daemon import Daemon
 
     try:
-        trio.run(run_until_signal, Daemon(config))
+        trio.run(run_until_signal, Daemon(config, **daemon_options))
     except BaseExceptionGroup as group:
         # The nursery wraps what the daemon raised; the first deliberate error explains it.
         first = _first_domain_error(group)

@@ -47,6 +47,9 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
     # Time SIGTERM gives in-flight requests before they are cancelled.
     drain_timeout_s: PositiveFloat = 10.0
+    # After SIGTERM, /readyz answers 503 but new connections are still accepted
+    # for this long, so a load balancer notices before connections are refused.
+    drain_delay_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 0.0
     keep_alive_timeout_s: PositiveFloat = 5.0
 
 

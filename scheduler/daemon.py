@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import trio
 
+from accounts.crypto import Cipher
 from accounts.db import open_database, open_loop
 from accounts.migrate import migrate
+from accounts.repository import AccountRepository, check_credentials_key
 from snapshot.redis import open_redis
 
 from . import __version__
 from .config import Config
 from .health import Health, Phase
-from .http.app import build_app
+from .http.app import all_endpoints, build_app
+from .http.endpoints import Endpoint
 from .http.server import HttpServer
 from .logs import bind, get_logger, register_secret
 from .metrics import Metrics
@@ -32,17 +35,34 @@ from .systemd import Notifier, Watchdog, watchdog_interval_s
 
 log = get_logger("daemon")
 
+# Each actor gets this long to run its cleanup (shielded finally blocks) once
+# cancelled; the stores close after, so a stuck cleanup must not hold them forever.
+_ACTOR_STOP_TIMEOUT_S = 5.0
+
 
 class Daemon:
     """One stationmaster process. ``run`` serves until :meth:`shutdown` (or a signal, via the CLI).
 
     ``started()`` hands back the HTTP URLs once every actor is up and READY=1 was sent.
     Raises SupervisorError (in an exception group) if an essential actor keeps crashing.
+
+    ``extra_actors`` start after the built-in ones (before HTTP) and
+    ``extra_endpoints`` are served next to the built-in routes: the seam tests use
+    to inject a crashing actor or a slow route without patching production code.
     """
 
-    def __init__(self, config: Config, *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        env: Mapping[str, str] | None = None,
+        extra_actors: Sequence[Any] = (),
+        extra_endpoints: Sequence[Endpoint] = (),
+    ) -> None:
         self.config = config
         self.env = os.environ if env is None else env
+        self.extra_actors = list(extra_actors)
+        self.extra_endpoints = list(extra_endpoints)
         self.metrics = Metrics()
         self.health = Health(self.metrics, max_loop_lag_s=config.health.max_loop_lag_s)
         self.notifier = Notifier(self.env)
@@ -66,10 +86,14 @@ class Daemon:
                 applied = await migrate(db)
                 if applied:
                     log.info("migrations applied", versions=applied)
+                cipher = Cipher(cfg.crypto)
+                # Refuse to start when stored credentials exist that no key opens.
+                await check_credentials_key(db, cipher)
                 async with open_redis(cfg.redis) as redis:
                     self.services = Services(
                         cfg, self.health, self.metrics, db, redis, self.instance_id
                     )
+                    self.services.accounts = AccountRepository(db, cipher)
                     await self._serve(self.services, task_status)
         finally:
             self.health.set_phase(Phase.STOPPED)
@@ -81,10 +105,10 @@ class Daemon:
             **{f: getattr(cfg.supervisor, f) for f in cfg.supervisor.__struct_fields__}
         )
         supervisor = Supervisor(policy, self.health, self.metrics)
-        http = HttpServer(build_app(services), cfg.http)
+        http = HttpServer(build_app(services, [*all_endpoints(), *self.extra_endpoints]), cfg.http)
         try:
             async with trio.open_nursery() as nursery:
-                for actor in self._actors(services):
+                for actor in [*self._actors(services), *self.extra_actors]:
                     await supervisor.start(nursery, actor)
                 urls = await supervisor.start(nursery, http)
                 self.health.set_phase(Phase.RUNNING)
@@ -92,18 +116,26 @@ class Daemon:
                 log.info("ready", urls=urls, version=__version__)
                 task_status.started(urls)
                 await self._shutdown.wait()
-                # Order matters: readiness 503 and STOPPING=1 first, so the load
-                # balancer stops sending; then drain HTTP; then stop the rest.
-                self.health.set_phase(Phase.DRAINING)
-                self.notifier.stopping()
-                log.info("draining", timeout_s=cfg.http.drain_timeout_s)
-                await http.drain()
-                await supervisor.stop(timeout_s=5)
+                await self._drain(http, supervisor)
                 nursery.cancel_scope.cancel()
         except BaseException:
             self.health.set_phase(Phase.FAILING)
+            self.notifier.status("failing")
             raise
         log.info("stopped")
+
+    async def _drain(self, http: HttpServer, supervisor: Supervisor) -> None:
+        """Stop intake, let in-flight requests finish (bounded), then stop the actors."""
+        cfg = self.config.http
+        # Order matters: readiness 503 and STOPPING=1 first, so the load balancer
+        # stops sending while connections are still accepted; then close the
+        # listeners and drain in-flight requests; then stop the rest.
+        self.health.set_phase(Phase.DRAINING)
+        self.notifier.stopping()
+        log.info("draining", delay_s=cfg.drain_delay_s, timeout_s=cfg.drain_timeout_s)
+        await trio.sleep(cfg.drain_delay_s)
+        await http.drain()
+        await supervisor.stop(timeout_s=_ACTOR_STOP_TIMEOUT_S)
 
     def _actors(self, services: Services) -> list[Any]:
         """Actors in start order (dependencies first); the HTTP server is started last."""
