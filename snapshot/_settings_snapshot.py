@@ -1,0 +1,305 @@
+"""The settings snapshot: a synchronous, never-blocking ``get()`` kept fresh by an actor.
+
+``get()`` is one attribute read plus one flag test. Freshness comes from four
+sources, all funnelled into the same version-gated :meth:`SettingsSnapshot._apply`:
+
+1. **write-through** — :meth:`SettingsSnapshot.write` commits in PostgreSQL and
+   installs the new value locally before it returns;
+2. **invalidation** — the actor listens on the Redis settings channel and
+   reloads when a message names a newer version;
+3. **version check** — every ``check_interval_s`` a ``SELECT version`` covers lost
+   messages and Redis outages;
+4. **stale-while-revalidate** — once the value is older than ``ttl_s`` (``error_ttl_s``
+   after a failed refresh), the next ``get()`` asks for a reload and still
+   answers at once with the value it has.
+
+Reloads are single-flight: requests coalesce into one pending wake-up of one
+refresh task. Versions only move forward, so a refresh that read an old row, or
+a message that arrives late, can never replace a newer value.
+
+Redis outages never crash the actor (the listener reconnects with backoff and
+the version check keeps propagation going), so readiness does not flap with
+Redis; PostgreSQL outages keep the last good value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+
+from accounts.errors import StoreUnavailable, ValidationFailed
+from snapshot.redis import UNAVAILABLE, RedisStore
+
+from ._settings_model import DEFAULT_SETTINGS, Settings
+from ._settings_store import (
+    SettingsRecord,
+    SettingsStore,
+    publish_invalidation,
+    settings_channel,
+)
+
+log = structlog.get_logger("settings")
+
+# What a refresh or a version check may fail with without crashing the actor.
+_REFRESH_ERRORS = (StoreUnavailable, ValidationFailed, trio.TooSlowError)
+# First and longest pause between pub/sub reconnect attempts: short enough to be
+# back quickly after a Redis restart, capped so a long outage costs nothing.
+_RECONNECT_INITIAL_S = 0.1
+_RECONNECT_MAX_S = 5.0
+
+
+@dataclass(slots=True)
+class SnapshotStats:
+    """Counters for tests and metrics (the scheduler exports them; this layer cannot)."""
+
+    refreshes: int = 0
+    refresh_failures: int = 0
+    applied: int = 0
+    stale_discarded: int = 0
+    invalidations: int = 0
+    version_checks: int = 0
+    version_check_failures: int = 0
+    publish_failures: int = 0
+    subscriptions: int = 0
+
+
+class SettingsSnapshot:
+    """Actor holding the current :class:`Settings`; ``get()`` is the hot-path read.
+
+    ``run()`` loads once (``warm``), then calls ``task_status.started(version)``;
+    it raises StoreUnavailable / ValidationFailed if that first load fails (the
+    supervisor restarts it; readiness stays 503 meanwhile). Cancelling ``run``
+    stops every background task. Call ``get()`` from the trio thread.
+    """
+
+    name = "settings"
+    essential = True
+
+    def __init__(
+        self,
+        store: SettingsStore,
+        redis: RedisStore | None = None,
+        *,
+        ttl_s: float = 60.0,
+        error_ttl_s: float = 5.0,
+        check_interval_s: float = 2.0,
+        load_timeout_s: float = 5.0,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._error_ttl_s = error_ttl_s
+        self._check_interval_s = check_interval_s
+        self._load_timeout_s = load_timeout_s
+        self._on_event = on_event
+        self._value: Settings = DEFAULT_SETTINGS
+        self._version = -1  # below every stored version: nothing loaded yet
+        self._stale = False
+        self._refreshing = False
+        self._wake = trio.Event()
+        self._stale_at = math.inf
+        self._rescheduled = trio.Event()
+        self._retry_at = -math.inf
+        self.warmed = False
+        self.subscribed = False
+        self.stats = SnapshotStats()
+
+    # --- the hot path --------------------------------------------------------
+
+    def get(self) -> Settings:
+        """The current value, at once. Stale? Ask for one background reload."""
+        if self._stale and not self._refreshing:
+            self._refreshing = True
+            self._wake.set()
+        return self._value
+
+    @property
+    def version(self) -> int:
+        """The version ``get()`` answers from (-1 before the first load)."""
+        return self._version
+
+    # --- writes ---------------------------------------------------------------
+
+    async def write(
+        self, patch: Mapping[str, Any], *, expected_version: int | None = None
+    ) -> SettingsRecord:
+        """Write-through: CAS in PostgreSQL, install locally, publish the version.
+
+        Raises Conflict, ValidationFailed or StoreUnavailable from the store;
+        nothing changes then. A failed publish is logged, not raised.
+        """
+        record = await self._store.write(patch, expected_version=expected_version)
+        self._apply(record)
+        if self._redis is not None and not await publish_invalidation(self._redis, record.version):
+            self._count("publish_failures")
+        return record
+
+    def _apply(self, record: SettingsRecord) -> bool:
+        """Install ``record`` unless it is not newer than what we hold (no going back)."""
+        if record.version <= self._version:
+            if record.version < self._version:
+                self._count("stale_discarded")
+            return False
+        self._value, self._version = record.settings, record.version
+        self._count("applied")
+        self._schedule_stale(self._ttl_s)
+        return True
+
+    # --- the actor --------------------------------------------------------------
+
+    async def warm(self) -> int:
+        """Load now (start-up); returns the version. Raises if the store fails."""
+        with trio.fail_after(self._load_timeout_s):
+            record = await self._store.load()
+        self._apply(record)
+        self._schedule_stale(self._ttl_s)
+        self.warmed = True
+        log.info("settings loaded", version=record.version)
+        return record.version
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        # The stale timer runs first so warm()'s schedule is never missed.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._stale_timer)
+            version = await self.warm()
+            nursery.start_soon(self._refresh_loop)
+            nursery.start_soon(self._check_loop)
+            if self._redis is not None:
+                # Returns after the first subscription attempt, so a healthy
+                # instance is listening before it reports ready; a dead Redis
+                # does not hold start-up (the version check covers it).
+                await nursery.start(self._listen_loop, self._redis)
+            task_status.started(version)
+
+    def request_refresh(self) -> None:
+        """Ask for one reload soon (coalesces with any pending request)."""
+        self._wake.set()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            self._refreshing = True
+            try:
+                await self._refresh_once()
+            finally:
+                self._refreshing = False
+
+    async def _refresh_once(self) -> None:
+        self._count("refreshes")
+        try:
+            with trio.fail_after(self._load_timeout_s):
+                record = await self._store.load()
+        except _REFRESH_ERRORS as exc:
+            self._count("refresh_failures")
+            self._retry_at = trio.current_time() + self._error_ttl_s
+            self._schedule_stale(self._error_ttl_s)
+            log.warning(
+                "settings refresh failed; keeping the last good value",
+                version=self._version,
+                retry_in_s=self._error_ttl_s,
+                reason=getattr(exc, "message", type(exc).__name__),
+            )
+            return
+        if not self._apply(record):
+            # Same (or older) version: the value we hold is confirmed current.
+            self._schedule_stale(self._ttl_s)
+
+    def _schedule_stale(self, after_s: float) -> None:
+        self._stale = False
+        self._stale_at = trio.current_time() + after_s
+        self._rescheduled.set()
+
+    async def _stale_timer(self) -> None:
+        """Raise the stale flag when ``_stale_at`` passes; get() reads only the flag."""
+        while True:
+            self._rescheduled = trio.Event()
+            with trio.move_on_at(self._stale_at):
+                await self._rescheduled.wait()
+                continue
+            self._stale = True
+            await self._rescheduled.wait()
+
+    async def _check_loop(self) -> None:
+        next_at = trio.current_time()
+        while True:
+            # Drift-corrected: a slow check does not push every later one back.
+            next_at = max(next_at + self._check_interval_s, trio.current_time())
+            await trio.sleep_until(next_at)
+            await self.check_version()
+
+    async def check_version(self) -> None:
+        """``SELECT version``; request a reload if PostgreSQL holds a newer one."""
+        self._count("version_checks")
+        try:
+            with trio.fail_after(self._load_timeout_s):
+                stored = await self._store.version()
+        except _REFRESH_ERRORS as exc:
+            self._count("version_check_failures")
+            log.debug("settings version check failed", reason=type(exc).__name__)
+            return
+        # After a failed refresh, wait out the short TTL instead of retrying every check.
+        if stored > self._version and trio.current_time() >= self._retry_at:
+            self.request_refresh()
+
+    def on_message(self, data: str | bytes | int) -> None:
+        """One invalidation message: reload if it names a newer version."""
+        self._count("invalidations")
+        try:
+            version = int(data)
+        except (TypeError, ValueError):
+            log.warning("ignoring a malformed settings invalidation")
+            return
+        if version > self._version:
+            self.request_refresh()
+
+    async def _listen_loop(
+        self, redis: RedisStore, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Subscribe and dispatch messages; on Redis errors, back off and resubscribe.
+
+        ``started()`` after the first attempt, whether it subscribed or not.
+        """
+        channel = settings_channel(redis)
+        delay = _RECONNECT_INITIAL_S
+        pending_start: trio.TaskStatus[None] | None = task_status
+        while True:
+            try:
+                # retry_policy=None: reconnecting is ours, so we know when messages
+                # may have been missed and check the version right after resubscribing.
+                async with redis.client.pubsub(
+                    channels=[channel], ignore_subscribe_messages=True, retry_policy=None
+                ) as pubsub:
+                    self.subscribed = True
+                    self._count("subscriptions")
+                    delay = _RECONNECT_INITIAL_S
+                    if pending_start is not None:
+                        pending_start.started()
+                        pending_start = None
+                    await self.check_version()
+                    async for message in pubsub:
+                        if message["type"] == "message":
+                            self.on_message(message["data"])
+            except* UNAVAILABLE as group:
+                if self.subscribed or pending_start is not None:
+                    log.warning(
+                        "settings channel lost; relying on the version check until it is back",
+                        reason=type(group.exceptions[0]).__name__,
+                    )
+            self.subscribed = False
+            if pending_start is not None:
+                pending_start.started()
+                pending_start = None
+            await trio.sleep(delay)
+            delay = min(delay * 2, _RECONNECT_MAX_S)
+
+    def _count(self, event: str) -> None:
+        setattr(self.stats, event, getattr(self.stats, event) + 1)
+        if self._on_event is not None:
+            self._on_event(event)
