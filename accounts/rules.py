@@ -189,6 +189,8 @@ def quota_pause(
     own, else the policy default, else none (never pauses); the latest reading
     counts only when something was used, its window has not reset yet and it is
     not older than ``policy.stale_after_s``; then it pauses when used >= threshold.
+    The latest reading of a window is the one with the greatest ``observed_at``
+    (on a tie, the one given last).
     When both windows pause, the one that lifts later is reported (the account
     stays paused until then).
     """
