@@ -63,6 +63,38 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("stationmaster_ready", "1 while /readyz answers 200.", registry=r)
+        # Selection (scheduler/select.py).
+        self.selections = Counter(
+            "stationmaster_selections_total",
+            "Selections by path (response, session, pool, none) and outcome"
+            " (immediate, waited, none).",
+            ["path", "outcome"],
+            registry=r,
+        )
+        self.exclusions = Counter(
+            "stationmaster_select_exclusions_total",
+            "Candidates excluded during selection, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.acquire_attempts = Counter(
+            "stationmaster_acquire_attempts_total",
+            "Lease acquire attempts by result.",
+            ["result"],
+            registry=r,
+        )
+        self.select_wait = Histogram(
+            "stationmaster_select_wait_seconds",
+            "Time selections spent waiting for a free account.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.leases = Gauge(
+            "stationmaster_bucket_leases",
+            "Active leases per bucket, as this instance last saw them.",
+            ["bucket"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

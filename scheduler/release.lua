@@ -1,0 +1,27 @@
+-- Release one lease and apply the request's outcome to the account's runtime state.
+-- KEYS[1] lease zset  KEYS[2] state hash  KEYS[3] response binding key (same slot)
+-- ARGV: lease_id, account_id, channel, alpha, is_error ('0'/'1'),
+--       latency_ms ('' = none), ttft_ms ('' = none), response_ttl_ms ('0' = no binding),
+--       then field/value pairs to HSET (deadlines, quota readings, last_used).
+-- Returns 0 when the lease is unknown (never granted, released, or expired and
+-- pruned): nothing is changed then. Otherwise 1.
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local alpha = tonumber(ARGV[4])
+local function ewma(field, sample)
+  if sample == nil then return end
+  local old = tonumber(redis.call('HGET', KEYS[2], field))
+  local new = sample
+  if old then new = alpha * sample + (1 - alpha) * old end
+  redis.call('HSET', KEYS[2], field, tostring(new))
+end
+ewma('ewma_err', tonumber(ARGV[5]))
+ewma('ewma_lat', tonumber(ARGV[6]))
+ewma('ewma_ttft', tonumber(ARGV[7]))
+if #ARGV > 8 then
+  local pairs_ = {}
+  for i = 9, #ARGV do pairs_[#pairs_ + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[2], unpack(pairs_))
+end
+if tonumber(ARGV[8]) > 0 then redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[8]) end
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+return 1
