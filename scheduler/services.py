@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from accounts.db import Database
+from accounts.repository import AccountRepository
 from snapshot.redis import RedisStore
 
 from .config import Config
@@ -26,3 +27,5 @@ class Services:
     db: Database
     redis: RedisStore
     instance_id: str
+    # Account rows (admin API, selection's mark_error, the snapshot builder).
+    accounts: AccountRepository | None = None

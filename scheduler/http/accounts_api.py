@@ -1,0 +1,202 @@
+"""Admin API for accounts: ``/v1/admin/accounts`` (admin bearer token).
+
+Reads never return credentials: they are write-only and shown masked (see
+:class:`~accounts.inputs.AccountView`). Every answer carrying an account also
+carries ``ETag: "<version>"``.
+
+Versions: PATCH must say which version it changes, either as an
+``If-Match: "<version>"`` header or a ``version`` field in the body. With
+neither, the answer is 428 (``precondition_required``), because a write without
+a version could silently overwrite someone else's change; with both and they
+differ, 422. ``POST …/disable`` and ``DELETE`` accept an optional ``If-Match``
+(an operator switching an account off should not have to read it first). A
+stale version answers 409 with ``details.current_version``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from starlette.responses import Response
+
+from accounts.errors import PreconditionRequired, StoreUnavailable, ValidationFailed
+from accounts.inputs import AccountCreate, AccountPatch, AccountView, account_view
+from accounts.model import GroupName, Platform, Status
+from accounts.repository import AccountRepository
+from accounts.validation import convert
+
+from .endpoints import Call, Endpoint, Scope, json_response
+
+BASE = "/v1/admin/accounts"
+# An admin page is rendered and masked per row; 500 keeps one answer well under a second.
+MAX_API_PAGE = 500
+
+
+class AccountQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    group: GroupName | None = None
+    platform: Platform | None = None
+    status: Status | None = None
+    cursor: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_API_PAGE)] = 100
+
+
+class AccountList(msgspec.Struct, frozen=True):
+    items: list[AccountView]
+    next_cursor: str | None
+
+
+def _repo(call: Call) -> AccountRepository:
+    repo: AccountRepository | None = call.services.accounts
+    if repo is None:
+        raise StoreUnavailable("postgres", "the accounts repository is not running")
+    return repo
+
+
+def _with_etag(view: AccountView, status: int = 200, **headers: str) -> Response:
+    return json_response(view, status, {"etag": f'"{view.version}"', **headers})
+
+
+def if_match(call: Call) -> int | None:
+    """The version in ``If-Match`` (``"3"``, ``3`` or ``W/"3"``), None when absent."""
+    raw = call.request.headers.get("if-match")
+    if raw is None:
+        return None
+    text = raw.strip().removeprefix("W/").strip('"')
+    if not text.isdigit() or int(text) < 1:
+        raise ValidationFailed.one("If-Match", 'must be the account version, e.g. "3"')
+    return int(text)
+
+
+def _query(call: Call) -> AccountQuery:
+    params: dict[str, Any] = dict(call.request.query_params)
+    if "limit" in params:
+        try:
+            params["limit"] = int(params["limit"])
+        except ValueError:
+            raise ValidationFailed.one("limit", "must be an integer") from None
+    return convert(params, AccountQuery)
+
+
+async def list_accounts(call: Call) -> AccountList:
+    q = _query(call)
+    repo = _repo(call)
+    page = await repo.list_accounts(
+        group=q.group, platform=q.platform, status=q.status, cursor=q.cursor, limit=q.limit
+    )
+    return AccountList([account_view(a, repo.cipher) for a in page.items], page.next_cursor)
+
+
+async def create_account(call: Call) -> Response:
+    repo = _repo(call)
+    account = await repo.create(call.body)
+    view = account_view(account, repo.cipher)
+    return _with_etag(view, 201, location=f"{BASE}/{account.id}")
+
+
+async def get_account(call: Call) -> Response:
+    repo = _repo(call)
+    account = await repo.get(call.request.path_params["id"])
+    return _with_etag(account_view(account, repo.cipher))
+
+
+async def patch_account(call: Call) -> Response:
+    body: AccountPatch = call.body
+    header = if_match(call)
+    field = None if body.version is msgspec.UNSET else body.version
+    expected = header if header is not None else field
+    if expected is None:
+        raise PreconditionRequired(
+            'say which version you change: an If-Match: "<version>" header or a version field'
+        )
+    if field is not None and field != expected:
+        raise ValidationFailed.one("version", "differs from the If-Match header")
+    repo = _repo(call)
+    account = await repo.update(call.request.path_params["id"], body, expected_version=expected)
+    return _with_etag(account_view(account, repo.cipher))
+
+
+async def disable_account(call: Call) -> Response:
+    repo = _repo(call)
+    account = await repo.disable(call.request.path_params["id"], expected_version=if_match(call))
+    return _with_etag(account_view(account, repo.cipher))
+
+
+async def delete_account(call: Call) -> Response:
+    await _repo(call).delete(call.request.path_params["id"], expected_version=if_match(call))
+    return Response(status_code=204)
+
+
+_TAGS = ("accounts",)
+ENDPOINTS = [
+    Endpoint(
+        "GET",
+        BASE,
+        list_accounts,
+        "List accounts (filters, keyset pagination by cursor; credentials masked)",
+        scope=Scope.ADMIN,
+        response=AccountList,
+        errors=(422,),
+        tags=_TAGS,
+        query={
+            "group": "only accounts in this group",
+            "platform": "only this platform (openai, anthropic, gemini, dashscope)",
+            "status": "only this status (active, disabled, error)",
+            "cursor": "next_cursor of the previous page",
+            "limit": f"page size, 1..{MAX_API_PAGE} (default 100)",
+        },
+    ),
+    Endpoint(
+        "POST",
+        BASE,
+        create_account,
+        "Create an account (credentials are encrypted and never returned)",
+        scope=Scope.ADMIN,
+        body=AccountCreate,
+        response=AccountView,
+        status=201,
+        errors=(413, 422),
+        tags=_TAGS,
+    ),
+    Endpoint(
+        "GET",
+        BASE + "/{id}",
+        get_account,
+        "One account (credentials masked); ETag is its version",
+        scope=Scope.ADMIN,
+        response=AccountView,
+        errors=(404,),
+        tags=_TAGS,
+    ),
+    Endpoint(
+        "PATCH",
+        BASE + "/{id}",
+        patch_account,
+        'Change fields; needs If-Match: "<version>" or a version field (428 without)',
+        scope=Scope.ADMIN,
+        body=AccountPatch,
+        response=AccountView,
+        errors=(404, 409, 413, 422, 428),
+        tags=_TAGS,
+    ),
+    Endpoint(
+        "POST",
+        BASE + "/{id}/disable",
+        disable_account,
+        "Soft-disable an account (optional If-Match)",
+        scope=Scope.ADMIN,
+        response=AccountView,
+        errors=(404, 409),
+        tags=_TAGS,
+    ),
+    Endpoint(
+        "DELETE",
+        BASE + "/{id}",
+        delete_account,
+        "Delete an account (optional If-Match)",
+        scope=Scope.ADMIN,
+        status=204,
+        errors=(404, 409),
+        tags=_TAGS,
+    ),
+]
