@@ -19,6 +19,7 @@ from accounts.db import open_database, open_loop
 from accounts.migrate import migrate
 from accounts.repository import AccountRepository, check_credentials_key
 from snapshot.redis import open_redis
+from snapshot.settings import SettingsSnapshot, SettingsStore
 
 from . import __version__
 from .config import Config
@@ -68,6 +69,8 @@ class Daemon:
         self.notifier = Notifier(self.env)
         self.instance_id = f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(3)}"
         self.services: Services | None = None
+        # The bound HTTP URLs once ready (also what run()'s started() hands back).
+        self.urls: list[str] = []
         self._shutdown = trio.Event()
         register_secret(*config.auth.admin_tokens, *config.auth.gateway_tokens, *config.crypto.keys)
 
@@ -110,7 +113,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 for actor in [*self._actors(services), *self.extra_actors]:
                     await supervisor.start(nursery, actor)
-                urls = await supervisor.start(nursery, http)
+                urls = self.urls = await supervisor.start(nursery, http)
                 self.health.set_phase(Phase.RUNNING)
                 self.notifier.ready(self.health.summary())
                 log.info("ready", urls=urls, version=__version__)
@@ -137,9 +140,16 @@ class Daemon:
         await http.drain()
         await supervisor.stop(timeout_s=_ACTOR_STOP_TIMEOUT_S)
 
+    def _settings_event(self, event: str, version: int) -> None:
+        self.metrics.settings_events.labels(event).inc()
+        self.metrics.settings_version.set(version)
+
     def _actors(self, services: Services) -> list[Any]:
         """Actors in start order (dependencies first); the HTTP server is started last."""
         cfg = self.config
+        services.settings = SettingsSnapshot(
+            SettingsStore(services.db), services.redis, on_event=self._settings_event
+        )
         return [
             LoopLag(self.health, self.metrics),
             StoreProber(
@@ -150,6 +160,8 @@ class Daemon:
                 interval_s=cfg.health.probe_interval_s,
                 timeout_s=cfg.health.probe_timeout_s,
             ),
+            # Essential: started() only after the first load, so readiness waits for it.
+            services.settings,
             InstanceRegistry(services.db, self.instance_id, __version__, os.getpid()),
             Watchdog(self.notifier, self.health, watchdog_interval_s(self.env)),
         ]

@@ -237,6 +237,9 @@ class DaemonProcess:
             if record.get("event") == "ready" and self.url is None:
                 self.url = record["urls"][0]
                 self._ready.set()
+        # EOF: the child is gone. Close our end, or the pipe is left to the garbage
+        # collector and pytest turns its ResourceWarning into an error.
+        self.proc.stdout.close()
         self._ready.set()
 
     async def wait_ready(self, timeout: float = 30) -> str:
