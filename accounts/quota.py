@@ -363,18 +363,22 @@ def _codex_resets(h: dict[str, str], now: float) -> list[float]:
     return out
 
 
+def _absolute(at: float | None, after: float | None, now: float) -> float | None:
+    """A reset as epoch seconds, from whichever form it was given in."""
+    if at is not None:
+        return at
+    return None if after is None else now + after
+
+
 def _anthropic_resets(h: dict[str, str], now: float) -> list[float]:
     """Resets of the Anthropic limits that refused: unified, per window, API-key families."""
-    out = []
+    resets: list[float | None] = []
     status = h.get("anthropic-ratelimit-unified-status")
     if status is None or status.lower() == "rejected":
-        out.append(_instant(h.get("anthropic-ratelimit-unified-reset"), now))
+        resets.append(_absolute(*_instant(h.get("anthropic-ratelimit-unified-reset"), now), now))
     for reading in _anthropic(h, now):
         if reading.used_ratio >= 1.0:
-            out.append((reading.reset_at, reading.reset_after_s))
-    resets = [
-        at if at is not None else (None if after is None else now + after) for at, after in out
-    ]
+            resets.append(_absolute(reading.reset_at, reading.reset_after_s, now))
     for family in _API_KEY_FAMILIES:
         if _number(h.get(f"anthropic-ratelimit-{family}-remaining")) == 0:
             resets.append(_near(_date(h.get(f"anthropic-ratelimit-{family}-reset", "")), now))
