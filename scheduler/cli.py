@@ -181,7 +181,11 @@ def _load_command_modules() -> None:
 
 
 # Modules defining further subcommands with @command; imported before parsing.
-_COMMAND_MODULES: list[str] = []
+_COMMAND_MODULES: list[str] = [
+    "scheduler.accounts_cli",
+    "scheduler.settings_cli",
+    "scheduler.buckets_cli",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
