@@ -75,6 +75,9 @@ class SettingsSnapshot:
     it raises StoreUnavailable / ValidationFailed if that first load fails (the
     supervisor restarts it; readiness stays 503 meanwhile). Cancelling ``run``
     stops every background task. Call ``get()`` from the trio thread.
+
+    ``on_event(event, version)`` is called with each :class:`SnapshotStats` field
+    name as it is counted, and the version held then (the daemon feeds metrics).
     """
 
     name = "settings"
@@ -89,7 +92,7 @@ class SettingsSnapshot:
         error_ttl_s: float = 5.0,
         check_interval_s: float = 2.0,
         load_timeout_s: float = 5.0,
-        on_event: Callable[[str], None] | None = None,
+        on_event: Callable[[str, int], None] | None = None,
     ) -> None:
         self._store = store
         self._redis = redis
@@ -302,4 +305,4 @@ class SettingsSnapshot:
     def _count(self, event: str) -> None:
         setattr(self.stats, event, getattr(self.stats, event) + 1)
         if self._on_event is not None:
-            self._on_event(event)
+            self._on_event(event, self._version)
