@@ -8,10 +8,17 @@ import httpx
 import pytest
 import trio
 
+from accounts.crypto import Cipher, CryptoConfig, generate_key
 from accounts.db import Database
+from accounts.errors import ConfigError
+from accounts.inputs import AccountCreate
+from accounts.repository import AccountRepository
+from accounts.validation import convert
 from scheduler.config import Config
+from scheduler.daemon import Daemon
 
 from ..support import (
+    CRYPTO_KEY,
     GATEWAY_TOKEN,
     DaemonProcess,
     admin_client,
@@ -247,3 +254,24 @@ async def test_credentials_never_logged(
     output = proc.output()
     assert '"event": "ready"' in output
     assert SECRET not in output and second not in output
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in leaves(sub)]
+    return [exc]
+
+
+async def test_daemon_refuses_to_start_without_a_key_for_stored_credentials(
+    pg_dsn: str, redis_url: str, redis_prefix: str, db: Database
+) -> None:
+    """Keys tried: none at all, and one that is not the key the rows were written with."""
+    repo = AccountRepository(db, Cipher(CryptoConfig(keys=[CRYPTO_KEY])))
+    await repo.create(convert(body(), AccountCreate))
+    for keys in ([], [generate_key()]):
+        config = make_config(pg_dsn, redis_url, redis_prefix, crypto={"keys": keys})
+        with trio.fail_after(30), pytest.raises(BaseExceptionGroup) as info:
+            await Daemon(config, env={}).run()
+        [error] = leaves(info.value)
+        assert isinstance(error, ConfigError) and error.key == "crypto.keys", error
+        assert SECRET not in str(error)
