@@ -145,13 +145,12 @@ class Selector:
         start = trio.current_time()
         deadline = start + wait_s
         attempts = 0
-        force = False
+        force = waited = False
         while True:
             rnd = await self._round(req, snap, cfg, force=force)
             attempts += rnd.attempts
             if rnd.selection is not None:
-                waited = trio.current_time() - start
-                return self._done(rnd.selection, attempts, waited, bucket)
+                return self._done(rnd.selection, attempts, start, waited, bucket)
             if not force and any(r is Reason.FULL for r in rnd.excluded.values()):
                 force = True  # a stale local "full" must not answer 503: re-read once
                 continue
@@ -159,6 +158,7 @@ class Selector:
                 break
             event = self._released.setdefault(req.platform.value, trio.Event())
             retry_s = cfg.wait.retry_interval_ms / 1000.0
+            waited = True
             with trio.move_on_at(min(deadline, trio.current_time() + retry_s)):
                 await event.wait()
             snap = await self.snapshot(bucket)
@@ -166,13 +166,16 @@ class Selector:
         self._count("none", "none", trio.current_time() - start)
         raise self._none(bucket, rnd, cfg)
 
-    def _done(self, sel: Selection, attempts: int, waited: float, bucket: Bucket) -> Selection:
-        self._count(sel.path, "waited" if waited > 0.001 else "immediate", waited)
+    def _done(
+        self, sel: Selection, attempts: int, start: float, waited: bool, bucket: Bucket
+    ) -> Selection:
+        waited_s = trio.current_time() - start if waited else 0.0
+        self._count(sel.path, "waited" if waited else "immediate", waited_s)
         if self.metrics is not None:
             self.metrics.leases.labels(str(bucket)).set(
                 sum(self.view.get(a.id).leases for a in self._known(bucket))
             )
-        return msgspec.structs.replace(sel, attempts=attempts, waited_s=waited)
+        return msgspec.structs.replace(sel, attempts=attempts, waited_s=waited_s)
 
     def _known(self, bucket: Bucket) -> tuple[Account, ...]:
         snap = self.buckets.get(bucket)
@@ -207,7 +210,7 @@ class Selector:
 
     # --- sticky paths -----------------------------------------------------------
 
-    def _keys(self, req: SelectRequest) -> tuple[str | None, str | None]:
+    def binding_keys(self, req: SelectRequest) -> tuple[str | None, str | None]:
         k = self.runtime.keys
         p, g = req.platform.value, req.group
         resp = k.response(p, g, req.previous_response_id) if req.previous_response_id else None
@@ -235,7 +238,7 @@ class Selector:
         self, req: SelectRequest, snap: BucketSnapshot, cfg: Settings, rnd: _Round, now: float
     ) -> bool:
         """Try the bound accounts in order; returns whether a session binding still stands."""
-        resp_key, sess_key = self._keys(req)
+        resp_key, sess_key = self.binding_keys(req)
         keys = [k for k in (resp_key, sess_key) if k is not None]
         if not keys:
             return False
@@ -361,7 +364,7 @@ class Selector:
         if isinstance(result, Refused) and result.kind == "rebound":
             # Another instance re-bound the session meanwhile: keep its binding and
             # take this (filtered, fitting) account without touching the binding.
-            _, sess_key = self._keys(req)
+            _, sess_key = self.binding_keys(req)
             if sess_key is not None:
                 self.remember_binding(sess_key, result.bound_to)
             return await self._acquire(req, cfg, rnd, now, account, path, bind_mode=0)
@@ -375,7 +378,7 @@ class Selector:
             self._attempt_metric(reason.value)
             return reason
         self._attempt_metric("acquired")
-        _, sess_key = self._keys(req)
+        _, sess_key = self.binding_keys(req)
         if sess_key is not None and bind_mode:
             self.remember_binding(sess_key, result.bound)
         rnd.selection = _selection(result, account, path)
