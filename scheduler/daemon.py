@@ -24,6 +24,7 @@ from snapshot.settings import SettingsSnapshot, SettingsStore
 from . import __version__
 from .config import Config
 from .health import Health, Phase
+from .http import select_api
 from .http.app import all_endpoints, build_app
 from .http.endpoints import Endpoint
 from .http.server import HttpServer
@@ -163,5 +164,7 @@ class Daemon:
             # Essential: started() only after the first load, so readiness waits for it.
             services.settings,
             InstanceRegistry(services.db, self.instance_id, __version__, os.getpid()),
+            # Selection last: it reads the settings and the schedule view built above.
+            *select_api.install(services),
             Watchdog(self.notifier, self.health, watchdog_interval_s(self.env)),
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from accounts.db import Database
 from accounts.repository import AccountRepository
@@ -29,3 +30,8 @@ class Services:
     instance_id: str
     # Account rows (admin API, selection's mark_error, the snapshot builder).
     accounts: AccountRepository | None = None
+    # Selection (scheduler/select.py, reports.py, http/select_api.py): built by
+    # select_api.install(); Any-typed to keep services.py free of import cycles.
+    selector: Any = None
+    reporter: Any = None
+    credentials: Any = None
