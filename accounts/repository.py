@@ -28,15 +28,23 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 
+from ._account_rows import (
+    COLUMNS,
+    EVENTS_SQL,
+    INSERT_SQL,
+    LIST_SQL,
+    insert_args,
+    to_account,
+)
 from .crypto import Cipher, DecryptError
 from .db import CheckViolation, Connection, Database
 from .errors import ConfigError, Conflict, NotFound, ValidationFailed
 from .inputs import AccountCreate, AccountPatch
-from .model import Account, Kind, Platform, Status
+from .model import Account, Platform, Status
 
 # A page can hold a whole large bucket (the snapshot builder and the bench read 10k at once).
 MAX_PAGE = 10_000
@@ -44,51 +52,6 @@ MAX_PAGE = 10_000
 _MAX_REASON = 500
 # reencrypt rewrites this many rows per transaction: short locks, few round trips.
 _REENCRYPT_BATCH = 500
-
-_COLUMNS = (
-    "id, name, platform, kind, groups, models, priority, concurrency, load_factor, base_url,"
-    " credentials_enc, status, error_reason, schedulable, expires_at, auto_pause_on_expired,"
-    " auto_pause_5h_threshold, auto_pause_7d_threshold, auto_pause_5h_disabled,"
-    " auto_pause_7d_disabled, created_at, updated_at, version"
-)
-# Columns a create writes, in the order of _insert_args.
-_INSERT_COLUMNS = (
-    "id",
-    "name",
-    "platform",
-    "kind",
-    "groups",
-    "models",
-    "priority",
-    "concurrency",
-    "load_factor",
-    "base_url",
-    "credentials_enc",
-    "status",
-    "schedulable",
-    "expires_at",
-    "auto_pause_on_expired",
-    "auto_pause_5h_threshold",
-    "auto_pause_7d_threshold",
-    "auto_pause_5h_disabled",
-    "auto_pause_7d_disabled",
-)
-_INSERT_SQL = (
-    f"INSERT INTO accounts ({', '.join(_INSERT_COLUMNS)}) VALUES "
-    f"({', '.join(f'${i}' for i in range(1, len(_INSERT_COLUMNS) + 1))})"
-)
-_EVENTS_SQL = (
-    "INSERT INTO schedule_events (kind, account_id, bucket_group, bucket_platform)"
-    " SELECT $1, $2, b.g, b.p FROM unnest($3::text[], $4::text[]) AS b(g, p)"
-)
-_LIST_SQL = f"""
-SELECT {_COLUMNS} FROM accounts
-WHERE ($1::text IS NULL OR groups @> ARRAY[$1::text])
-  AND ($2::text IS NULL OR platform = $2)
-  AND ($3::text IS NULL OR status = $3)
-  AND ($4::uuid IS NULL OR id > $4)
-ORDER BY id LIMIT $5
-"""
 
 Bucket = tuple[str, Platform]
 
@@ -98,20 +61,6 @@ class AccountPage(msgspec.Struct, frozen=True):
 
     items: list[Account]
     next_cursor: str | None
-
-
-PageLimit = Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)]
-
-
-def _to_account(row: Any) -> Account:
-    d = dict(row.items())
-    d["id"] = str(d["id"])
-    d["platform"] = Platform(d["platform"])
-    d["kind"] = Kind(d["kind"])
-    d["status"] = Status(d["status"])
-    d["groups"] = tuple(d["groups"])
-    d["models"] = tuple(d["models"])
-    return Account(**d)
 
 
 def _parse_id(account_id: str) -> uuid.UUID:
@@ -148,30 +97,7 @@ class AccountRepository:
     ) -> None:
         ordered = sorted(buckets)
         await conn.execute(
-            _EVENTS_SQL, kind, account_id, [g for g, _ in ordered], [p for _, p in ordered]
-        )
-
-    def _insert_args(self, account_id: uuid.UUID, data: AccountCreate) -> tuple[Any, ...]:
-        return (
-            account_id,
-            data.name,
-            data.platform.value,
-            data.kind.value,
-            list(data.groups),
-            list(data.models),
-            data.priority,
-            data.concurrency,
-            data.load_factor,
-            data.base_url,
-            self.cipher.encrypt(data.credentials),
-            data.status,
-            data.schedulable,
-            data.expires_at,
-            data.auto_pause_on_expired,
-            data.auto_pause_5h_threshold,
-            data.auto_pause_7d_threshold,
-            data.auto_pause_5h_disabled,
-            data.auto_pause_7d_disabled,
+            EVENTS_SQL, kind, account_id, [g for g, _ in ordered], [p for _, p in ordered]
         )
 
     # --- writes -------------------------------------------------------------------
@@ -179,29 +105,32 @@ class AccountRepository:
     async def create(self, data: AccountCreate, *, conn: Connection | None = None) -> Account:
         """Insert one account with a server-generated id; returns the stored record."""
         account_id = uuid.uuid4()
-        args = self._insert_args(account_id, data)
+        args = insert_args(account_id, data, self.cipher.encrypt(data.credentials))
         async with self._writing(conn) as c:
             try:
-                row = await c.fetchrow(f"{_INSERT_SQL} RETURNING {_COLUMNS}", *args)
+                row = await c.fetchrow(f"{INSERT_SQL} RETURNING {COLUMNS}", *args)
             except CheckViolation as exc:
                 raise _rejected(exc) from None
             await self._events(
                 c, "account_created", account_id, _buckets(data.groups, data.platform)
             )
-        return _to_account(row)
+        return to_account(row)
 
     async def create_many(
         self, items: Sequence[AccountCreate], *, conn: Connection | None = None
     ) -> list[str]:
         """Insert all of ``items`` in one transaction (all or nothing); returns their ids."""
         ids = [uuid.uuid4() for _ in items]
-        args = [self._insert_args(i, data) for i, data in zip(ids, items, strict=True)]
+        args = [
+            insert_args(i, data, self.cipher.encrypt(data.credentials))
+            for i, data in zip(ids, items, strict=True)
+        ]
         buckets: set[tuple[str, str]] = set()
         for data in items:
             buckets |= _buckets(data.groups, data.platform)
         async with self._writing(conn) as c:
             try:
-                await c.executemany(_INSERT_SQL, args)
+                await c.executemany(INSERT_SQL, args)
             except CheckViolation as exc:
                 raise _rejected(exc) from None
             await self._events(c, "accounts_imported", None, buckets)
@@ -230,13 +159,13 @@ class AccountRepository:
             try:
                 row = await c.fetchrow(
                     f"UPDATE accounts SET {sets}, version = version + 1, updated_at = now()"
-                    f" WHERE id = $1 RETURNING {_COLUMNS}",
+                    f" WHERE id = $1 RETURNING {COLUMNS}",
                     uid,
                     *changes.values(),
                 )
             except CheckViolation as exc:
                 raise _rejected(exc) from None
-            new = _to_account(row)
+            new = to_account(row)
             dirty = _buckets(old["groups"], old["platform"]) | _buckets(new.groups, new.platform)
             await self._events(c, "account_updated", uid, dirty)
         return new
@@ -285,16 +214,16 @@ class AccountRepository:
         async with self._writing(conn) as c:
             old = await self._lock(c, uid, expected_version)
             if old["status"] == Status.DISABLED:
-                row = await c.fetchrow(f"SELECT {_COLUMNS} FROM accounts WHERE id = $1", uid)
-                return _to_account(row)
+                row = await c.fetchrow(f"SELECT {COLUMNS} FROM accounts WHERE id = $1", uid)
+                return to_account(row)
             row = await c.fetchrow(
                 "UPDATE accounts SET status = 'disabled', error_reason = NULL,"
                 " version = version + 1, updated_at = now()"
-                f" WHERE id = $1 RETURNING {_COLUMNS}",
+                f" WHERE id = $1 RETURNING {COLUMNS}",
                 uid,
             )
             await self._events(c, "account_disabled", uid, _buckets(old["groups"], old["platform"]))
-        return _to_account(row)
+        return to_account(row)
 
     async def delete(
         self,
@@ -339,11 +268,11 @@ class AccountRepository:
     async def get(self, account_id: str) -> Account:
         """The account, or NotFound."""
         row = await self._db.fetchrow(
-            f"SELECT {_COLUMNS} FROM accounts WHERE id = $1", _parse_id(account_id)
+            f"SELECT {COLUMNS} FROM accounts WHERE id = $1", _parse_id(account_id)
         )
         if row is None:
             raise NotFound("no account with this id")
-        return _to_account(row)
+        return to_account(row)
 
     async def list_accounts(
         self,
@@ -364,14 +293,14 @@ class AccountRepository:
             except ValueError:
                 raise ValidationFailed.one("cursor", "not a cursor from a previous page") from None
         rows = await self._db.fetch(
-            _LIST_SQL,
+            LIST_SQL,
             group,
             platform.value if platform else None,
             status.value if status else None,
             after,
             limit + 1,
         )
-        items = [_to_account(r) for r in rows[:limit]]
+        items = [to_account(r) for r in rows[:limit]]
         more = len(rows) > limit
         return AccountPage(items, items[-1].id if more else None)
 
@@ -382,13 +311,13 @@ class AccountRepository:
         so selection checks them on every request.
         """
         rows = await self._db.fetch(
-            f"SELECT {_COLUMNS} FROM accounts WHERE groups @> ARRAY[$1::text]"
+            f"SELECT {COLUMNS} FROM accounts WHERE groups @> ARRAY[$1::text]"
             " AND platform = $2 AND status = 'active' AND schedulable"
             " ORDER BY priority, id",
             group,
             platform.value,
         )
-        return [_to_account(r) for r in rows]
+        return [to_account(r) for r in rows]
 
     async def buckets(self) -> list[Bucket]:
         """Every (group, platform) that has at least one account, whatever its status.
