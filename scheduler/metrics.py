@@ -63,6 +63,15 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("stationmaster_ready", "1 while /readyz answers 200.", registry=r)
+        self.settings_events = Counter(
+            "stationmaster_settings_events_total",
+            "Settings snapshot events (refreshes, refresh_failures, invalidations, ...).",
+            ["event"],
+            registry=r,
+        )
+        self.settings_version = Gauge(
+            "stationmaster_settings_version", "Settings version this instance serves.", registry=r
+        )
         # Selection (scheduler/select.py).
         self.selections = Counter(
             "stationmaster_selections_total",

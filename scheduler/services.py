@@ -8,6 +8,7 @@ from typing import Any
 from accounts.db import Database
 from accounts.repository import AccountRepository
 from snapshot.redis import RedisStore
+from snapshot.settings import SettingsSnapshot
 
 from .config import Config
 from .health import Health
@@ -30,6 +31,8 @@ class Services:
     instance_id: str
     # Account rows (admin API, selection's mark_error, the snapshot builder).
     accounts: AccountRepository | None = None
+    # The settings snapshot: `settings.get()` once per request (hot path).
+    settings: SettingsSnapshot | None = None
     # Selection (scheduler/select.py, reports.py, http/select_api.py): built by
     # select_api.install(); Any-typed to keep services.py free of import cycles.
     selector: Any = None

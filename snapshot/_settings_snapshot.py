@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import structlog
 import trio
 
@@ -45,6 +46,10 @@ from ._settings_store import (
 
 log = structlog.get_logger("settings")
 
+# coredis' pub/sub cleanup can raise anyio's ClosedResourceError when its
+# connection was torn down first (an abrupt cancel of the whole daemon): the
+# channel is gone either way, so it counts as "unavailable".
+_CHANNEL_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, anyio.ClosedResourceError)
 # What a refresh or a version check may fail with without crashing the actor.
 _REFRESH_ERRORS = (StoreUnavailable, ValidationFailed, trio.TooSlowError)
 # First and longest pause between pub/sub reconnect attempts: short enough to be
@@ -289,8 +294,10 @@ class SettingsSnapshot:
                     async for message in pubsub:
                         if message["type"] == "message":
                             self.on_message(message["data"])
-            except* UNAVAILABLE as group:
-                if self.subscribed or pending_start is not None:
+            except* _CHANNEL_ERRORS as group:
+                # While being cancelled (shutdown) the channel's teardown errors say nothing.
+                shutting_down = trio.current_effective_deadline() == -math.inf
+                if (self.subscribed or pending_start is not None) and not shutting_down:
                     log.warning(
                         "settings channel lost; relying on the version check until it is back",
                         reason=type(group.exceptions[0]).__name__,

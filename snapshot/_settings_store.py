@@ -23,10 +23,10 @@ import structlog
 import trio
 
 from accounts.db import Connection, Database
-from accounts.errors import Conflict, StoreUnavailable
+from accounts.errors import Conflict, StoreUnavailable, ValidationFailed
 from snapshot.redis import UNAVAILABLE, RedisStore
 
-from ._settings_model import Settings, merge_patch, parse_document
+from ._settings_model import Settings, merge_patch, parse_document, unknown_keys
 
 log = structlog.get_logger("settings")
 
@@ -92,6 +92,11 @@ class SettingsStore:
         version) if it does not match, ValidationFailed if the merged document is
         invalid (nothing is written), StoreUnavailable.
         """
+        # Checked on the patch itself too: resetting (null) or setting an empty
+        # object under an unknown key would otherwise vanish in the merge unnoticed.
+        unknown = unknown_keys(patch)
+        if unknown:
+            raise ValidationFailed([(path, "unknown field") for path in unknown])
         async with self._db.transaction() as conn:
             current, document = await self._lock_row(conn)
             if expected_version is not None and expected_version != current:

@@ -12,14 +12,19 @@ from starlette.routing import Route
 from accounts.errors import NotFound, StationmasterError
 
 from ..services import Services
-from . import accounts_api, health_api, select_api
+from . import accounts_api, health_api, select_api, settings_api
 from .endpoints import Endpoint, TokenTable, error_response, wrap
 from .openapi import openapi_document
 
 
 def all_endpoints() -> list[Endpoint]:
     """Every endpoint of the daemon, in documentation order."""
-    return [*health_api.ENDPOINTS, *accounts_api.ENDPOINTS, *select_api.ENDPOINTS]
+    return [
+        *health_api.ENDPOINTS,
+        *accounts_api.ENDPOINTS,
+        *settings_api.ENDPOINTS,
+        *select_api.ENDPOINTS,
+    ]
 
 
 def build_app(services: Services, endpoints: Iterable[Endpoint] | None = None) -> Starlette:
