@@ -331,13 +331,20 @@ class Selector:
         now: float,
         session_bound: bool,
     ) -> None:
-        order = self.rank(req, self.filter(req, snap, cfg, now, rnd.excluded), cfg, now)
         bind_mode = 2 if req.session_hash and not session_bound else 0
-        for scored in order[: cfg.scoring.probe_limit]:
-            reason = await self._acquire(req, cfg, rnd, now, scored.account, "pool", bind_mode)
-            if reason is None:
+        tries = 0
+        while tries < cfg.scoring.probe_limit:
+            # Refusals (a stale view, a race) exclude their account; when the whole
+            # top K refused, the rest of the pool is ranked again within the limit.
+            order = self.rank(req, self.filter(req, snap, cfg, now, rnd.excluded), cfg, now)
+            if not order:
                 return
-            rnd.excluded[scored.account.id] = reason
+            for scored in order[: cfg.scoring.probe_limit - tries]:
+                tries += 1
+                reason = await self._acquire(req, cfg, rnd, now, scored.account, "pool", bind_mode)
+                if reason is None:
+                    return
+                rnd.excluded[scored.account.id] = reason
 
     # --- acquire ------------------------------------------------------------------
 
