@@ -163,7 +163,11 @@ class Database:
         try:
             yield Connection(raw)
         finally:
-            with trio.move_on_after(5, shield=True):
+            # A connection the server dropped fails its reset on release; asyncpg
+            # then terminates it and opens a fresh one on the next acquire. The
+            # caller's own error (if any) is the one that matters, so a failed
+            # release is not raised (raw, it would crash the caller's actor).
+            with trio.move_on_after(5, shield=True), contextlib.suppress(*_UNAVAILABLE):
                 await aio_as_trio(self._pool.release)(raw)
 
     @contextlib.asynccontextmanager

@@ -63,12 +63,16 @@ class StoreProber:
         previous = self._health.get(store)
         try:
             seconds = await self._probes[store](timeout_s=self._timeout_s)
-        except StoreUnavailable as exc:
+        except Exception as exc:
+            # Whatever the failure (StoreUnavailable, or a driver error the store
+            # module did not translate), the store is not usable. The prober is
+            # essential: letting it crash would turn an outage into an exit.
+            reason = exc.message if isinstance(exc, StoreUnavailable) else type(exc).__name__
             self._metrics.probe_failures.labels(store).inc()
             self._metrics.store_up.labels(store).set(0)
             if previous is None or previous.state is not State.DOWN:
-                log.warning("store down", store=store, reason=exc.message)
-            self._health.set(store, State.DOWN, exc.message)
+                log.warning("store down", store=store, reason=reason)
+            self._health.set(store, State.DOWN, reason)
             return
         self._metrics.probe_latency.labels(store).observe(seconds)
         self._metrics.store_up.labels(store).set(1)
@@ -114,25 +118,24 @@ class InstanceRegistry:
         self._pid = pid
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        await self._db.execute(
-            """INSERT INTO instances (id, hostname, pid, version) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (id) DO UPDATE SET last_seen = now()""",
-            self._id,
-            socket.gethostname(),
-            self._pid,
-            self._version,
-        )
+        # Upsert every period (not insert once, update after) so the row comes back
+        # after an outage or a truncation; an outage must not crash this actor, or
+        # a long one would use up its restarts and leave it down for good.
         task_status.started()
         try:
             while True:
-                await trio.sleep(self.PERIOD_S)
-                try:
+                # The prober reports an outage; a heartbeat gap is harmless.
+                with contextlib.suppress(StoreUnavailable):
                     await self._db.execute(
-                        "UPDATE instances SET last_seen = now() WHERE id = $1", self._id
+                        """INSERT INTO instances (id, hostname, pid, version)
+                           VALUES ($1, $2, $3, $4)
+                           ON CONFLICT (id) DO UPDATE SET last_seen = now()""",
+                        self._id,
+                        socket.gethostname(),
+                        self._pid,
+                        self._version,
                     )
-                except StoreUnavailable:
-                    # The prober reports the outage; a heartbeat gap is harmless.
-                    continue
+                await trio.sleep(self.PERIOD_S)
         finally:
             with trio.move_on_after(2, shield=True):
                 with contextlib.suppress(StoreUnavailable):

@@ -186,11 +186,15 @@ def config_env(data: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def open_daemon(config: Config) -> AsyncIterator[tuple[Any, str]]:
-    """Run a Daemon in this trio run; yields (daemon, base_url); graceful stop on exit."""
+async def open_daemon(config: Config, **options: Any) -> AsyncIterator[tuple[Any, str]]:
+    """Run a Daemon in this trio run; yields (daemon, base_url); graceful stop on exit.
+
+    ``options`` go to the Daemon (``extra_actors``, ``extra_endpoints``, ``env``).
+    """
     from scheduler.daemon import Daemon
 
-    daemon = Daemon(config, env={})
+    options.setdefault("env", {})
+    daemon = Daemon(config, **options)
     async with trio.open_nursery() as nursery:
         urls = await nursery.start(daemon.run)
         try:
