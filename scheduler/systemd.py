@@ -47,6 +47,9 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Called from the trio thread: a full receive queue must drop the
+                # message, never block the event loop.
+                self._sock.setblocking(False)
             self._sock.sendto("\n".join(fields).encode(), self._address)
         except OSError as exc:
             # systemd going away must not take the daemon down with it.
