@@ -97,7 +97,7 @@ async def _act(args: argparse.Namespace, config: Config, store: SettingsStore) -
     patch = assignment_patch(args.assignments) if args.action == "set" else reset_patch(args.keys)
     record = await store.write(patch, expected_version=args.if_match)
     async with open_redis(config.redis) as redis:
-        published = await publish_invalidation(redis, record.version)
+        published = await publish_invalidation(redis, record)
     _print(record, published=published)
     return EXIT_OK
 

@@ -5,8 +5,9 @@ sources, all funnelled into the same version-gated :meth:`SettingsSnapshot._appl
 
 1. **write-through** — :meth:`SettingsSnapshot.write` commits in PostgreSQL and
    installs the new value locally before it returns;
-2. **invalidation** — the actor listens on the Redis settings channel and
-   reloads when a message names a newer version;
+2. **invalidation** — the actor listens on the Redis settings channel; a
+   message naming a newer version installs the document it carries (validated
+   here again) or, failing that, triggers a reload from PostgreSQL;
 3. **version check** — every ``check_interval_s`` a ``SELECT version`` covers lost
    messages and Redis outages;
 4. **stale-while-revalidate** — once the value is older than ``ttl_s`` (``error_ttl_s``
@@ -30,14 +31,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import msgspec
 import structlog
 import trio
 
 from accounts.errors import StoreUnavailable, ValidationFailed
 from snapshot.redis import UNAVAILABLE, RedisStore
 
-from ._settings_model import DEFAULT_SETTINGS, Settings
+from ._settings_model import DEFAULT_SETTINGS, Settings, parse_document
 from ._settings_store import (
+    Invalidation,
     SettingsRecord,
     SettingsStore,
     publish_invalidation,
@@ -143,12 +146,12 @@ class SettingsSnapshot:
         nothing changes then. A failed publish is logged, not raised.
         """
         record = await self._store.write(patch, expected_version=expected_version)
-        self._apply(record)
-        if self._redis is not None and not await publish_invalidation(self._redis, record.version):
+        self._apply(record, "write")
+        if self._redis is not None and not await publish_invalidation(self._redis, record):
             self._count("publish_failures")
         return record
 
-    def _apply(self, record: SettingsRecord) -> bool:
+    def _apply(self, record: SettingsRecord, source: str) -> bool:
         """Install ``record`` unless it is not newer than what we hold (no going back)."""
         if record.version <= self._version:
             if record.version < self._version:
@@ -156,6 +159,8 @@ class SettingsSnapshot:
             return False
         self._value, self._version = record.settings, record.version
         self._count("applied")
+        # Rare (an operator's change) and useful: when each instance switched.
+        log.info("settings applied", version=record.version, source=source)
         self._schedule_stale(self._ttl_s)
         return True
 
@@ -165,10 +170,9 @@ class SettingsSnapshot:
         """Load now (start-up); returns the version. Raises if the store fails."""
         with trio.fail_after(self._load_timeout_s):
             record = await self._store.load()
-        self._apply(record)
+        self._apply(record, "warm")
         self._schedule_stale(self._ttl_s)
         self.warmed = True
-        log.info("settings loaded", version=record.version)
         return record.version
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -215,7 +219,7 @@ class SettingsSnapshot:
                 reason=getattr(exc, "message", type(exc).__name__),
             )
             return
-        if not self._apply(record):
+        if not self._apply(record, "refresh"):
             # Same (or older) version: the value we hold is confirmed current.
             self._schedule_stale(self._ttl_s)
 
@@ -256,16 +260,29 @@ class SettingsSnapshot:
         if stored > self._version and trio.current_time() >= self._retry_at:
             self.request_refresh()
 
-    def on_message(self, data: str | bytes | int) -> None:
-        """One invalidation message: reload if it names a newer version."""
+    def on_message(self, data: str | bytes) -> None:
+        """One invalidation: install its document if newer and valid, else reload if newer."""
         self._count("invalidations")
         try:
-            version = int(data)
-        except (TypeError, ValueError):
+            decoded = msgspec.json.decode(data, type=Invalidation | int)
+        except msgspec.DecodeError:
             log.warning("ignoring a malformed settings invalidation")
             return
-        if version > self._version:
-            self.request_refresh()
+        message = Invalidation(decoded) if isinstance(decoded, int) else decoded
+        if message.version <= self._version:
+            return
+        if message.document is not None:
+            try:
+                settings = parse_document(message.document)
+            except ValidationFailed:
+                pass  # e.g. a newer release's field: let the reload decide
+            else:
+                record = SettingsRecord(
+                    version=message.version, document=message.document, settings=settings
+                )
+                self._apply(record, "message")
+                return
+        self.request_refresh()
 
     async def _listen_loop(
         self, redis: RedisStore, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -292,8 +309,9 @@ class SettingsSnapshot:
                         pending_start = None
                     await self.check_version()
                     async for message in pubsub:
-                        if message["type"] == "message":
-                            self.on_message(message["data"])
+                        data = message["data"]
+                        if message["type"] == "message" and isinstance(data, (str, bytes)):
+                            self.on_message(data)
             except* _CHANNEL_ERRORS as group:
                 # While being cancelled (shutdown) the channel's teardown errors say nothing.
                 shutting_down = trio.current_effective_deadline() == -math.inf

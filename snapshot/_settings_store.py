@@ -136,20 +136,36 @@ def settings_channel(redis: RedisStore) -> str:
     return redis.key("settings", "changed")
 
 
-async def publish_invalidation(redis: RedisStore, version: int) -> bool:
-    """PUBLISH ``version``; False (logged) if Redis did not take it.
+class Invalidation(msgspec.Struct, frozen=True):
+    """The message on :func:`settings_channel`: a version, and (when known) its document.
+
+    Receivers apply ``document`` directly when it validates (saving a PostgreSQL
+    round trip on every instance), else reload; a bare integer message (older
+    writers) means "reload if newer".
+    """
+
+    version: int
+    document: dict[str, Any] | None = None
+
+
+async def publish_invalidation(redis: RedisStore, change: SettingsRecord | int) -> bool:
+    """PUBLISH the new version (with its document); False (logged) if Redis did not take it.
 
     Never raises for an unavailable Redis: the write has committed already, and
     every instance's periodic version check picks it up without the message.
     """
     channel = settings_channel(redis)
+    if isinstance(change, SettingsRecord):
+        message = Invalidation(change.version, change.document)
+    else:
+        message = Invalidation(change)
     try:
         with trio.fail_after(PUBLISH_TIMEOUT_S):
-            await redis.client.publish(channel, str(version))
+            await redis.client.publish(channel, msgspec.json.encode(message).decode())
     except _PUBLISH_ERRORS as exc:
         log.warning(
             "settings invalidation not published; other instances will see it by polling",
-            version=version,
+            version=message.version,
             reason=type(exc).__name__,
         )
         return False

@@ -35,6 +35,7 @@ from ._settings_model import (
 from ._settings_snapshot import SettingsSnapshot, SnapshotStats
 from ._settings_store import (
     EMPTY_RECORD,
+    Invalidation,
     SettingsRecord,
     SettingsStore,
     publish_invalidation,
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_SETTINGS",
     "EMPTY_RECORD",
     "FallbackSettings",
+    "Invalidation",
     "LeaseSettings",
     "RuntimeSettings",
     "ScoringSettings",

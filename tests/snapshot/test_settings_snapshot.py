@@ -310,12 +310,21 @@ async def test_invalidation_reaches_another_snapshot_and_late_messages_are_ignor
             await until(lambda: reader.version == 3)
         assert reader.get().scoring.top_k == 4
         assert reader.stats.invalidations >= 1
+        # The messages carry the document: the reader installed them without reloading.
+        assert reader.stats.refreshes == 0
         with trio.fail_after(10):
             before = reader.stats.refreshes
             assert await publish_invalidation(redis, 1)
             await until(lambda: reader.stats.invalidations >= 4)
             await trio.testing.wait_all_tasks_blocked()
         assert reader.stats.refreshes == before and reader.version == 3
+        # A newer version whose document does not validate here: reload instead (which
+        # finds version 3 in PostgreSQL and changes nothing).
+        reader.on_message('{"version": 99, "document": {"scoring": {"top_k": 0}}}')
+        with trio.fail_after(10):
+            await until(lambda: reader.stats.refreshes == before + 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert reader.version == 3 and reader.get().scoring.top_k == 4
         nursery.cancel_scope.cancel()
 
 
