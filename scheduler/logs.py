@@ -19,6 +19,7 @@ an exception message or a traceback is caught too. Three nets:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import sys
@@ -26,6 +27,7 @@ import threading
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
+import msgspec
 import structlog
 
 REDACTED = "[redacted]"
@@ -92,7 +94,16 @@ def scrub(value: Any, *, key: str | None = None) -> Any:
         return [scrub(v) for v in value]
     if isinstance(value, BaseException):
         return _registry.scrub(f"{type(value).__name__}: {value}")
-    return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, msgspec.Struct):
+        # A struct (an Account, a request body) is scrubbed field by field, so a
+        # ``credentials`` field is caught by its name like a dict key would be.
+        return scrub({f: getattr(value, f) for f in value.__struct_fields__})
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return scrub({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+    # Anything else would reach the renderer as str(value): scrub that text.
+    return _registry.scrub(str(value))
 
 
 def redact_processor(
