@@ -16,11 +16,13 @@ of the bucket when its version became active.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable
 from typing import Any
 
 import msgspec
+import structlog
 import trio
 
 from accounts.db import Database
@@ -33,6 +35,8 @@ from .redis import RedisStore
 from .schedule import Outcome, PublishResult, set_snapshot
 from .source import BucketSource
 from .view import Tunable, _value
+
+log = structlog.get_logger("snapshot.builder")
 
 CHANNEL = "schedule_events"
 # Events read per round; a burst beyond this is picked up by the next round.
@@ -99,25 +103,33 @@ class SnapshotBuilder:
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         async with self.db.acquire() as conn:
             await conn.add_listener(CHANNEL, lambda _payload: self.wake())
-            await self._safe(self.rebuild_all())
-            next_full = trio.current_time() + _value(self.full_rebuild_s)
-            task_status.started()
-            while True:
-                timeout = min(self.poll_s, max(0.0, next_full - trio.current_time()))
-                with trio.move_on_after(timeout):
-                    await self._wake.wait()
-                self._wake = trio.Event()
-                if trio.current_time() >= next_full:
-                    await self._safe(self.rebuild_all())
-                    next_full = trio.current_time() + _value(self.full_rebuild_s)
-                await self._safe(self.process_events())
-                self.rounds += 1
+            try:
+                await self._loop(task_status)
+            finally:
+                with trio.move_on_after(2, shield=True), contextlib.suppress(StoreUnavailable):
+                    await conn.remove_listeners(CHANNEL)
+
+    async def _loop(self, task_status: trio.TaskStatus[Any]) -> None:
+        await self._safe(self.rebuild_all())
+        next_full = trio.current_time() + _value(self.full_rebuild_s)
+        task_status.started()
+        while True:
+            timeout = min(self.poll_s, max(0.0, next_full - trio.current_time()))
+            with trio.move_on_after(timeout):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            if trio.current_time() >= next_full:
+                await self._safe(self.rebuild_all())
+                next_full = trio.current_time() + _value(self.full_rebuild_s)
+            await self._safe(self.process_events())
+            self.rounds += 1
 
     async def _safe(self, work: Any) -> None:
         try:
             await work
-        except StoreUnavailable:
-            pass  # the stores' probes report the outage; the next round retries
+        except StoreUnavailable as exc:
+            # The store probes report the outage; the next round retries.
+            log.warning("snapshot round failed", reason=exc.message)
 
     async def rebuild(self, bucket: Bucket, *, lag_from: float | None = None) -> PublishResult:
         """Publish ``bucket`` from PostgreSQL now (BUSY if another holder has the lock).
@@ -168,9 +180,7 @@ class SnapshotBuilder:
             results[bucket] = result
             if result.outcome is Outcome.ACTIVATED:
                 done.extend(pending.ids)
-        if everything is not None and all(
-            r.outcome is Outcome.ACTIVATED for r in results.values()
-        ):
+        if everything is not None and all(r.outcome is Outcome.ACTIVATED for r in results.values()):
             done.extend(everything.ids)
         if done:
             await self.db.execute(

@@ -60,15 +60,19 @@ class ScheduleWatcher:
     async def _listen(self) -> None:
         name = channel(self.view.store.prefix)
         while True:
+            pubsub = self.view.store.client.pubsub(channels=[name], ignore_subscribe_messages=True)
             try:
-                async with self.view.store.client.pubsub(
-                    channels=[name], ignore_subscribe_messages=True
-                ) as pubsub:
+                async with pubsub:
                     self.subscribed.set()
                     async for message in pubsub:
                         self._handle(message)
             except UNAVAILABLE:
                 pass  # the periodic check covers the gap while we reconnect
+            finally:
+                # coredis 6.9 leaves these open when entering the pubsub fails
+                # (ResourceWarning at collection); closing twice is harmless.
+                for stream in (pubsub._send_stream, pubsub._receive_stream):
+                    stream.close()
             await trio.sleep(RESUBSCRIBE_S)
 
     def _handle(self, message: Any) -> None:

