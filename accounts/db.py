@@ -75,6 +75,7 @@ class Connection:
 
     def __init__(self, raw: asyncpg.Connection) -> None:
         self._raw = raw
+        self._listeners: dict[str, list[Callable[..., None]]] = {}
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
         try:
@@ -145,6 +146,16 @@ class Connection:
             callback(payload)
 
         await aio_as_trio(self._raw.add_listener)(channel, _cb)
+        self._listeners.setdefault(channel, []).append(_cb)
+
+    async def remove_listeners(self, channel: str) -> None:
+        """UNLISTEN ``channel`` (every callback added here); do it before the connection
+        goes back to the pool, which otherwise warns about a live listener."""
+        for cb in self._listeners.pop(channel, []):
+            try:
+                await aio_as_trio(self._raw.remove_listener)(channel, cb)
+            except _UNAVAILABLE as exc:
+                raise _translate(exc) from exc
 
 
 class Database:

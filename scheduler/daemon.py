@@ -31,6 +31,7 @@ from .http.server import HttpServer
 from .logs import bind, get_logger, register_secret
 from .metrics import Metrics
 from .probes import InstanceRegistry, LoopLag, StoreProber
+from .schedule import build_schedule
 from .services import Services
 from .supervisor import RestartPolicy, Supervisor
 from .systemd import Notifier, Watchdog, watchdog_interval_s
@@ -151,6 +152,7 @@ class Daemon:
         services.settings = SettingsSnapshot(
             SettingsStore(services.db), services.redis, on_event=self._settings_event
         )
+        services.schedule = build_schedule(services)
         return [
             LoopLag(self.health, self.metrics),
             StoreProber(
@@ -163,6 +165,7 @@ class Daemon:
             ),
             # Essential: started() only after the first load, so readiness waits for it.
             services.settings,
+            *services.schedule.actors(),
             InstanceRegistry(services.db, self.instance_id, __version__, os.getpid()),
             # Selection last: it reads the settings and the schedule view built above.
             *select_api.install(services),

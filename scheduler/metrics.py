@@ -63,6 +63,37 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("stationmaster_ready", "1 while /readyz answers 200.", registry=r)
+        # Schedule snapshot (scheduler/schedule.py feeds these from the snapshot package).
+        self.schedule_reloads = Counter(
+            "stationmaster_schedule_reloads_total",
+            "Bucket copies replaced in the schedule view, by source (redis, postgres).",
+            ["source"],
+            registry=r,
+        )
+        self.schedule_fallbacks = Counter(
+            "stationmaster_schedule_fallbacks_total",
+            "PostgreSQL fallback loads of the schedule view (loaded, limited, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.schedule_rebuilds = Counter(
+            "stationmaster_schedule_rebuilds_total",
+            "Snapshot publishes by outcome (activated, stale, fenced, busy).",
+            ["outcome"],
+            registry=r,
+        )
+        self.schedule_rebuild_seconds = Histogram(
+            "stationmaster_schedule_rebuild_seconds",
+            "Time to read, write and activate a bucket snapshot.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.schedule_lag_seconds = Histogram(
+            "stationmaster_schedule_lag_seconds",
+            "Age of the oldest schedule event of a bucket when its new version activated.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=r,
+        )
         self.settings_events = Counter(
             "stationmaster_settings_events_total",
             "Settings snapshot events (refreshes, refresh_failures, invalidations, ...).",

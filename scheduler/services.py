@@ -13,6 +13,7 @@ from snapshot.settings import SettingsSnapshot
 from .config import Config
 from .health import Health
 from .metrics import Metrics
+from .schedule import Schedule
 
 
 @dataclass(slots=True)
@@ -33,6 +34,8 @@ class Services:
     accounts: AccountRepository | None = None
     # The settings snapshot: `settings.get()` once per request (hot path).
     settings: SettingsSnapshot | None = None
+    # Schedule snapshot: `schedule.view.get(bucket)` on the hot path (scheduler/schedule.py).
+    schedule: Schedule | None = None
     # Selection (scheduler/select.py, reports.py, http/select_api.py): built by
     # select_api.install(); Any-typed to keep services.py free of import cycles.
     selector: Any = None
