@@ -103,7 +103,8 @@ class PauseDecision(msgspec.Struct, frozen=True, kw_only=True):
     When ``paused``: ``window`` is the window that pauses it, ``utilisation``
     the reading's used fraction, ``threshold`` the one applied, and ``until``
     the moment the verdict lifts by itself at the latest (the window's reset,
-    or when the reading turns stale). ``why`` is a human-readable sentence.
+    or when the reading turns stale): paused while ``now < until``. ``why`` is
+    a human-readable sentence.
     """
 
     paused: bool
@@ -173,11 +174,14 @@ def _judge(
     # not pausing: a paused account gets no traffic, so a bad reading must not stick.
     if resets is not None and not now < resets:
         return _RESET
-    if not now - reading.observed_at <= stale_after_s:
+    # Stale from the moment it reaches the age limit, like a reset: every boundary
+    # here is "blocked while now < deadline", and computing the deadline once keeps
+    # ``until`` below exactly the instant the verdict changes (no float drift).
+    until = reading.observed_at + stale_after_s
+    if not now < until:
         return _STALE
     if used < threshold:
         return _BELOW
-    until = reading.observed_at + stale_after_s
     if resets is not None and resets < until:
         until = resets
     return PauseDecision(
@@ -198,8 +202,9 @@ def quota_pause(
 
     Per window: its disable flag wins outright; the threshold is the account's
     own, else the policy default, else none (never pauses); the latest reading
-    counts only when something was used, its window has not reset yet and it is
-    not older than ``policy.stale_after_s``; then it pauses when used >= threshold.
+    counts only when something was used, its window has not reset yet
+    (``now < reset``) and it is not stale (``now < observed_at +
+    policy.stale_after_s``); then it pauses when used >= threshold.
     The latest reading of a window is the one with the greatest ``observed_at``
     (on a tie, the one given last). When both windows pause, the one that lifts
     later is reported (the account stays paused until then).

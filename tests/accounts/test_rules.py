@@ -98,7 +98,7 @@ def counts(reading: QuotaWindow, policy: QuotaPolicy, now: float) -> bool:
     return (
         reading.used_ratio > 0
         and (resets is None or now < resets)
-        and now - reading.observed_at <= policy.stale_after_s
+        and now < reading.observed_at + policy.stale_after_s
     )
 
 
@@ -191,7 +191,8 @@ def test_a_window_that_already_reset_does_not_pause(
 # Whole seconds keep `now - observed_at` exact, so the boundary is tested, not rounding.
 @given(st.sampled_from([H5, D7]), st.integers(60, 86400), st.floats(0.001, 86400))
 def test_a_stale_reading_does_not_pause(window: Window, stale_after: int, extra: float) -> None:
-    """A reading older than stale_after_s does not count; at exactly the limit it still does."""
+    """A reading stale_after_s old or older does not count (the limit itself included,
+    like a reset: the pause lifts at ``until``); a moment younger it does."""
     policy = QuotaPolicy(
         default_5h_threshold=0.5, default_7d_threshold=0.5, stale_after_s=stale_after
     )
@@ -199,7 +200,10 @@ def test_a_stale_reading_does_not_pause(window: Window, stale_after: int, extra:
     old = fresh(window, 0.99, observed_at=NOW - stale_after - extra, reset_at=far)
     assert not quota_pause(make_account(), [old], policy, NOW).paused
     edge = fresh(window, 0.99, observed_at=NOW - stale_after, reset_at=far)
-    assert quota_pause(make_account(), [edge], policy, NOW).paused
+    assert not quota_pause(make_account(), [edge], policy, NOW).paused
+    young = fresh(window, 0.99, observed_at=NOW - stale_after + 1, reset_at=far)
+    d = quota_pause(make_account(), [young], policy, NOW)
+    assert d.paused and d.until == NOW + 1
 
 
 @PROPS
