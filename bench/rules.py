@@ -6,27 +6,34 @@ and prints the total per 10,000 and the cost per account. Target (issue 3): the
 whole 10,000 in <= 20 ms. Pure Python, no servers.
 
     python bench/rules.py [--accounts 10000] [--rounds 30]
+    python -m bench.rules        (same, from the repository root)
 """
 
 from __future__ import annotations
 
-import argparse
-import gc
-import os
-import platform
-import random
-import statistics
 import sys
-import time
-from collections import Counter
-from collections.abc import Callable
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as a file, Python puts bench/ first on sys.path, where bench/select.py would
+# shadow the standard library's ``select`` (imported by socket, trio ...). Swap the
+# script's folder for the repository root before importing anything else.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-from accounts.model import (
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import random  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from importlib import metadata  # noqa: E402
+
+from accounts.model import (  # noqa: E402
     Account,
     Kind,
     Platform,
@@ -35,7 +42,7 @@ from accounts.model import (
     Status,
     Window,
 )
-from accounts.rules import AccountRuntime, check, quota_pause, schedulable
+from accounts.rules import AccountRuntime, check, quota_pause, schedulable  # noqa: E402
 
 NOW = 1_790_000_000.0
 # The issue's budget for one pass over 10,000 accounts.
@@ -114,26 +121,27 @@ def time_rounds(fn: Callable[[], object], rounds: int) -> list[float]:
     return out
 
 
-def machine_info() -> str:
-    """Reuse the shared bench helper when it exists; else describe the machine here."""
+def print_machine(title: str) -> None:
+    """The shared setup lines (bench/_common.py) when present, else the same facts here."""
     try:
-        from bench import _common  # type: ignore[attr-defined]  # written by another engineer
-
-        helper = getattr(_common, "machine_info", None)
-        if callable(helper):
-            return str(helper())
+        from bench._common import print_setup
     except ImportError:
         pass
+    else:
+        print_setup(title, packages=("msgspec", "hypothesis"))
+        return
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (
-        f"machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
-        f"load average {os.getloadavg()[0]:.2f}; "
-        f"python {platform.python_version()} ({platform.python_implementation()}); "
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"== {title}")
+    print(f"machine:  {os.cpu_count()} cores, {cpu}, load avg {load}")
+    print(f"system:   {platform.system()} {platform.release()}")
+    print(
+        f"python:   {platform.python_implementation()} {platform.python_version()}; "
         f"msgspec {metadata.version('msgspec')}"
     )
 
@@ -179,7 +187,7 @@ def main() -> None:
         for account, runtime, model in pool:
             check(account, runtime, model, policy, NOW)
 
-    print(machine_info())
+    print_machine("accounts rules: quota_pause + schedulable, check")
     print(
         f"policy: 5h {policy.default_5h_threshold}, 7d {policy.default_7d_threshold}, "
         f"stale after {policy.stale_after_s:.0f} s; seed {args.seed}; {args.rounds} rounds"
