@@ -168,7 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _load_command_modules()
     for name, (help_, add_args, _fn) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_))
+        command_parser = sub.add_parser(name, help=help_)
+        # Also after the subcommand (`stationmaster run --config FILE`, as in the
+        # systemd unit); SUPPRESS keeps a value given before it.
+        command_parser.add_argument(
+            "--config", default=argparse.SUPPRESS, help="TOML config file (as above)"
+        )
+        add_args(command_parser)
     return parser
 
 
