@@ -14,29 +14,30 @@ machine and versions.
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import secrets
-import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
-from importlib import metadata
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import trio
+# Run as a script, this directory is sys.path[0], where bench/select.py would
+# shadow the stdlib `select` that trio imports: put the repository root there.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import argparse  # noqa: E402
+import os  # noqa: E402
+import secrets  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Awaitable, Callable  # noqa: E402
 
-from accounts.crypto import Cipher, CryptoConfig, generate_key
-from accounts.db import Database, DatabaseConfig, admin_execute, open_database, open_loop
-from accounts.inputs import AccountCreate
-from accounts.migrate import migrate
-from accounts.model import Platform
-from accounts.repository import MAX_PAGE, AccountRepository
-from accounts.validation import convert
+import trio  # noqa: E402
+
+from accounts.crypto import Cipher, CryptoConfig, generate_key  # noqa: E402
+from accounts.db import Database, DatabaseConfig, open_database, open_loop  # noqa: E402
+from accounts.inputs import AccountCreate  # noqa: E402
+from accounts.migrate import migrate  # noqa: E402
+from accounts.model import Platform  # noqa: E402
+from accounts.repository import MAX_PAGE, AccountRepository  # noqa: E402
+from accounts.validation import convert  # noqa: E402
+from bench._common import bench_database, print_setup  # noqa: E402
 
 DEFAULT_DSN = os.environ.get(
     "STATIONMASTER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -119,41 +120,28 @@ async def run(repo: AccountRepository, db: Database, n: int, rounds: int) -> Non
     report("bucket_accounts('default', openai)", *await timed(rounds, bucket))
 
 
-def with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+async def bench(dsn: str, n: int, rounds: int) -> None:
+    async with open_loop(), open_database(DatabaseConfig(dsn=dsn, pool_max=4)) as db:
+        await migrate(db)
+        server = await db.fetchval("SHOW server_version")
+        print_setup(
+            "accounts: listing through AccountRepository (asyncpg via trio-asyncio)",
+            ("trio", "trio-asyncio", "asyncpg", "msgspec", "cryptography"),
+            {"postgres": f"{server} (loopback TCP)", "run": f"accounts={n} rounds={rounds}"},
+        )
+        repo = AccountRepository(db, Cipher(CryptoConfig(keys=[generate_key()])))
+        await run(repo, db, n, rounds)
 
 
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", default=DEFAULT_DSN, help="server DSN to create a scratch db on")
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    name = f"smbench_{os.getpid()}_{secrets.token_hex(3)}"
-    async with open_loop():
-        await admin_execute(args.dsn, f'CREATE DATABASE "{name}"')
-        try:
-            cfg = DatabaseConfig(dsn=with_database(args.dsn, name), pool_max=4)
-            async with open_database(cfg) as db:
-                await migrate(db)
-                server = await db.fetchval("SHOW server_version")
-                print_setup(server, args.accounts, args.rounds)
-                repo = AccountRepository(db, Cipher(CryptoConfig(keys=[generate_key()])))
-                await run(repo, db, args.accounts, args.rounds)
-        finally:
-            await admin_execute(args.dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def print_setup(server: str, n: int, rounds: int) -> None:
-    versions = ", ".join(
-        f"{pkg} {metadata.version(pkg)}" for pkg in ("trio", "trio-asyncio", "asyncpg", "msgspec")
-    )
-    print(
-        f"setup: {os.cpu_count()} cores ({platform.machine()}, {platform.processor() or 'cpu'}), "
-        f"python {platform.python_version()}, PostgreSQL {server} (loopback TCP), {versions}"
-    )
-    print(f"accounts={n} rounds={rounds}")
+    with bench_database(args.dsn) as dsn:
+        trio.run(bench, dsn, args.accounts, args.rounds)
 
 
 if __name__ == "__main__":
-    trio.run(main)
+    main()
