@@ -201,6 +201,10 @@ def _serve(config: Config, banner: str, early: _EarlySignal) -> int:
         trio.run(run_until_signal, _Announcer(Daemon(config), banner, early))
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
+        if all(isinstance(e, KeyboardInterrupt) for e in leaves):
+            # A second Ctrl-C: the user wants out now, drain or not.
+            log.warning("interrupted again: stopped without finishing the drain")
+            return _EXIT_OK
         domain = next((e for e in leaves if isinstance(e, StationmasterError)), None)
         if domain is None:
             log.error("daemon failed", exc_info=group)
@@ -244,7 +248,7 @@ def run_dev(args: argparse.Namespace, config: Config) -> int:
             )
             return _serve(config, _banner(state_dir, dev_secrets), early)
     except KeyboardInterrupt:
-        print("stationmaster dev: interrupted during start-up; servers stopped", file=sys.stderr)
+        print("stationmaster dev: interrupted; servers stopped", file=sys.stderr)
         return _EXIT_OK
     finally:
         signal.signal(signal.SIGTERM, previous)
