@@ -373,7 +373,7 @@ class AccountRepository:
             ) from None
 
 
-def _rejected(exc: CheckViolation) -> ValidationFailed:
+def _rejected(exc: Exception) -> ValidationFailed:
     # Input structs validate first; this is the schema's last word, named by its constraint.
     name = getattr(exc, "constraint_name", None) or "check"
     return ValidationFailed.one("$", f"rejected by the database constraint {name}")
