@@ -16,6 +16,7 @@ import httpx
 import msgspec
 import trio
 
+from accounts.db import Database
 from scheduler.http.app import all_endpoints
 from scheduler.http.endpoints import Call, Endpoint
 
@@ -65,7 +66,7 @@ def _assert_error(response: httpx.Response, status: int, code: str) -> dict[str,
 
 
 async def test_body_limit_unknown_route_and_wrong_method(
-    pg_dsn: str, redis_url: str, redis_prefix: str
+    pg_dsn: str, redis_url: str, redis_prefix: str, db: Database
 ) -> None:
     calls: list[str] = []
     config = make_config(pg_dsn, redis_url, redis_prefix, http={"max_body_bytes": LIMIT})
@@ -96,7 +97,9 @@ async def test_body_limit_unknown_route_and_wrong_method(
             _assert_error(await client.get("/test/echo"), 405, "method_not_allowed")
 
 
-async def test_openapi_lists_every_route(pg_dsn: str, redis_url: str, redis_prefix: str) -> None:
+async def test_openapi_lists_every_route(
+    pg_dsn: str, redis_url: str, redis_prefix: str, db: Database
+) -> None:
     config = make_config(pg_dsn, redis_url, redis_prefix)
     with trio.fail_after(30):
         async with (
@@ -114,7 +117,7 @@ async def test_openapi_lists_every_route(pg_dsn: str, redis_url: str, redis_pref
 
 
 async def test_metrics_carry_build_info_restarts_loop_lag_and_probe_latency(
-    pg_dsn: str, redis_url: str, redis_prefix: str
+    pg_dsn: str, redis_url: str, redis_prefix: str, db: Database
 ) -> None:
     config = make_config(
         pg_dsn,

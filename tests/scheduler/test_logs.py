@@ -22,6 +22,7 @@ import pytest
 import structlog
 import trio
 
+from accounts.db import Database
 from scheduler.http.endpoints import Call, Endpoint
 from scheduler.logs import REDACTED, configure_logging, get_logger, register_secret
 
@@ -150,7 +151,7 @@ class Ticker:
 
 
 async def test_request_id_bound_per_request_and_actor_per_actor(
-    captured: io.StringIO, pg_dsn: str, redis_url: str, redis_prefix: str
+    captured: io.StringIO, pg_dsn: str, redis_url: str, redis_prefix: str, db: Database
 ) -> None:
     async def noisy(call: Call) -> dict[str, str]:
         # Two tasks' worth of context: the handler's and a child it starts.

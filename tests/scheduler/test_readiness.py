@@ -17,6 +17,7 @@ import httpx
 import pytest
 import trio
 
+from accounts.db import Database
 from scheduler.health import Health, Phase, State
 from scheduler.metrics import Metrics
 
@@ -75,7 +76,7 @@ async def _wait_readyz(client: httpx.AsyncClient, status: int) -> dict[str, Any]
 @pytest.mark.parametrize("store", ["postgres", "redis"])
 @pytest.mark.parametrize("mode", ["refuse", "hold"])
 async def test_readyz_follows_a_store_outage(
-    pg_dsn: str, redis_url: str, redis_prefix: str, store: str, mode: str
+    pg_dsn: str, redis_url: str, redis_prefix: str, db: Database, store: str, mode: str
 ) -> None:
     with trio.fail_after(60):
         async with _proxied_daemon(pg_dsn, redis_url, redis_prefix) as (proxies, client, _d):
@@ -98,7 +99,7 @@ async def test_readyz_follows_a_store_outage(
 
 
 async def test_non_essential_actor_given_up_shows_in_readyz(
-    pg_dsn: str, redis_url: str, redis_prefix: str
+    pg_dsn: str, redis_url: str, redis_prefix: str, db: Database
 ) -> None:
     """Past its restart limit a non-essential actor stays down; the daemon stays ready."""
     config = make_config(

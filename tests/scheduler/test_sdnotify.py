@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from accounts.db import Database
 from scheduler.health import Health
 from scheduler.metrics import Metrics
 from scheduler.systemd import Notifier, Watchdog, watchdog_interval_s
@@ -97,7 +98,7 @@ async def test_watchdog_pings_only_while_loop_lag_is_under_the_bound(
 
 
 async def test_subprocess_ready_watchdog_stopping(
-    pg_dsn: str, redis_url: str, redis_prefix: str
+    pg_dsn: str, redis_url: str, redis_prefix: str, db: Database
 ) -> None:
     async with open_notify_socket() as notify:
         proc = DaemonProcess(
@@ -122,7 +123,7 @@ async def test_subprocess_ready_watchdog_stopping(
 
 
 async def test_subprocess_ignores_a_watchdog_meant_for_another_pid(
-    pg_dsn: str, redis_url: str, redis_prefix: str
+    pg_dsn: str, redis_url: str, redis_prefix: str, db: Database
 ) -> None:
     """WATCHDOG_PID names another process: READY=1 and STOPPING=1, but no pings."""
     async with open_notify_socket() as notify:

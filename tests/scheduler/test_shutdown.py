@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import trio
 
+from accounts.db import Database
 from scheduler.cli import run_until_signal
 from scheduler.daemon import Daemon
 from scheduler.health import Phase
@@ -68,7 +69,7 @@ async def _wait_refused(url: str) -> None:
 
 
 async def test_sigterm_flips_readiness_then_drains_in_flight_requests(
-    pg_dsn: str, redis_url: str, redis_prefix: str
+    pg_dsn: str, redis_url: str, redis_prefix: str, db: Database
 ) -> None:
     config = make_config(
         pg_dsn, redis_url, redis_prefix, http={"drain_delay_s": 1.0, "drain_timeout_s": 10}
@@ -120,7 +121,7 @@ async def test_sigterm_flips_readiness_then_drains_in_flight_requests(
 
 
 async def test_work_past_the_drain_timeout_is_cancelled(
-    pg_dsn: str, redis_url: str, redis_prefix: str
+    pg_dsn: str, redis_url: str, redis_prefix: str, db: Database
 ) -> None:
     config = make_config(pg_dsn, redis_url, redis_prefix, http={"drain_timeout_s": 0.5})
     gate = Gate()
@@ -155,7 +156,7 @@ async def test_work_past_the_drain_timeout_is_cancelled(
 
 
 async def test_subprocess_drains_and_exits_0_on_sigterm(
-    pg_dsn: str, redis_url: str, redis_prefix: str
+    pg_dsn: str, redis_url: str, redis_prefix: str, db: Database
 ) -> None:
     with tempfile.TemporaryDirectory() as directory:
         release = Path(directory) / "release"

@@ -16,13 +16,14 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from accounts.db import DatabaseConfig, open_database, open_loop
 from accounts.errors import SupervisorError
 from scheduler.cli import EXIT_FAILURE, run_daemon
 from scheduler.health import Health, Phase, State
 from scheduler.metrics import Metrics
 from scheduler.supervisor import RestartPolicy, Supervisor
 
-from ..support import make_config
+from ..support import make_config, truncate_all
 
 
 class Flaky:
@@ -55,6 +56,16 @@ class Flaky:
         task_status.started(len(self.starts))
         await trio.sleep(0)
         raise RuntimeError("boom")
+
+
+def _truncate(pg_dsn: str) -> None:
+    """What the async ``db`` fixture does, for a sync test."""
+
+    async def go() -> None:
+        async with open_loop(), open_database(DatabaseConfig(dsn=pg_dsn, pool_max=1)) as db:
+            await truncate_all(db)
+
+    trio.run(go)
 
 
 def _supervisor(**policy: Any) -> tuple[Supervisor, Health, Metrics]:
@@ -105,7 +116,9 @@ async def test_quiet_window_resets_the_backoff(autojump_clock: trio.testing.Mock
     class Steady:
         name, essential = "steady", False
 
-        async def run(self, *, task_status: trio.TaskStatus[Any]) -> None:
+        async def run(
+            self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+        ) -> None:
             nonlocal crash_now
             starts.append(trio.current_time())
             task_status.started()
@@ -204,7 +217,9 @@ async def test_stop_cancels_newest_first_and_cancellation_is_not_a_crash(
         def __init__(self, name: str, *, fail_in_cleanup: bool = False) -> None:
             self.name, self.essential, self.fail = name, True, fail_in_cleanup
 
-        async def run(self, *, task_status: trio.TaskStatus[Any]) -> None:
+        async def run(
+            self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+        ) -> None:
             task_status.started()
             try:
                 await trio.sleep_forever()
@@ -249,6 +264,7 @@ def test_run_daemon_exits_1_when_an_essential_actor_keeps_crashing(
         redis_prefix,
         supervisor={"backoff_initial_s": 0.01, "backoff_max_s": 0.05, "max_restarts": 2},
     )
+    _truncate(pg_dsn)  # rows left by other tests (other Fernet keys) would stop the start
     actor = Flaky("doomed", essential=True)
     assert run_daemon(config, extra_actors=[actor]) == EXIT_FAILURE
     assert len(actor.starts) == 3
