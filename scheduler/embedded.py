@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from accounts.errors import ConfigError, StoreUnavailable
+from accounts.errors import StationmasterError, StoreUnavailable
 
 from .logs import get_logger
 
@@ -69,7 +69,7 @@ def _package_dir(name: str, hint: str) -> Path:
     """The directory of an installed package, without importing it (no import side effects)."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("dev", f"{hint} is not installed: pip install -e '.[embedded]'")
+        raise StationmasterError(f"{hint} is not installed: pip install -e '.[embedded]'")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -159,7 +159,14 @@ def find_processes(marker: str, names: tuple[str, ...]) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         argv = _cmdline(int(entry.name))
-        if argv and Path(argv[0].split()[0]).name in names and marker in " ".join(argv):
+        if not argv:
+            continue
+        # Redis rewrites its title to one string ("redis-server unixsocket:PATH"),
+        # so compare whole words, never substrings (/state/x must not match /state/x2).
+        words = " ".join(argv).split()
+        if Path(words[0]).name in names and any(
+            w == marker or w.endswith(":" + marker) for w in words
+        ):
             found.append(int(entry.name))
     return found
 
