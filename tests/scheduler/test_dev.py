@@ -64,9 +64,12 @@ def _server_processes(state_dir: Path) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def _dev(state_dir: Path, port: int = 0) -> AsyncIterator[DaemonProcess]:
+async def _dev(
+    state_dir: Path, port: int = 0, config: dict[str, dict[str, object]] | None = None
+) -> AsyncIterator[DaemonProcess]:
     """The dev subprocess; killed if still running at the end, its pipe always closed."""
-    proc = DaemonProcess({}, args=("dev", "--state-dir", str(state_dir), "--port", str(port)))
+    args = ("dev", "--state-dir", str(state_dir), "--port", str(port))
+    proc = DaemonProcess(config or {}, args=args)
     try:
         yield proc
     finally:
@@ -127,7 +130,9 @@ async def test_dev_daemon_failing_to_start_leaves_no_servers(state_dir: Path) ->
     with socket.socket() as taken, trio.fail_after(60):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        async with _dev(state_dir, port=taken.getsockname()[1]) as proc:
+        # Give up on the first crash instead of the default restarts with backoff.
+        quick = {"supervisor": {"max_restarts": 1, "backoff_initial_s": 0.01}}
+        async with _dev(state_dir, port=taken.getsockname()[1], config=quick) as proc:
             assert await proc.wait(timeout=60) == 1, proc.output()[-2000:]
     assert _server_processes(state_dir) == []
 
