@@ -60,10 +60,13 @@ class Terms(msgspec.Struct, frozen=True, kw_only=True):
     reset_soon: float
 
 
+_TERM_NAMES = Terms.__struct_fields__
+
+
 class Scored(msgspec.Struct, frozen=True, kw_only=True):
     account: Account
     score: float
-    terms: Terms
+    terms: Terms | None
     load: float
 
 
@@ -90,10 +93,13 @@ def score(
     candidates: Sequence[tuple[Account, RuntimeState, int]],
     weights: Weights,
     now: float,
+    *,
+    with_terms: bool = True,
 ) -> list[Scored]:
     """Score ``(account, state, waiting)`` triples; the result keeps the input order."""
     if not candidates:
         return []
+    wv = tuple(getattr(weights, name) for name in _TERM_NAMES)
     prios = [a.priority for a, _, _ in candidates]
     lo, hi = min(prios), max(prios)
     spread = float(hi - lo) or 1.0
@@ -104,24 +110,18 @@ def score(
         cap = account.capacity
         load = (state.leases + waiting) / cap
         headroom, reset_soon = _quota_terms(state, now)
-        terms = Terms(
-            priority=1.0 - (account.priority - lo) / spread,
-            load=1.0 - _clamp(load),
-            queue=1.0 - _clamp(waiting / cap),
-            error_rate=1.0 - _clamp(state.error_rate),
-            ttft=1.0 - _clamp((state.ttft_ms or 0.0) / ttft_ref),
-            quota_headroom=headroom,
-            reset_soon=reset_soon,
+        t = (
+            1.0 - (account.priority - lo) / spread,
+            1.0 - _clamp(load),
+            1.0 - _clamp(waiting / cap),
+            1.0 - _clamp(state.error_rate),
+            1.0 - _clamp((state.ttft_ms or 0.0) / ttft_ref),
+            headroom,
+            reset_soon,
         )
-        total = (
-            weights.priority * terms.priority
-            + weights.load * terms.load
-            + weights.queue * terms.queue
-            + weights.error_rate * terms.error_rate
-            + weights.ttft * terms.ttft
-            + weights.quota_headroom * terms.quota_headroom
-            + weights.reset_soon * terms.reset_soon
-        )
+        total = sum(w * x for w, x in zip(wv, t, strict=True))
+        # Terms are built only when asked (explain): the hot path scores 500 accounts.
+        terms = Terms(**dict(zip(_TERM_NAMES, t, strict=True))) if with_terms else None
         out.append(Scored(account=account, score=total, terms=terms, load=load))
     return out
 

@@ -318,7 +318,7 @@ class Selector:
         now: float,
     ) -> list[Scored]:
         """Score, keep the best K, draw the weighted order (seeded by the session)."""
-        scored = score(candidates, Weights.from_settings(cfg.scoring), now)
+        scored = score(candidates, Weights.from_settings(cfg.scoring), now, with_terms=False)
         best = top_k(scored, cfg.scoring.top_k)
         return weighted_order(best, seed_for(req.session_hash, req.previous_response_id))
 

@@ -73,6 +73,7 @@ def test_terms_are_bounded(specs):
 
 def msgspec_values(s: Scored) -> list[float]:
     t = s.terms
+    assert t is not None
     return [t.priority, t.load, t.queue, t.error_rate, t.ttft, t.quota_headroom, t.reset_soon]
 
 
