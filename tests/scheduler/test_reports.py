@@ -27,6 +27,11 @@ async def _state(sel, a):
     return (await sel.runtime.read_many("openai", [a.id]))[a.id]
 
 
+def _at_runtime(headers: dict[str, str], now: float) -> dict[str, str]:
+    """Absolute reset times must be computed when the test runs, not at collection."""
+    return {k: str(int(now) + 900) if v == "{now+900}" else v for k, v in headers.items()}
+
+
 @pytest.mark.parametrize(
     ("headers", "low", "high"),
     [
@@ -44,10 +49,10 @@ async def _state(sel, a):
         (
             {
                 "anthropic-ratelimit-unified-status": "rejected",
-                # Fixed at collection time: allow for the suite running before this test.
-                "anthropic-ratelimit-unified-reset": str(int(time.time()) + 900),
+                # Epoch seconds, filled in when the test runs (see _at_runtime).
+                "anthropic-ratelimit-unified-reset": "{now+900}",
             },
-            300,
+            899,
             901,
         ),
         ({"anthropic-ratelimit-unified-status": "rejected"}, 59, 61),  # no reset: default 60 s
@@ -59,6 +64,7 @@ async def test_429_sets_rate_limited_until_the_reset(redis, headers, low, high):
     with trio.fail_after(10):
         got = await sel.select(REQ)
         now = time.time()
+        headers = _at_runtime(headers, now)
         done = await reporter.release(got.lease_id, Outcome(status=429, headers=headers))
         state = await _state(sel, a)
     assert "rate_limited" in done.effects
