@@ -191,6 +191,7 @@ _COMMAND_MODULES: list[str] = [
     "scheduler.accounts_cli",
     "scheduler.settings_cli",
     "scheduler.buckets_cli",
+    "scheduler.explain_cli",
 ]
 
 
