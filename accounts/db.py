@@ -75,7 +75,6 @@ class Connection:
 
     def __init__(self, raw: asyncpg.Connection) -> None:
         self._raw = raw
-        self._listeners: dict[str, list[Callable[..., None]]] = {}
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
         try:
@@ -139,24 +138,6 @@ class Connection:
             except _UNAVAILABLE as exc:
                 raise _translate(exc) from exc
 
-    async def add_listener(self, channel: str, callback: Callable[[str], None]) -> None:
-        """LISTEN on ``channel``; ``callback(payload)`` runs on the trio thread."""
-
-        def _cb(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-            callback(payload)
-
-        await aio_as_trio(self._raw.add_listener)(channel, _cb)
-        self._listeners.setdefault(channel, []).append(_cb)
-
-    async def remove_listeners(self, channel: str) -> None:
-        """UNLISTEN ``channel`` (every callback added here); do it before the connection
-        goes back to the pool, which otherwise warns about a live listener."""
-        for cb in self._listeners.pop(channel, []):
-            try:
-                await aio_as_trio(self._raw.remove_listener)(channel, cb)
-            except _UNAVAILABLE as exc:
-                raise _translate(exc) from exc
-
 
 class Database:
     """The asyncpg pool, opened by :func:`open_database`."""
@@ -202,6 +183,50 @@ class Database:
     async def execute(self, sql: str, *args: Any) -> str:
         async with self.acquire() as conn:
             return await conn.execute(sql, *args)
+
+    @contextlib.asynccontextmanager
+    async def listen(
+        self, channel: str, callback: Callable[[str], None]
+    ) -> AsyncIterator[trio.Event]:
+        """LISTEN on ``channel`` on a dedicated connection; yields an Event set if it is lost.
+
+        ``callback(payload)`` runs on the trio thread for each NOTIFY. The connection
+        is not taken from the pool: a LISTEN lives as long as its holder, which would
+        pin a pool slot, and a pooled connection handed back with a listener on it makes
+        asyncpg warn (an error under ``filterwarnings = error``). When the server drops
+        the connection (restart, failover, ``pg_terminate_backend``) notifications stop
+        silently, so the yielded Event is set and the holder must listen again. Raises
+        StoreUnavailable when the server cannot be reached; the connection is closed
+        on exit, even on cancel.
+        """
+        try:
+            raw = await aio_as_trio(asyncpg.connect)(
+                self.config.dsn,
+                timeout=self.config.connect_timeout_s,
+                server_settings=_init_connection_settings(self.config),
+            )
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            # PostgresError too: a server refusing us (database gone, auth) is, to a
+            # listener, as unavailable as one not answering.
+            raise _translate(exc) from exc
+        lost = trio.Event()
+        raw.add_termination_listener(lambda _conn: lost.set())
+
+        def _cb(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            callback(payload)
+
+        try:
+            try:
+                await aio_as_trio(raw.add_listener)(channel, _cb)
+            except _UNAVAILABLE as exc:
+                raise _translate(exc) from exc
+            yield lost
+        finally:
+            # Closing drops the LISTEN with the session; no UNLISTEN round trip needed.
+            with trio.move_on_after(2, shield=True), contextlib.suppress(*_UNAVAILABLE):
+                await aio_as_trio(raw.close)()
+            if not raw.is_closed():
+                raw.terminate()
 
     async def ping(self, *, timeout_s: float = 1.0) -> float:
         """Round-trip ``SELECT 1``; returns seconds taken or raises StoreUnavailable."""

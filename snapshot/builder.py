@@ -16,7 +16,6 @@ of the bucket when its version became active.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -41,6 +40,10 @@ log = structlog.get_logger("snapshot.builder")
 CHANNEL = "schedule_events"
 # Events read per round; a burst beyond this is picked up by the next round.
 EVENT_BATCH = 5000
+# Backoff between attempts to LISTEN again after the connection was lost: quick
+# for a restarted server, capped so a long outage costs one attempt per 30 s.
+_RELISTEN_MIN_S = 0.1
+_RELISTEN_MAX_S = 30.0
 
 
 class BucketStatus(msgspec.Struct, frozen=True):
@@ -65,8 +68,9 @@ class SnapshotBuilder:
     ``started()`` after the LISTEN is in place and the start-up full rebuild
     ran (a bucket that failed is retried by the next round). Store failures in
     a round are logged through the observer's outcome and retried; the actor
-    itself only fails (and is restarted) when it cannot hold its PostgreSQL
-    connection.
+    itself only fails (and is restarted) when its first LISTEN cannot be set up.
+    The LISTEN runs on a dedicated connection (not a pooled one); when the server
+    drops it the builder listens again, polling meanwhile.
     """
 
     name = "snapshot-builder"
@@ -101,13 +105,40 @@ class SnapshotBuilder:
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        async with self.db.acquire() as conn:
-            await conn.add_listener(CHANNEL, lambda _payload: self.wake())
+        async with trio.open_nursery() as nursery:
+            # The LISTEN first: an event written during the start-up rebuild still wakes us.
+            await nursery.start(self._listen)
+            await self._loop(task_status)
+
+    async def _listen(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Hold the LISTEN; when the server drops it, listen again with capped backoff.
+
+        ``started()`` once the first LISTEN is in place; failing that first one raises
+        StoreUnavailable (the actor fails and is restarted). Later failures only log:
+        the poll keeps the builder working until NOTIFY is back.
+        """
+        started = False
+        delay = _RELISTEN_MIN_S
+        while True:
             try:
-                await self._loop(task_status)
-            finally:
-                with trio.move_on_after(2, shield=True), contextlib.suppress(StoreUnavailable):
-                    await conn.remove_listeners(CHANNEL)
+                async with self.db.listen(CHANNEL, lambda _payload: self.wake()) as lost:
+                    if started:
+                        log.info("listening again", channel=CHANNEL)
+                        self.wake()  # a NOTIFY sent while we were away is lost: look now
+                    else:
+                        task_status.started()
+                        started = True
+                    delay = _RELISTEN_MIN_S
+                    await lost.wait()
+                log.warning("LISTEN connection lost", channel=CHANNEL)
+            except StoreUnavailable as exc:
+                if not started:
+                    raise
+                log.warning("LISTEN failed", channel=CHANNEL, reason=exc.message)
+            await trio.sleep(delay)
+            delay = min(delay * 2, _RELISTEN_MAX_S)
 
     async def _loop(self, task_status: trio.TaskStatus[Any]) -> None:
         await self._safe(self.rebuild_all())
