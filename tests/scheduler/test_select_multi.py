@@ -273,6 +273,7 @@ async def test_two_daemons_never_exceed_concurrency(pg_dsn, redis_url, redis_pre
         f" max_live_by_concurrency={by_conc} max_tracked={sorted(tracker.max_held.values())}"
     )
     assert len(hammer.per_url) == 2 and min(hammer.per_url.values()) > 0  # both daemons served
-    assert sampler.samples > 100
+    assert sampler.samples > HAMMER_S * 5  # many per second even on a loaded machine
     assert hammer.abandoned  # expiry was exercised
-    assert sampler.max_seen == limits  # every slot was used somewhere, none over
+    # Every slot was in use at some point (seen by either check), so the limit was pressed.
+    assert {a: max(sampler.max_seen[a], tracker.max_held[a]) for a in limits} == limits
