@@ -292,6 +292,12 @@ async def open_database(
                 ) from exc
             await trio.sleep(delay)
             delay = min(delay * 2, 2.0)
+        except asyncpg.PostgresError as exc:
+            # Refused for good (wrong password, unknown role, no permission): waiting
+            # will not help. Type name only: the message can name the role.
+            raise StoreUnavailable(
+                "postgres", f"refused the connection ({type(exc).__name__})"
+            ) from exc
     try:
         yield Database(pool, config)
     finally:
