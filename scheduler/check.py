@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import trio
 
 from accounts.db import open_database, open_loop
@@ -26,8 +28,8 @@ def run_check(config: Config) -> int:
 
     async def main() -> None:
         async with open_loop():
-            results.append(await _check_postgres(config))
-            results.append(await _check_redis(config))
+            results.append(await _reported("postgres", _check_postgres(config)))
+            results.append(await _reported("redis", _check_redis(config)))
 
     trio.run(main)
     for ok, line in results:
@@ -35,15 +37,36 @@ def run_check(config: Config) -> int:
     return 0 if all(ok for ok, _ in results) else 1
 
 
-async def _check_postgres(config: Config) -> tuple[bool, str]:
+async def _reported(store: str, check: Awaitable[tuple[bool, str]]) -> tuple[bool, str]:
+    """The check's line, or a FAIL line naming the store's error (never a traceback).
+
+    The drivers run their connections in task groups, so a failure inside
+    ``open_redis`` arrives wrapped in an exception group.
+    """
     try:
-        async with open_database(config.database, retry_for_s=0) as db:
-            ms = await db.ping(timeout_s=3)
-            version = await db.fetchval("SHOW server_version")
-            has_table = await db.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-            applied = await applied_versions(db) if has_table else []
+        return await check
     except StationmasterError as exc:
-        return False, f"postgres: {exc.message}"
+        return False, exc.message
+    except ExceptionGroup as group:
+        matched, _rest = group.split(StationmasterError)
+        if matched is None:
+            raise
+        first = _first_leaf(matched)
+        return False, first.message if isinstance(first, StationmasterError) else store
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def _check_postgres(config: Config) -> tuple[bool, str]:
+    async with open_database(config.database, retry_for_s=0) as db:
+        ms = await db.ping(timeout_s=3)
+        version = await db.fetchval("SHOW server_version")
+        has_table = await db.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        applied = await applied_versions(db) if has_table else []
     pending = [m.version for m in load_migrations() if m.version not in applied]
     return True, (
         f"postgres: reachable ({ms * 1000:.1f} ms), server {version}, "
@@ -52,12 +75,9 @@ async def _check_postgres(config: Config) -> tuple[bool, str]:
 
 
 async def _check_redis(config: Config) -> tuple[bool, str]:
-    try:
-        async with open_redis(config.redis) as redis:
-            ms = await redis.ping(timeout_s=3)
-            info = await redis.client.info("server")
-    except StationmasterError as exc:
-        return False, f"redis: {exc.message}"
+    async with open_redis(config.redis) as redis:
+        ms = await redis.ping(timeout_s=3)
+        info = await redis.client.info("server")
     return True, (
         f"redis: reachable ({ms * 1000:.1f} ms), server {info.get('redis_version', '?')!s}, "
         f"key prefix {config.redis.key_prefix!r}"
