@@ -127,11 +127,13 @@ async def test_account_change_reaches_redis_and_every_view(redis: RedisStore, db
             await repo.update(new_id, AccountPatch(status="disabled"), expected_version=1)
             for view in views:
                 await _until(lambda v=view: new_id not in v.get(BUCKET).by_id)
-            await _until(lambda: observer.counts["rebuild_activated"] >= 3)
-            pending = await db.fetchval(
-                "SELECT count(*) FROM schedule_events WHERE consumed_at IS NULL"
-            )
-            assert pending == 0
+            # Consumed right after the activation the views already saw: wait for it
+            # (asserting at once raced the builder's UPDATE on a loaded machine).
+            with trio.fail_after(10):
+                while await db.fetchval(
+                    "SELECT count(*) FROM schedule_events WHERE consumed_at IS NULL"
+                ):
+                    await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     print(f"\nchange -> every view: {max(delays) * 1000:.1f} ms (lags {observer.lags})")
 
