@@ -1,0 +1,86 @@
+"""The builder marks ``schedule_events`` consumed only after its bucket's version is active.
+
+Driven round by round (``process_events``) against real PostgreSQL and Redis:
+another holder has the bucket's rebuild lock (BUSY) -> the event stays pending
+and the next round, after the lock is freed, activates and consumes it; a
+settings change (an every-bucket event) stays pending while any bucket is BUSY;
+Redis unreachable -> the round fails and nothing is consumed.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from accounts.crypto import Cipher, CryptoConfig
+from accounts.db import Database
+from accounts.inputs import AccountCreate
+from accounts.model import Platform
+from accounts.repository import AccountRepository
+from snapshot.builder import SnapshotBuilder
+from snapshot.keys import Bucket
+from snapshot.redis import RedisConfig, RedisStore, open_redis
+from snapshot.schedule import Outcome, acquire_lock, active_version, release_lock
+from snapshot.settings import SettingsStore
+from snapshot.source import SqlSource
+
+from ..support import CRYPTO_KEY
+
+BUCKET = Bucket("g1", Platform.OPENAI)
+OTHER = Bucket("g2", Platform.OPENAI)
+
+
+async def _add(db: Database, name: str, group: str) -> None:
+    repo = AccountRepository(db, Cipher(CryptoConfig(keys=[CRYPTO_KEY])))
+    await repo.create(
+        AccountCreate(name=name, platform=Platform.OPENAI, groups=[group], credentials={"k": "v"})
+    )
+
+
+async def _pending(db: Database) -> list[str]:
+    rows = await db.fetch("SELECT kind FROM schedule_events WHERE consumed_at IS NULL ORDER BY id")
+    return [r["kind"] for r in rows]
+
+
+async def test_busy_bucket_keeps_its_events_until_a_later_activation(
+    db: Database, redis: RedisStore
+) -> None:
+    await _add(db, "a", "g1")
+    await _add(db, "b", "g2")
+    builder = SnapshotBuilder(db, redis, SqlSource(db))
+    with trio.fail_after(30):
+        token = await acquire_lock(redis, BUCKET, 60)  # another instance is rebuilding g1
+        assert token is not None
+        results = await builder.process_events()
+        assert results[BUCKET].outcome is Outcome.BUSY
+        assert results[OTHER].outcome is Outcome.ACTIVATED
+        assert len(await _pending(db)) == 1  # g1's event only
+        assert await active_version(redis, BUCKET) == 0
+
+        await SettingsStore(db).write({"scoring": {"top_k": 3}})  # every bucket dirty
+        results = await builder.process_events()
+        assert results[BUCKET].outcome is Outcome.BUSY
+        assert len(await _pending(db)) == 2  # g1's event and the settings event
+
+        assert await release_lock(redis, BUCKET, token)
+        results = await builder.process_events()
+        assert {r.outcome for r in results.values()} == {Outcome.ACTIVATED}
+        assert await _pending(db) == []
+        assert await active_version(redis, BUCKET) > 0
+
+
+async def test_redis_down_consumes_nothing(db: Database, redis: RedisStore) -> None:
+    await _add(db, "a", "g1")
+    dead = RedisConfig(
+        url="redis://127.0.0.1:1/0",
+        key_prefix=redis.prefix,
+        connect_timeout_s=0.5,
+        command_timeout_s=0.5,
+    )
+    with trio.fail_after(30):
+        async with open_redis(dead) as unreachable:
+            builder = SnapshotBuilder(db, unreachable, SqlSource(db))
+            await builder._safe(builder.process_events())  # logged, not raised
+        assert len(await _pending(db)) == 1
+        results = await SnapshotBuilder(db, redis, SqlSource(db)).process_events()
+        assert results[BUCKET].outcome is Outcome.ACTIVATED
+        assert await _pending(db) == []
