@@ -4,7 +4,8 @@
 --       latency_ms ('' = none), ttft_ms ('' = none), response_ttl_ms ('0' = no binding),
 --       then field/value pairs to HSET (deadlines, quota readings, last_used).
 -- Returns 0 when the lease is unknown (never granted, released, or expired and
--- pruned): nothing is changed then. Otherwise 1.
+-- pruned): nothing is changed then. Otherwise {1, live_leases, {state hash}}: the
+-- account's state after the release, so this instance's view has it at once.
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 local alpha = tonumber(ARGV[4])
 local function ewma(field, sample)
@@ -24,4 +25,6 @@ if #ARGV > 8 then
 end
 if tonumber(ARGV[8]) > 0 then redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[8]) end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
-return 1
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {1, redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf'), redis.call('HGETALL', KEYS[2])}

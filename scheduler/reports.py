@@ -133,7 +133,7 @@ class Reporter:
         if ok_status and outcome.response_id:
             response_key = keys.response(ref.platform, ref.group, outcome.response_id)
             effects.append("response_binding")
-        done = await self.selector.runtime.release(
+        state = await self.selector.runtime.release(
             ref,
             alpha=cfg.runtime.ewma_alpha,
             fields=fields,
@@ -141,9 +141,11 @@ class Reporter:
             response_key=response_key,
             response_ttl_s=cfg.sticky.response_ttl_s,
         )
-        if not done:
+        if state is None:
             raise NotFound("unknown lease: never granted, already released, or expired")
-        self.selector.on_release(ref.platform.value, ref.account_id)
+        # The state after the release (quota readings, deadlines) goes into this
+        # instance's view at once: the very next select here sees a pause it caused.
+        self.selector.on_release(ref.platform.value, ref.account_id, state)
         if response_key is not None:
             self.selector.remember_binding(response_key, ref.account_id)
         if "account_error" in effects and self.accounts is not None:

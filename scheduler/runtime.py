@@ -223,12 +223,15 @@ class RuntimeStore:
         samples: Sequence[str],
         response_key: str | None,
         response_ttl_s: float,
-    ) -> bool:
-        """Remove the lease and apply the outcome atomically; False if the lease was unknown."""
+    ) -> RuntimeState | None:
+        """Remove the lease and apply the outcome atomically; the account's state after it.
+
+        None (nothing changed) when the lease was unknown.
+        """
         k = self.keys
         self.round_trips += 1
         flat: list[str] = [x for kv in fields.items() for x in kv]
-        done = await self.redis.script(RELEASE_LUA)(
+        done: Any = await self.redis.script(RELEASE_LUA)(
             keys=[
                 k.leases(ref.platform, ref.account_id),
                 k.state(ref.platform, ref.account_id),
@@ -244,7 +247,9 @@ class RuntimeStore:
                 *flat,
             ],
         )
-        return int(done) == 1
+        if not isinstance(done, list | tuple):
+            return None
+        return parse_state(int(done[1]), done[2])
 
     async def renew(self, ref: LeaseRef, ttl_s: float) -> float | None:
         """New expiry (epoch s, server time) or None if the lease is gone or expired."""
@@ -282,6 +287,11 @@ class RuntimeStore:
         await self.redis.client.hset(self.keys.state(platform, account_id), fields)
 
 
+# The change log is cut back once this long; caches older than the cut rebuild
+# (about as costly as the rebuild every view refresh causes anyway).
+CHANGE_LOG_MAX = 20_000
+
+
 class RuntimeView:
     """This instance's short-lived copy of candidates' runtime state, per platform.
 
@@ -289,6 +299,12 @@ class RuntimeView:
     acquire replies and release messages patch it in between. It only guides the
     filter and the score: the acquire script is the authority on deadlines and
     slots, and the state an acquire returns is checked again before use.
+
+    Every change is appended to a change log (account ids, read by the pool
+    caches to re-check only what changed) and every refresh of a bucket bumps its
+    ``generation`` (its pool caches rebuild). Positions in the log are absolute:
+    ``log_end`` now, ``changed_since(pos)`` the ids after ``pos``, or None when
+    the log was cut back past it.
     """
 
     def __init__(self, store: RuntimeStore, *, ttl_s: float = 0.5) -> None:
@@ -297,6 +313,9 @@ class RuntimeView:
         self._states: dict[str, RuntimeState] = {}
         self._loaded_at: dict[tuple[str, str], float] = {}
         self._refreshing: set[tuple[str, str]] = set()
+        self._generation: dict[tuple[str, str], int] = {}
+        self._log: list[str] = []
+        self._log_base = 0
         self.waiting: dict[str, int] = {}
 
     def get(self, account_id: str) -> RuntimeState:
@@ -304,6 +323,26 @@ class RuntimeView:
 
     def stale(self, bucket: tuple[str, str], now: float) -> bool:
         return now - self._loaded_at.get(bucket, float("-inf")) > self.ttl_s
+
+    def generation(self, bucket: tuple[str, str]) -> int:
+        """How many times ``bucket`` was refreshed (a pool cache of an older one rebuilds)."""
+        return self._generation.get(bucket, 0)
+
+    @property
+    def log_end(self) -> int:
+        return self._log_base + len(self._log)
+
+    def changed_since(self, position: int) -> list[str] | None:
+        """Account ids changed after log ``position``; None if the log no longer reaches it."""
+        if position < self._log_base:
+            return None
+        return self._log[position - self._log_base :]
+
+    def _changed(self, account_id: str) -> None:
+        if len(self._log) >= CHANGE_LOG_MAX:
+            self._log_base += len(self._log)
+            self._log = []
+        self._log.append(account_id)
 
     async def refresh(
         self, bucket: tuple[str, str], platform: str, account_ids: Iterable[str], *, force: bool
@@ -318,20 +357,28 @@ class RuntimeView:
             return
         self._refreshing.add(bucket)
         try:
-            states = await self.store.read_many(platform, list(account_ids))
+            ids = list(account_ids)
+            states = await self.store.read_many(platform, ids)
             self._states.update(states)
             self._loaded_at[bucket] = time.monotonic()
+            # Other buckets sharing these accounts see them as changed; this one rebuilds.
+            for account_id in ids:
+                self._changed(account_id)
+            self._generation[bucket] = self._generation.get(bucket, 0) + 1
         finally:
             self._refreshing.discard(bucket)
 
     def put(self, account_id: str, state: RuntimeState) -> None:
         self._states[account_id] = state
+        self._changed(account_id)
 
     def patch(self, account_id: str, **changes: Any) -> None:
         self._states[account_id] = msgspec.structs.replace(self.get(account_id), **changes)
+        self._changed(account_id)
 
     def note_release(self, account_id: str) -> None:
         """A lease of ``account_id`` was released (any instance): one slot is free now."""
         state = self._states.get(account_id)
         if state is not None and state.leases > 0:
             self._states[account_id] = msgspec.structs.replace(state, leases=state.leases - 1)
+            self._changed(account_id)

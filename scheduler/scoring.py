@@ -63,7 +63,9 @@ class Terms(msgspec.Struct, frozen=True, kw_only=True):
 _TERM_NAMES = Terms.__struct_fields__
 
 
-class Scored(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False: no reference cycles are possible here, and a pool rebuild creates one
+# per candidate; tracked objects would trigger collections on the hot path.
+class Scored(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     account: Account
     score: float
     terms: Terms | None
@@ -89,39 +91,65 @@ def _quota_terms(state: RuntimeState, now: float) -> tuple[float, float]:
     return 1.0 - _clamp(used), reset_soon
 
 
+class Norm(msgspec.Struct, frozen=True):
+    """What relative terms are measured against: the best priority, its spread, the worst TTFT."""
+
+    lo: int
+    spread: float
+    ttft_ref: float
+
+
+def normalisation(candidates: Sequence[tuple[Account, RuntimeState, int]]) -> Norm:
+    """The :class:`Norm` of a candidate set (what :func:`score` uses when given none)."""
+    if not candidates:
+        return Norm(0, 1.0, 1.0)
+    prios = [a.priority for a, _, _ in candidates]
+    lo, hi = min(prios), max(prios)
+    ttfts = [s.ttft_ms for _, s, _ in candidates if s.ttft_ms]
+    return Norm(lo, float(hi - lo) or 1.0, max(ttfts) if ttfts else 1.0)
+
+
 def score(
     candidates: Sequence[tuple[Account, RuntimeState, int]],
     weights: Weights,
     now: float,
     *,
     with_terms: bool = True,
+    norm: Norm | None = None,
 ) -> list[Scored]:
-    """Score ``(account, state, waiting)`` triples; the result keeps the input order."""
+    """Score ``(account, state, waiting)`` triples; the result keeps the input order.
+
+    ``norm`` defaults to the candidates' own; selection's pool cache passes the
+    one of the set it was built from when it re-scores a few changed accounts,
+    so their scores stay comparable with the cached ones (terms are clamped to
+    [0, 1] in case one falls outside that set's range).
+    """
     if not candidates:
         return []
-    wv = tuple(getattr(weights, name) for name in _TERM_NAMES)
-    prios = [a.priority for a, _, _ in candidates]
-    lo, hi = min(prios), max(prios)
-    spread = float(hi - lo) or 1.0
-    ttfts = [s.ttft_ms for _, s, _ in candidates if s.ttft_ms]
-    ttft_ref = max(ttfts) if ttfts else 1.0
+    w0, w1, w2, w3, w4, w5, w6 = (getattr(weights, name) for name in _TERM_NAMES)
+    n = norm if norm is not None else normalisation(candidates)
+    lo, spread, ttft_ref = n.lo, n.spread, n.ttft_ref
+    clamp = _clamp
     out = []
+    # Straight-line arithmetic, no per-term tuples: this runs for every candidate
+    # of a bucket on each pool rebuild. The sum keeps the terms' order (same floats).
     for account, state, waiting in candidates:
         cap = account.capacity
         load = (state.leases + waiting) / cap
-        headroom, reset_soon = _quota_terms(state, now)
-        t = (
-            1.0 - (account.priority - lo) / spread,
-            1.0 - _clamp(load),
-            1.0 - _clamp(waiting / cap),
-            1.0 - _clamp(state.error_rate),
-            1.0 - _clamp((state.ttft_ms or 0.0) / ttft_ref),
-            headroom,
-            reset_soon,
-        )
-        total = sum(w * x for w, x in zip(wv, t, strict=True))
+        headroom, reset_soon = _quota_terms(state, now) if state.windows else (1.0, 0.0)
+        t0 = 1.0 - clamp((account.priority - lo) / spread)
+        t1 = 1.0 - clamp(load)
+        t2 = 1.0 - clamp(waiting / cap)
+        t3 = 1.0 - clamp(state.error_rate)
+        t4 = 1.0 - clamp((state.ttft_ms or 0.0) / ttft_ref)
+        total = w0 * t0 + w1 * t1 + w2 * t2 + w3 * t3 + w4 * t4 + w5 * headroom + w6 * reset_soon
         # Terms are built only when asked (explain): the hot path scores 500 accounts.
-        terms = Terms(**dict(zip(_TERM_NAMES, t, strict=True))) if with_terms else None
+        terms = None
+        if with_terms:
+            terms = Terms(
+                priority=t0, load=t1, queue=t2, error_rate=t3, ttft=t4,
+                quota_headroom=headroom, reset_soon=reset_soon,
+            )  # fmt: skip
         out.append(Scored(account=account, score=total, terms=terms, load=load))
     return out
 

@@ -16,10 +16,11 @@ import msgspec
 from accounts.crypto import Cipher
 from accounts.errors import NoAccountAvailable
 from accounts.model import Account, Kind, Platform
-from accounts.rules import Reason, check, quota_pause
+from accounts.rules import quota_pause
 from accounts.validation import convert
 from snapshot.keys import Bucket
 
+from .._pool import verdict
 from ..logs import register_secret
 from ..reports import Outcome, Released, Renewed
 from ..runtime import RuntimeState
@@ -184,9 +185,7 @@ async def explain(call: Call) -> Explanation:
         state = states[account.id]
         reason = excluded.get(account.id)
         if reason is None:
-            r = check(account, state, req.model, cfg.quota, now)
-            if r is None and state.leases >= account.concurrency:
-                r = Reason.FULL
+            r = verdict(account, state, req.model, cfg, now)
             reason = r.value if r is not None else None
         why = quota_pause(account, state.windows, cfg.quota, now).why
         candidates[account.id] = (account, state, reason, why)
