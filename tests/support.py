@@ -182,6 +182,58 @@ def config_env(data: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     return env
 
 
+def cli_env(
+    config: Mapping[str, Mapping[str, Any]], extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """This process's environment minus any STATIONMASTER_*, plus ``config`` as variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATIONMASTER_")}
+    env.update(config_env(config))
+    env.update(extra or {})
+    return env
+
+
+async def run_cli(
+    config: Mapping[str, Mapping[str, Any]], *args: str, stdin: bytes = b""
+) -> tuple[int, str, str]:
+    """``python -m scheduler *args`` configured by env; (exit code, stdout, stderr)."""
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [sys.executable, "-m", "scheduler", *args],
+            stdin=stdin,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=cli_env(config),
+            cwd=ROOT,
+        )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+# --- Redis Cluster -------------------------------------------------------------
+
+
+def crc16_xmodem(data: bytes) -> int:
+    """CRC16-XMODEM, the checksum Redis Cluster computes key slots with."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def key_slot(key: str) -> int:
+    """Redis Cluster's HASH_SLOT: CRC16 of the hash tag (first {...} non-empty) mod 16384."""
+    raw = key.encode()
+    start = raw.find(b"{")
+    if start != -1:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1 : end]
+    return crc16_xmodem(raw) % 16384
+
+
 # --- daemons -----------------------------------------------------------------
 
 
@@ -216,16 +268,15 @@ class DaemonProcess:
         *,
         args: tuple[str, ...] = ("run",),
         extra_env: Mapping[str, str] | None = None,
+        python_args: tuple[str, ...] | None = None,
     ) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STATIONMASTER_")}
-        env.update(config_env(config))
-        env.update(extra_env or {})
+        """``python_args`` replaces ``-m scheduler *args`` (a test's own entry point)."""
         self.log_lines: list[dict[str, Any]] = []
         self.url: str | None = None
         self._ready = threading.Event()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", *args],
-            env=env,
+            [sys.executable, *(python_args or ("-m", "scheduler", *args))],
+            env=cli_env(config, extra_env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

@@ -10,9 +10,7 @@ exactly when the in-flight request may finish. Started with
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import trio
 from scheduler.http.endpoints import Call, Endpoint
 from scheduler.logs import get_logger
 
-from ..support import ROOT, DaemonProcess, config_env
+from ..support import DaemonProcess
 
 log = get_logger("test")
 
@@ -57,18 +55,8 @@ class SlowDaemonProcess(DaemonProcess):
     """Like :class:`DaemonProcess`, but the child runs :func:`main` of this module."""
 
     def __init__(self, config: Mapping[str, Mapping[str, Any]], *, release_file: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STATIONMASTER_")}
-        env.update(config_env(config))
-        env["SMTEST_RELEASE_FILE"] = str(release_file)
-        self.log_lines: list[dict[str, Any]] = []
-        self.url: str | None = None
-        self._ready = threading.Event()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from tests.scheduler.slow_daemon import main; main()"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
+        super().__init__(
+            config,
+            extra_env={"SMTEST_RELEASE_FILE": str(release_file)},
+            python_args=("-c", "from tests.scheduler.slow_daemon import main; main()"),
         )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from scheduler import accounts_cli
 from scheduler.cli import build_parser
 from scheduler.config import parse_config
 
-from ..support import CRYPTO_KEY, ROOT, config_dict, config_env
+from ..support import CRYPTO_KEY, ROOT, config_dict, run_cli
 
 SECRET = "rt_cli_" + "k3y" * 8 + "9876"
 
@@ -31,19 +30,7 @@ async def cli(
     data = config_dict(pg_dsn, "redis://127.0.0.1:1/0", "unused:", log={"format": "json"})
     if keys is not None:
         data["crypto"] = {"keys": keys}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STATIONMASTER_")}
-    env.update(config_env(data))
-    with trio.fail_after(60):
-        done = await trio.run_process(
-            [sys.executable, "-m", "scheduler", "accounts", *args],
-            stdin=stdin,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env=env,
-            cwd=ROOT,
-        )
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
+    return await run_cli(data, "accounts", *args, stdin=stdin)
 
 
 async def cli_inproc(

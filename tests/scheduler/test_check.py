@@ -9,31 +9,16 @@ exit 2 naming the key, nothing checked).
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import trio
-
-from ..support import ROOT, config_dict, config_env
+from ..support import config_dict, run_cli
 
 PASSWORD = "pw-check-" + "s3cr3t" * 3
 
 
 async def check(data: dict[str, Any]) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STATIONMASTER_")}
-    env.update(config_env(data))
-    with trio.fail_after(60):
-        done = await trio.run_process(
-            [sys.executable, "-m", "scheduler", "check"],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env=env,
-            cwd=ROOT,
-        )
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
+    return await run_cli(data, "check")
 
 
 def _lines(out: str) -> dict[str, str]:

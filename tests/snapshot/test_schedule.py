@@ -39,7 +39,7 @@ from snapshot.schedule import (
     write_version,
 )
 
-from ..support import ROOT
+from ..support import ROOT, crc16_xmodem, key_slot
 from .schedule_worker import tagged_accounts
 
 BUCKET = Bucket("g1", Platform.OPENAI)
@@ -340,27 +340,6 @@ async def test_torture_readers_vs_two_rebuilding_processes(
 
 
 # --- Redis Cluster: one slot per script call ------------------------------------------------
-
-
-def crc16_xmodem(data: bytes) -> int:
-    crc = 0
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
-
-
-def key_slot(key: str) -> int:
-    """Redis Cluster's HASH_SLOT: CRC16 of the hash tag (first {...} non-empty) mod 16384."""
-    raw = key.encode()
-    start = raw.find(b"{")
-    if start != -1:
-        end = raw.find(b"}", start + 1)
-        if end > start + 1:
-            raw = raw[start + 1 : end]
-    return crc16_xmodem(raw) % 16384
 
 
 def test_crc16_matches_redis_reference_values() -> None:
