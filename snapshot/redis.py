@@ -15,12 +15,13 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import coredis
 import coredis.exceptions
 import msgspec
 import trio
+from coredis.tokens import PureToken
 
 from accounts.errors import StoreUnavailable
 
@@ -32,6 +33,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     coredis.exceptions.BusyLoadingError,
 )
 ResponseError = coredis.exceptions.ResponseError
+# SET's NX condition, re-exported so callers never import coredis themselves.
+SET_NX: Final = PureToken.NX
 
 
 class RedisConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -30,13 +30,12 @@ from typing import Any
 
 import msgspec
 import trio
-from coredis.tokens import PureToken
 
 from accounts.errors import StoreUnavailable
 from accounts.model import Account
 
 from .keys import Bucket, BucketKeys, activate_keys, activation_message, channel, unlock_keys
-from .redis import UNAVAILABLE, RedisStore
+from .redis import SET_NX, UNAVAILABLE, RedisStore
 
 _HERE = Path(__file__).parent
 ACTIVATE_LUA = _HERE / "activate.lua"
@@ -130,7 +129,7 @@ async def acquire_lock(store: RedisStore, bucket: Bucket, ttl_s: float) -> str |
     keys = BucketKeys(store.prefix, bucket)
     try:
         ok = await store.client.set(
-            keys.lock, token, px=max(1, int(ttl_s * 1000)), condition=PureToken.NX
+            keys.lock, token, px=max(1, int(ttl_s * 1000)), condition=SET_NX
         )
     except UNAVAILABLE as exc:
         raise _unavailable(exc) from exc
