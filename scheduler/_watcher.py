@@ -42,6 +42,7 @@ class ReleaseWatcher:
 
     async def _listen(self, channels: dict[str, str], subscribed: trio.Event) -> None:
         client = self.selector.runtime.redis.client
+        own = self.selector.runtime.origin
         while True:
             try:
                 async with client.pubsub(
@@ -50,9 +51,15 @@ class ReleaseWatcher:
                     subscribed.set()
                     async for message in pubsub:
                         platform = channels.get(str(message.get("channel", "")))
-                        if message.get("type") == "message" and platform is not None:
-                            self.messages += 1
-                            self.selector.on_release(platform, str(message.get("data", "")))
+                        if message.get("type") != "message" or platform is None:
+                            continue
+                        self.messages += 1
+                        account_id, _, origin = str(message.get("data", "")).partition(" ")
+                        # Our own releases already updated the view and woke our waiters
+                        # (the release reply carries the state): counting them again
+                        # would take a second slot off the local lease count.
+                        if origin != own:
+                            self.selector.on_release(platform, account_id)
             except UNAVAILABLE:
                 pass
             await trio.sleep(RESUBSCRIBE_S)

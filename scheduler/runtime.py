@@ -66,7 +66,7 @@ class Keys:
         return self._redis.key("rt", self.tag(platform), "resp", group, response_id)
 
     def released_channel(self, platform: str) -> str:
-        """Pub/sub channel carrying the account id of every released lease of ``platform``."""
+        """Pub/sub channel of ``platform``'s releases: ``"<account_id> <origin>"`` each."""
         return self._redis.key("rt", "released", platform)
 
 
@@ -174,6 +174,8 @@ class RuntimeStore:
         self.redis = redis
         self.keys = Keys(redis)
         self.round_trips = 0
+        # Tags this store's release messages: its own Reporter already applied them.
+        self.origin = secrets.token_hex(6)
 
     async def acquire(
         self,
@@ -244,6 +246,7 @@ class RuntimeStore:
                 alpha,
                 *samples,
                 int(response_ttl_s * 1000) if response_key else 0,
+                self.origin,
                 *flat,
             ],
         )

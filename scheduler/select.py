@@ -339,7 +339,7 @@ class Selector:
             response_key=None, response_ttl_s=0.0,
         )  # fmt: skip
         if state is not None:
-            self.view.put(account.id, state)
+            self.on_release(ref.platform.value, account.id, state)
 
     # --- metrics --------------------------------------------------------------------
 

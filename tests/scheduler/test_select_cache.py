@@ -126,3 +126,35 @@ async def test_settings_change_rebuilds_the_cache(redis):
         box.set(quota=PAUSE, scoring=BEST)
         got = await sel.select(REQ)
     assert got.account.id == b.id and got.attempts == 1
+
+
+async def test_own_release_message_is_not_counted_twice(redis):
+    """The release reply already updated the view: our own pub/sub echo must not free a 2nd slot.
+
+    Another instance's release (different origin) does count.
+    """
+    from scheduler.select import ReleaseWatcher
+
+    a = make_account("a", concurrency=3)
+    box = SettingsBox()
+    sel = await open_selector(redis, [a], box)
+    other = await open_selector(redis, [a], box)
+    sel.view.ttl_s = HOUR
+    watcher = ReleaseWatcher(sel)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watcher.run)
+            first = await sel.select(REQ)
+            await sel.select(REQ)
+            await Reporter(sel, box).release(first.lease_id, Outcome(status=200))
+            assert sel.view.get(a.id).leases == 1
+            while watcher.messages < 1:
+                await trio.sleep(0.01)
+            assert sel.view.get(a.id).leases == 1
+            theirs = await other.select(REQ)
+            sel.view.patch(a.id, leases=2)  # as if our view had seen their lease
+            await Reporter(other, box).release(theirs.lease_id, Outcome(status=200))
+            while watcher.messages < 2:
+                await trio.sleep(0.01)
+            assert sel.view.get(a.id).leases == 1
+            nursery.cancel_scope.cancel()
