@@ -11,6 +11,7 @@ cuts the line::
         await proxy.block("hold")     # drop every connection, accept new ones, never answer
         await proxy.unblock()         # forward again (same port)
 
+The target is ``host, port``, or a Unix socket path as the host (port ignored).
 "refuse" closes the listening socket, so connecting fails at once (ECONNREFUSED);
 "hold" keeps accepting but forwards nothing, like a wedged server, so only the
 client's timeouts notice. :meth:`unblock` listens again on the same port.
@@ -77,7 +78,7 @@ class Proxy:
         self._connections.add(scope)
         try:
             with scope:
-                server = await trio.open_tcp_stream(*self._target)
+                server = await _connect(*self._target)
                 async with client, server, trio.open_nursery() as pipes:
                     pipes.start_soon(_pipe, client, server, pipes.cancel_scope)
                     pipes.start_soon(_pipe, server, client, pipes.cancel_scope)
@@ -131,6 +132,13 @@ async def _pipe(
         pass
     finally:
         scope.cancel()
+
+
+async def _connect(host: str, port: int) -> trio.abc.Stream:
+    # A path is a Unix socket (the embedded PostgreSQL of a run without servers).
+    if host.startswith("/"):
+        return await trio.open_unix_socket(host)
+    return await trio.open_tcp_stream(host, port)
 
 
 @contextlib.asynccontextmanager

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import trio
@@ -207,6 +207,29 @@ async def run_cli(
             cwd=ROOT,
         )
     return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def proxy_target(url: str, default_port: int) -> tuple[str, int]:
+    """Where a proxy in front of ``url`` must connect: (host, port), or (socket path, 0).
+
+    A PostgreSQL DSN naming a socket directory (``postgresql://u@/db?host=/dir``, what
+    the embedded fallback gives) targets ``/dir/.s.PGSQL.<port>``.
+    """
+    parts = urlsplit(url)
+    socket_dir = parse_qs(parts.query).get("host", [""])[0]
+    if parts.hostname is None and socket_dir.startswith("/"):
+        return f"{socket_dir}/.s.PGSQL.{parts.port or 5432}", 0
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+def via_proxy(url: str, port: int) -> str:
+    """``url`` pointed at a loopback proxy on ``port`` (credentials kept, socket dir dropped)."""
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    if parts.password:
+        user = f"{parts.username}:{parts.password}@"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "host"])
+    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}", query=query))
 
 
 # --- Redis Cluster -------------------------------------------------------------

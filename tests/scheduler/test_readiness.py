@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -22,31 +21,21 @@ from scheduler.health import Health, Phase, State
 from scheduler.metrics import Metrics
 
 from ..proxy import Proxy, open_proxy
-from ..support import make_config, open_daemon
+from ..support import make_config, open_daemon, proxy_target, via_proxy
 from .test_supervisor import Flaky
-
-
-def _via(url: str, port: int) -> str:
-    """``url`` with its host:port replaced by the proxy's loopback port."""
-    parts = urlsplit(url)
-    user = f"{parts.username}@" if parts.username else ""
-    if parts.password:
-        user = f"{parts.username}:{parts.password}@"
-    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
 
 
 @asynccontextmanager
 async def _proxied_daemon(
     pg_dsn: str, redis_url: str, redis_prefix: str, **daemon: Any
 ) -> AsyncIterator[tuple[dict[str, Proxy], httpx.AsyncClient, Any]]:
-    pg, rd = urlsplit(pg_dsn), urlsplit(redis_url)
     async with (
-        open_proxy(pg.hostname or "127.0.0.1", pg.port or 5432) as pg_proxy,
-        open_proxy(rd.hostname or "127.0.0.1", rd.port or 6379) as redis_proxy,
+        open_proxy(*proxy_target(pg_dsn, 5432)) as pg_proxy,
+        open_proxy(*proxy_target(redis_url, 6379)) as redis_proxy,
     ):
         config = make_config(
-            _via(pg_dsn, pg_proxy.port),
-            _via(redis_url, redis_proxy.port),
+            via_proxy(pg_dsn, pg_proxy.port),
+            via_proxy(redis_url, redis_proxy.port),
             redis_prefix,
             database={"connect_timeout_s": 0.5, "statement_timeout_s": 2},
             redis={"connect_timeout_s": 0.5, "command_timeout_s": 0.5},
