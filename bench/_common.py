@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -178,21 +178,42 @@ class HttpConnection:
         self._buffer += chunk
 
 
+# One measured exchange on a connection: do the request(s), append the latency
+# (from ``start``) and the status to the Result. The default is a GET of the path.
+Exchange = Callable[[HttpConnection, Result, float], Awaitable[None]]
+
+
 async def _timed_get(conn: HttpConnection, path: str, result: Result, start: float) -> None:
     status, _ = await conn.request("GET", path)
     result.latencies_s.append(trio.current_time() - start)
     result.statuses[status] += 1
 
 
+def _get_exchange(path: str) -> Exchange:
+    async def exchange(conn: HttpConnection, result: Result, start: float) -> None:
+        await _timed_get(conn, path, result, start)
+
+    return exchange
+
+
 async def closed_loop(
-    url: str, path: str, *, concurrency: int, count: int, max_duration_s: float
+    url: str,
+    path: str,
+    *,
+    concurrency: int,
+    count: int,
+    max_duration_s: float,
+    exchange: Exchange | None = None,
 ) -> Result:
     """``concurrency`` connections each sending the next request as soon as one answers.
 
     Stops after ``count`` requests or ``max_duration_s``, whichever comes first.
+    ``exchange`` replaces the GET of ``path`` (then only a label) by any request
+    sequence, e.g. a POST and its follow-up.
     """
     host, port = _host_port(url)
     result = Result(f"{path} closed loop, {concurrency} conns")
+    run = exchange or _get_exchange(path)
     remaining = count
     begin = trio.current_time()
 
@@ -202,7 +223,7 @@ async def closed_loop(
         try:
             while remaining > 0:
                 remaining -= 1
-                await _timed_get(conn, path, result, trio.current_time())
+                await run(conn, result, trio.current_time())
         finally:
             await conn.aclose()
 
@@ -215,16 +236,25 @@ async def closed_loop(
 
 
 async def open_loop(
-    url: str, path: str, *, rate: float, count: int, max_duration_s: float, connections: int = 16
+    url: str,
+    path: str,
+    *,
+    rate: float,
+    count: int,
+    max_duration_s: float,
+    connections: int = 16,
+    exchange: Exchange | None = None,
 ) -> Result:
     """Requests at a fixed ``rate`` whatever the answers do (no coordinated omission).
 
     Request i is due at ``start + i / rate`` and goes out on connection
     ``i % connections``; its latency is measured from when it was *due*, so a
     slow answer that delays the next requests shows up in their latency too.
+    ``exchange`` as in :func:`closed_loop`.
     """
     host, port = _host_port(url)
     result = Result(f"{path} open loop, {rate:.0f} req/s")
+    run = exchange or _get_exchange(path)
     count = min(count, int(rate * max_duration_s))
     begin = trio.current_time() + 0.05
 
@@ -234,7 +264,7 @@ async def open_loop(
             while index < count:
                 due = begin + index / rate
                 await trio.sleep_until(due)
-                await _timed_get(conn, path, result, due)
+                await run(conn, result, due)
                 index += connections
         finally:
             await conn.aclose()

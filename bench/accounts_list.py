@@ -17,8 +17,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this directory is sys.path[0], where bench/select.py would
-# shadow the stdlib `select` that trio imports: put the repository root there.
+# Run as a script, this directory is sys.path[0]: put the repository root there
+# instead, so `bench._common` and the project's packages import.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse  # noqa: E402

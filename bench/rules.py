@@ -14,9 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a file, Python puts bench/ first on sys.path, where bench/select.py would
-# shadow the standard library's ``select`` (imported by socket, trio ...). Swap the
-# script's folder for the repository root before importing anything else.
+# Run as a file, Python puts bench/ first on sys.path: swap the script's folder for
+# the repository root before importing anything else, so the project's packages import.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))

@@ -14,14 +14,14 @@
                              [--redis redis://127.0.0.1:6379/0] [--writes 100]
 """
 
-# ruff: noqa: E402 - the path fix below must run before any import that loads `select`.
+# ruff: noqa: E402 - the path fix below must run before the project's imports.
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-# Run as a script, this directory is sys.path[0], where bench/select.py would shadow
-# the standard library's select module (trio imports it): the repository root instead.
+# Run as a script, this directory is sys.path[0]: the repository root instead, so
+# `bench._common` and the project's packages import.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse

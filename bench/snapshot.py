@@ -1,8 +1,8 @@
 """Schedule snapshot figures: rebuild time (1,000 / 10,000), view reload, change -> visible.
 
 Run against the machine's Redis (no PostgreSQL needed: accounts are synthetic):
-``PYTHONPATH=. .venv/bin/python -P bench/snapshot.py`` (``-P``: bench/select.py would
-otherwise shadow the stdlib ``select``); STATIONMASTER_BENCH_REDIS_URL overrides the URL.
+``PYTHONPATH=. .venv/bin/python -P bench/snapshot.py`` (``-P``: bench/ is not put first
+on sys.path); STATIONMASTER_BENCH_REDIS_URL overrides the URL.
 Prints figures and the setup; not a pass/fail test. Target: 10,000-account rebuild <= 0.5 s.
 """
 
