@@ -200,12 +200,17 @@ class SnapshotBuilder:
         if not rows:
             return {}
         read_at = time.perf_counter()
-        dirty, everything = _group(rows)
+        dirty, everything, unusable = _group(rows)
         if everything is not None:
             for b in set(await self.source.buckets()) | set(self.status):
                 dirty.setdefault(b, _Pending([], everything.oldest_age_s))
         results: dict[Bucket, PublishResult] = {}
-        done: list[int] = []
+        # A row naming a platform this build does not know can never be rebuilt;
+        # left pending it would be re-read every round and, in numbers, fill the
+        # batch and stall every other bucket. Consume it and say so.
+        done: list[int] = list(unusable)
+        if unusable:
+            log.warning("schedule events for unknown platforms consumed", ids=unusable[:20])
         for bucket, pending in sorted(dirty.items()):
             result = await self.rebuild(bucket, lag_from=read_at - pending.oldest_age_s)
             results[bucket] = result
@@ -222,10 +227,11 @@ class SnapshotBuilder:
         return results
 
 
-def _group(rows: Iterable[Any]) -> tuple[dict[Bucket, _Pending], _Pending | None]:
-    """Events by bucket, plus the 'every bucket' events (NULL group or platform)."""
+def _group(rows: Iterable[Any]) -> tuple[dict[Bucket, _Pending], _Pending | None, list[int]]:
+    """Events by bucket, the 'every bucket' events (NULL group or platform), and unusable ids."""
     dirty: dict[Bucket, _Pending] = {}
     everything: _Pending | None = None
+    unusable: list[int] = []
     for r in rows:
         group, platform = r["bucket_group"], r["bucket_platform"]
         if group is None or platform is None:
@@ -236,8 +242,9 @@ def _group(rows: Iterable[Any]) -> tuple[dict[Bucket, _Pending], _Pending | None
         try:
             bucket = Bucket(group, Platform(platform))
         except ValueError:
-            continue  # an unknown platform cannot have a bucket; leave the row for operators
+            unusable.append(r["id"])
+            continue
         entry = dirty.setdefault(bucket, _Pending([], 0.0))
         entry.ids.append(r["id"])
         entry.oldest_age_s = max(entry.oldest_age_s, r["age_s"])
-    return dirty, everything
+    return dirty, everything, unusable

@@ -84,3 +84,18 @@ async def test_redis_down_consumes_nothing(db: Database, redis: RedisStore) -> N
         results = await SnapshotBuilder(db, redis, SqlSource(db)).process_events()
         assert results[BUCKET].outcome is Outcome.ACTIVATED
         assert await _pending(db) == []
+
+
+async def test_events_for_an_unknown_platform_are_consumed_not_reread_forever(
+    db: Database, redis: RedisStore
+) -> None:
+    await _add(db, "a", "g1")
+    await db.execute(
+        "INSERT INTO schedule_events (kind, bucket_group, bucket_platform)"
+        " SELECT 'account', 'g1', 'no-such-platform' FROM generate_series(1, 50)"
+    )
+    builder = SnapshotBuilder(db, redis, SqlSource(db))
+    with trio.fail_after(30):
+        results = await builder.process_events()
+    assert results[BUCKET].outcome is Outcome.ACTIVATED
+    assert await _pending(db) == []
