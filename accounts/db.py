@@ -61,6 +61,9 @@ class DatabaseConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     start_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
 
     def __post_init__(self) -> None:
+        # Checked here so a typo fails at start with exit 2, not at first connect.
+        if not self.dsn.startswith(("postgresql://", "postgres://")):
+            raise ValueError("dsn: must start with postgresql:// (or postgres://)")
         if self.pool_min > self.pool_max:
             raise ValueError("pool_min: must not exceed pool_max")
 

@@ -213,6 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StationmasterError as exc:
         print(f"stationmaster: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE
+    except BaseExceptionGroup as group:
+        # Store errors raised inside a nursery (coredis' pool, the asyncio bridge)
+        # arrive wrapped; an operator wants the one line, not the traceback.
+        first = _first_domain_error(group)
+        if first is None:
+            raise
+        print(f"stationmaster: {first.message}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(first, ConfigError) else EXIT_FAILURE
 
 
 if __name__ == "__main__":

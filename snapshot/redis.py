@@ -49,6 +49,11 @@ class RedisConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
 
+    def __post_init__(self) -> None:
+        # Checked here so a typo fails at start with exit 2, not at first command.
+        if not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("url: must start with redis://, rediss:// or unix://")
+
 
 class RedisStore:
     """An open coredis client plus this deployment's key prefix."""

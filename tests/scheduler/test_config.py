@@ -90,3 +90,17 @@ def test_cli_exits_2_on_bad_config(
     assert main(["--config", str(file), "run"]) == 2
     err = capsys.readouterr().err
     assert "http.port" in err
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"database": {"dsn": "http://127.0.0.1:5432/x"}}, "database.dsn"),
+        ({"redis": {"url": "nonsense://127.0.0.1"}}, "redis.url"),
+    ],
+)
+def test_store_urls_are_checked_at_start(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert info.value.key == key
+    assert "must start with" in info.value.reason
