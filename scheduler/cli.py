@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from accounts.db import PostgresError
 from accounts.errors import ConfigError, StationmasterError
 
 from .config import Config, load_config
@@ -213,14 +214,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StationmasterError as exc:
         print(f"stationmaster: {exc.message}", file=sys.stderr)
         return EXIT_FAILURE
+    except PostgresError as exc:
+        print(f"stationmaster: {_postgres_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
     except BaseExceptionGroup as group:
         # Store errors raised inside a nursery (coredis' pool, the asyncio bridge)
         # arrive wrapped; an operator wants the one line, not the traceback.
         first = _first_domain_error(group)
-        if first is None:
+        if first is not None:
+            print(f"stationmaster: {first.message}", file=sys.stderr)
+            return EXIT_USAGE if isinstance(first, ConfigError) else EXIT_FAILURE
+        matched, _rest = group.split(PostgresError)
+        if matched is None:
             raise
-        print(f"stationmaster: {first.message}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(first, ConfigError) else EXIT_FAILURE
+        print(f"stationmaster: {_postgres_line(_leaves(matched)[0])}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _postgres_line(exc: BaseException) -> str:
+    # The class name says what went wrong; the server's message can quote values.
+    hint = (
+        "; has `stationmaster migrate` run?" if type(exc).__name__ == "UndefinedTableError" else ""
+    )
+    return f"PostgreSQL refused the command ({type(exc).__name__}){hint}"
 
 
 if __name__ == "__main__":
