@@ -13,11 +13,14 @@ cache.
 
 What this trades: a change driven by the clock alone (a deadline or a quota
 pause lifting, an account's ``expires_at`` passing) is seen at the next rebuild
-instead of at once. The unsafe direction is covered elsewhere: deadlines are
-checked by the acquire script in Redis time, and the state an acquire returns is
-checked again with the current time before the lease is handed out (expiry and
-quota pause included), so a cached "in" verdict can cost a refused attempt,
-never a wrong pick.
+instead of at once; so are changes other instances write to Redis. The unsafe
+direction is covered elsewhere: deadlines are checked by the acquire script in
+Redis time, and the state an acquire returns is checked again with the current
+time before the lease is handed out (expiry and quota pause included), so a
+cached "in" verdict can cost a refused attempt, never a wrong pick. The other
+direction cannot cause a wrong "no available accounts": before answering it,
+selection rebuilds the cache at the current time when a time-lifted reason is
+among the exclusions, and re-reads Redis when one is "full".
 
 Pure: no I/O, no clock reads. The caller passes ``now`` and a state lookup.
 """

@@ -74,17 +74,15 @@ BINDING_CACHE_S = 2.0
 # arbitrary models; past it the oldest is dropped and rebuilt on its next use.
 POOL_CACHES_MAX = 256
 _EXCLUDED = Reason.EXCLUDED_BY_REQUEST
-# Verdicts that come from the runtime view (not the snapshot or the request): a
-# fresh read of the bucket can change them.
-_RUNTIME_REASONS = frozenset(
+# Verdicts the clock alone can lift (a deadline passing, a window resetting, a
+# reading turning stale): the pool cache may hold them up to one refresh late.
+_TIMED_REASONS = frozenset(
     {
-        Reason.FULL,
         Reason.RATE_LIMITED,
         Reason.OVERLOADED,
         Reason.TEMP_UNSCHEDULABLE,
         Reason.QUOTA_PAUSED_5H,
         Reason.QUOTA_PAUSED_7D,
-        Reason.SLOW,
     }
 )
 _DEADLINE_FIELD = {
@@ -164,16 +162,20 @@ class Selector:
         start = trio.current_time()
         deadline = start + wait_s
         attempts = 0
-        force = waited = False
+        force = rebuilt = waited = False
         while True:
-            rnd = await self._round(req, snap, cfg, force=force)
+            rnd = await self._round(req, snap, cfg, force=force, rebuild=rebuilt)
             attempts += rnd.attempts
             if rnd.selection is not None:
                 return self._done(rnd.selection, attempts, start, waited, bucket)
-            if not force and not _RUNTIME_REASONS.isdisjoint(rnd.all_exclusions().values()):
-                # A stale local verdict (full, a deadline or pause another writer
-                # has lifted since) must not answer 503: re-read the bucket once.
-                force = True
+            reasons = set(rnd.all_exclusions().values())
+            if not force and Reason.FULL in reasons:
+                force = True  # a stale local "full" must not answer 503: re-read once
+                continue
+            if not rebuilt and not _TIMED_REASONS.isdisjoint(reasons):
+                # The cache's verdicts may predate a deadline that has passed since:
+                # judge them again at the current time (no Redis call) before a 503.
+                rebuilt = True
                 continue
             if trio.current_time() >= deadline:
                 break
@@ -196,7 +198,7 @@ class Selector:
         return msgspec.structs.replace(sel, attempts=attempts, waited_s=waited_s)
 
     async def _round(
-        self, req: SelectRequest, snap: BucketSnapshot, cfg: Settings, *, force: bool
+        self, req: SelectRequest, snap: BucketSnapshot, cfg: Settings, *, force: bool, rebuild: bool
     ) -> Round:
         rnd = Round()
         bucket = snap.bucket
@@ -215,6 +217,8 @@ class Selector:
         if req.session_hash or req.previous_response_id:
             session_bound = await try_sticky(self, req, snap, cfg, rnd, now)
         if rnd.selection is None:
+            if rebuild:
+                self._pools.pop((snap.bucket, req.model), None)
             await self._pool(req, snap, cfg, rnd, now, session_bound)
         if self.metrics is not None:
             self._count_exclusions(rnd)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import trio
 
+from accounts.errors import NoAccountAvailable
 from accounts.model import Platform
 from scheduler.reports import Outcome, Reporter
 from scheduler.select import SelectRequest
@@ -158,3 +160,25 @@ async def test_own_release_message_is_not_counted_twice(redis):
                 await trio.sleep(0.01)
             assert sel.view.get(a.id).leases == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_a_deadline_that_passed_is_seen_before_answering_none(redis):
+    """The only account's rate limit ends between two selects: no 503 from the cached verdict.
+
+    The cache (refresh an hour away) still says rate_limited; before answering
+    "no available accounts" the verdicts are judged again at the current time.
+    """
+    a = make_account("a", concurrency=5)
+    sel = await open_selector(redis, [a], SettingsBox())
+    sel.view.ttl_s = HOUR
+    until = time.time() + 0.3
+    await sel.runtime.set_state("openai", a.id, {"rl_until": str(int(until * 1000))})
+    with trio.fail_after(10):
+        sel.view.ttl_s = 0
+        with pytest.raises(NoAccountAvailable) as info:
+            await sel.select(REQ)
+        assert info.value.exclusions == {"rate_limited": 1}
+        sel.view.ttl_s = HOUR
+        await trio.sleep_until(trio.current_time() + (until - time.time()) + 0.05)
+        got = await sel.select(REQ)
+    assert got.account.id == a.id
