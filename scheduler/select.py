@@ -112,6 +112,8 @@ class Selector:
         self._bindings: dict[str, tuple[str | None, float]] = {}
         self._released: dict[str, trio.Event] = {}
         self._pools: dict[tuple[Bucket, str], PoolCache] = {}
+        # When each bucket was last selected from (monotonic): the refresher keeps these fresh.
+        self.active: dict[Bucket, float] = {}
         # Metric children by label: ``labels()`` costs microseconds per call.
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -158,6 +160,7 @@ class Selector:
         cfg = settings or self.settings()
         bucket = Bucket(req.group, req.platform)
         snap = await self.snapshot(bucket)
+        self.active[bucket] = time.monotonic()
         wait_s = min(req.wait_ms, cfg.wait.max_wait_ms) / 1000.0
         start = trio.current_time()
         deadline = start + wait_s
@@ -202,11 +205,13 @@ class Selector:
     ) -> Round:
         rnd = Round()
         bucket = snap.bucket
+        # The refresher keeps the view fresh; read here only if it cannot be trusted.
         await self.view.refresh(
             (bucket.group, bucket.platform.value),
             bucket.platform,
             (a.id for a in snap.accounts),
             force=force,
+            max_age_s=self.view.request_max_age_s,
         )
         now = time.time()
         by_id = snap.by_id
@@ -226,12 +231,10 @@ class Selector:
 
     # --- pool -------------------------------------------------------------------------
 
-    def pool(
-        self, req: SelectRequest, snap: BucketSnapshot, cfg: Settings, now: float
-    ) -> PoolCache:
+    def pool(self, model: str, snap: BucketSnapshot, cfg: Settings, now: float) -> PoolCache:
         """The bucket's pool cache for this model and settings value, brought up to date."""
         view = self.view
-        key = (snap.bucket, req.model)
+        key = (snap.bucket, model)
         generation = view.generation((snap.bucket.group, snap.bucket.platform.value))
         pool = self._pools.get(key)
         if pool is not None and pool.fits(snap, cfg, generation):
@@ -241,7 +244,7 @@ class Selector:
                     pool.update(changed, view.get, view.waiting, now)
                     pool.position = view.log_end
                 return pool
-        pool = PoolCache(snap, req.model, cfg, generation=generation, position=view.log_end)
+        pool = PoolCache(snap, model, cfg, generation=generation, position=view.log_end)
         pool.build(view.get, view.waiting, now)
         self._pools.pop(key, None)
         if len(self._pools) >= POOL_CACHES_MAX:
@@ -250,6 +253,10 @@ class Selector:
         if self.metrics is not None:
             self.metrics.leases.labels(str(snap.bucket)).set(pool.leases_total)
         return pool
+
+    def pool_models(self, bucket: Bucket) -> list[str]:
+        """Models that have a pool cache of ``bucket`` (the refresher rebuilds them)."""
+        return [model for b, model in self._pools if b == bucket]
 
     async def _pool(
         self,
@@ -266,7 +273,7 @@ class Selector:
         while tries < limit:
             # Refusals (a stale view, a race) exclude their account; when the whole
             # top K refused, the rest of the pool is ranked again within the limit.
-            pool = self.pool(req, snap, cfg, now)
+            pool = self.pool(req.model, snap, cfg, now)
             rnd.pool_reasons, rnd.pool_counts = pool.reasons, pool.counts
             best = pool.best(cfg.scoring.top_k, rnd.excluded)
             if not best:
@@ -279,7 +286,7 @@ class Selector:
                     return
                 rnd.excluded[scored.account.id] = reason
         # The verdicts as they stand now (the awaits above may have changed them).
-        pool = self.pool(req, snap, cfg, time.time())
+        pool = self.pool(req.model, snap, cfg, time.time())
         rnd.pool_reasons, rnd.pool_counts = pool.reasons, pool.counts
 
     # --- acquire ------------------------------------------------------------------

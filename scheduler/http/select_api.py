@@ -281,6 +281,7 @@ def install(services: Any) -> list[Any]:
     from snapshot.view import ScheduleView
     from snapshot.watcher import ScheduleWatcher
 
+    from .._refresher import ViewRefresher
     from ..reports import Reporter
     from ..select import ReleaseWatcher, Selector
 
@@ -296,4 +297,6 @@ def install(services: Any) -> list[Any]:
     services.reporter = Reporter(services.selector, settings, services.accounts)
     services.credentials = Credentials(Cipher(services.config.crypto))
     actors.append(ReleaseWatcher(services.selector))
+    # Keeps the runtime view of active buckets fresh, so selects do not read it themselves.
+    actors.append(ViewRefresher(services.selector))
     return actors
