@@ -3,10 +3,12 @@
 Usage::
 
     python bench/selection.py [--pg-dsn DSN] [--redis-url URL] [--n 5000]
-        [--concurrency 32] [--count 20000] [--rate 1000] [--seconds 10] [--no-http]
+        [--pace 0] [--concurrency 32] [--count 20000] [--rate 1000] [--seconds 10] [--no-http]
 
 Part 1 (Redis only): select + release in a loop in this process, select() timed
-alone; Redis round trips per select counted twice (our own counter and INFO
+alone, with the daemon's view refresher actor running beside it (as in the
+daemon); closed loop, or paced at ``--pace`` selects/s (latency from each
+select's due time); Redis round trips per select counted twice (our own counter and INFO
 commandstats deltas), next to a bare PING/EVALSHA round trip through the same
 client (the floor one round trip sets on this machine).
 
@@ -54,6 +56,11 @@ from bench._common import (  # noqa: E402
 from scheduler.reports import Outcome, Reporter  # noqa: E402
 from scheduler.runtime import Acquired, parse_lease_id  # noqa: E402
 from scheduler.select import Selector, SelectRequest  # noqa: E402
+
+try:  # absent before the refresher existed: lets this script measure older commits too
+    from scheduler._refresher import ViewRefresher
+except ImportError:  # pragma: no cover
+    ViewRefresher = None  # type: ignore[assignment,misc]
 from snapshot.keys import Bucket  # noqa: E402
 from snapshot.redis import RedisConfig, RedisStore, open_redis  # noqa: E402
 from snapshot.schedule import set_snapshot  # noqa: E402
@@ -123,7 +130,28 @@ async def round_trip_floor(sel: Selector, n: int) -> tuple[list[float], list[flo
     return ping, script
 
 
-async def in_process(redis_url: str, n: int) -> None:
+async def timed_selects(
+    sel: Selector, reporter: Reporter, req: SelectRequest, n: int, pace: float
+) -> tuple[list[float], int]:
+    """``n`` select + release pairs, select timed (from its due time when paced)."""
+    times = []
+    trips = 0
+    start = trio.current_time()
+    for i in range(n):
+        if pace > 0:
+            await trio.sleep_until(start + i / pace)
+        # Paced: count from the due time, so a select started late pays for the delay.
+        late = trio.current_time() - (start + i / pace) if pace > 0 else 0.0
+        before = sel.runtime.round_trips
+        t0 = time.perf_counter() - late
+        got = await sel.select(req)
+        times.append(time.perf_counter() - t0)
+        trips += sel.runtime.round_trips - before
+        await reporter.release(got.lease_id, Outcome(status=200, latency_ms=5))
+    return times, trips
+
+
+async def in_process(redis_url: str, n: int, pace: float) -> None:
     prefix = f"bench:{secrets.token_hex(3)}:"
     async with open_redis(RedisConfig(url=redis_url, key_prefix=prefix)) as redis:
         accounts = bench_accounts()
@@ -133,31 +161,37 @@ async def in_process(redis_url: str, n: int) -> None:
             sel = Selector(redis, ScheduleView(redis, _Source(accounts)), lambda: settings)
             reporter = Reporter(sel, lambda: settings)
             req = SelectRequest(group="bench", platform=Platform.OPENAI, model="m")
-            for _ in range(WARMUP):
-                await reporter.release((await sel.select(req)).lease_id, Outcome(status=200))
-            times = []
-            trips = 0
-            before_server = await server_calls(redis)
-            for _ in range(n):
-                before = sel.runtime.round_trips
-                t0 = time.perf_counter()
-                got = await sel.select(req)
-                times.append(time.perf_counter() - t0)
-                trips += sel.runtime.round_trips - before
-                await reporter.release(got.lease_id, Outcome(status=200, latency_ms=5))
-            server = await server_calls(redis) - before_server
+            async with trio.open_nursery() as nursery:
+                if ViewRefresher is not None:
+                    await nursery.start(ViewRefresher(sel).run)
+                for _ in range(WARMUP):
+                    await reporter.release((await sel.select(req)).lease_id, Outcome(status=200))
+                reads = sel.view.reads if hasattr(sel.view, "reads") else None
+                before_server = await server_calls(redis)
+                times, trips = await timed_selects(sel, reporter, req, n, pace)
+                server = await server_calls(redis) - before_server
+                reads = sel.view.reads - reads if reads is not None else None
+                nursery.cancel_scope.cancel()
             ping, script = await round_trip_floor(sel, n)
         finally:
             await redis.delete_prefix()
+    loop = f"paced at {pace:g} selects/s" if pace > 0 else "closed loop"
+    refresher = (
+        "view refresher actor running" if ViewRefresher else "no refresher (refresh in select)"
+    )
     print(
-        f"\nin-process select(), {ACCOUNTS}-account bucket, {n} calls (select timed, release not):"
+        f"\nin-process select(), {ACCOUNTS}-account bucket, {n} calls, {loop}, {refresher}"
+        " (select timed, release not):"
     )
     print(f"  select       p50 {ms(times, 50)}  p99 {ms(times, 99)}  (target p50 <= 0.3 ms)")
+    print(f"               p99.9 {ms(times, 99.9)}  max {max(times) * 1e3:.3f} ms")
     print(f"  bare PING    p50 {ms(ping, 50)}  p99 {ms(ping, 99)}  (one round trip, same client)")
     print(
         f"  acquire.lua  p50 {ms(script, 50)}  p99 {ms(script, 99)}  (the script alone, no select)"
     )
-    print(f"  Redis round trips per select: {trips / n:.3f} (client count); server-side")
+    print(f"  runtime view batch reads during the timed run: {reads} (refresher and selects)")
+    print(f"  Redis round trips per select: {trips / n:.3f} (client count, refresher's included)")
+    print("  server-side")
     print(f"  EVALSHA/MGET/DEL calls per select+release: {server / n:.3f} (server-wide:")
     print("  includes any other client of this Redis, e.g. test suites running meanwhile)")
 
@@ -252,6 +286,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pg-dsn", default=os.environ.get("STATIONMASTER_TEST_PG_DSN"))
     p.add_argument("--redis-url", default=os.environ.get("STATIONMASTER_TEST_REDIS_URL"))
     p.add_argument("--n", type=int, default=5000, help="in-process select calls")
+    p.add_argument("--pace", type=float, default=0.0, help="in-process selects/s (0: closed loop)")
     p.add_argument("--concurrency", type=int, default=32, help="closed-loop connections")
     p.add_argument("--count", type=int, default=20000, help="select+release pairs per run (max)")
     p.add_argument(
@@ -273,7 +308,7 @@ def main() -> int:
             "bounds": f"HTTP runs <= {args.count} pairs, <= {args.seconds:g} s",
         },
     )
-    trio.run(in_process, redis_url, args.n)
+    trio.run(in_process, redis_url, args.n, args.pace)
     if args.no_http or not args.pg_dsn:
         return 0
     tokens = {"admin": "bench-admin-" + secrets.token_hex(12),
