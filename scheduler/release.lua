@@ -5,10 +5,17 @@
 --       origin (the releasing instance's token), then field/value pairs to HSET
 --       (deadlines, quota readings, last_used).
 -- Publishes "<account_id> <origin>" on the channel: the origin skips its own message.
--- Returns 0 when the lease is unknown (never granted, released, or expired and
--- pruned): nothing is changed then. Otherwise {1, live_leases, {state hash}}: the
+-- Returns 0 when the lease is unknown (never granted, released, or expired -- pruned
+-- or not, as renew.lua judges it: its slot may already be someone else's): nothing
+-- is changed then, so a late release answers the same whether or not an acquire
+-- happened to prune it first. Otherwise {1, live_leases, {state hash}}: the
 -- account's state after the release, so this instance's view has it at once.
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+if score == nil then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+if score <= now then return 0 end
 local alpha = tonumber(ARGV[4])
 local function ewma(field, sample)
   if sample == nil then return end
@@ -27,6 +34,4 @@ if #ARGV > 9 then
 end
 if tonumber(ARGV[8]) > 0 then redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[8]) end
 redis.call('PUBLISH', ARGV[3], ARGV[2] .. ' ' .. ARGV[9])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return {1, redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf'), redis.call('HGETALL', KEYS[2])}

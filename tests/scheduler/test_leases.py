@@ -138,3 +138,29 @@ async def test_many_tasks_never_exceed_concurrency(redis):
     assert seen_max == limit  # every slot was used, none over
     for key in keys.values():
         assert await redis.client.zcard(key) == 0
+
+
+async def test_an_expired_lease_releases_like_an_unknown_one_pruned_or_not(redis):
+    """A late release after the TTL is 404 and changes nothing, whether or not an acquire
+    pruned the lease first (renew already judged expiry this way)."""
+    a = make_account("a", concurrency=2)
+    box = SettingsBox(leases={"ttl_s": 1})
+    sel = await open_selector(redis, [a], box)
+    reporter = Reporter(sel, box)
+    req = SelectRequest(group=GROUP, platform=Platform.OPENAI, model="m")
+    leases = sel.runtime.keys.leases("openai", a.id)
+    with trio.fail_after(10):
+        first = await sel.select(req)
+        second = await sel.select(req)
+        await trio.sleep(1.1)
+        # Nothing pruned yet: both expired leases are still in the set.
+        assert await redis.client.zcard(leases) == 2
+        with pytest.raises(NotFound):
+            await reporter.release(first.lease_id, Outcome(status=429))
+        # An acquire prunes the other one; its late release answers the same.
+        await sel.runtime.acquire("openai", GROUP, a.id, concurrency=2, ttl_s=30)
+        with pytest.raises(NotFound):
+            await reporter.release(second.lease_id, Outcome(status=429))
+        state = (await sel.runtime.read_many("openai", [a.id]))[a.id]
+    assert state.rate_limited_until is None  # neither 429 was applied
+    assert await redis.client.zcard(leases) == 1  # only the fresh acquire's lease
