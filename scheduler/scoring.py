@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from accounts.model import Account, Window
+from snapshot.settings import DEFAULT_SETTINGS
 
 from .runtime import RuntimeState
 
@@ -31,16 +32,20 @@ from .runtime import RuntimeState
 _MIN_DRAW_WEIGHT = 1e-6
 
 
-class Weights(msgspec.Struct, frozen=True, kw_only=True):
-    """How much each term counts. Defaults favour free capacity, then priority."""
+# The settings document is the one source of default weights.
+_DEFAULT = DEFAULT_SETTINGS.scoring
 
-    priority: float = 1.0
-    load: float = 2.0
-    queue: float = 0.5
-    error_rate: float = 1.0
-    ttft: float = 0.5
-    quota_headroom: float = 1.0
-    reset_soon: float = 0.25
+
+class Weights(msgspec.Struct, frozen=True, kw_only=True):
+    """How much each term counts; defaults are the settings document's defaults."""
+
+    priority: float = _DEFAULT.priority
+    load: float = _DEFAULT.load
+    queue: float = _DEFAULT.queue
+    error_rate: float = _DEFAULT.error_rate
+    ttft: float = _DEFAULT.ttft
+    quota_headroom: float = _DEFAULT.quota_headroom
+    reset_soon: float = _DEFAULT.reset_soon
 
     @classmethod
     def from_settings(cls, scoring: Any) -> Weights:
