@@ -13,27 +13,8 @@ from scheduler.reports import Outcome, Reporter
 from scheduler.runtime import Keys, Refused, parse_lease_id
 from scheduler.select import SelectRequest
 
+from ..support import key_slot as slot
 from .selectkit import GROUP, SettingsBox, make_account, open_selector
-
-
-def crc16(data: bytes) -> int:
-    """CRC16-XMODEM, as Redis Cluster computes key slots."""
-    crc = 0
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc
-
-
-def slot(key: str) -> int:
-    start = key.find("{")
-    if start >= 0:
-        end = key.find("}", start + 1)
-        if end > start + 1:
-            key = key[start + 1 : end]
-    return crc16(key.encode()) % 16384
 
 
 async def test_every_key_of_one_script_call_shares_a_slot(redis):
