@@ -13,11 +13,13 @@ from ..config import UpstreamConfig
 from ._http import Exchange
 from .dashscope import DashScope
 from .errors import Rejected
+from .kling import Kling
 from .model import Adapter
 
 # platform -> constructor(exchange, configured prices)
 _FACTORIES: dict[str, Callable[[Exchange, dict[str, int]], Adapter]] = {
     DashScope.platform: DashScope,
+    Kling.platform: Kling,
 }
 
 
