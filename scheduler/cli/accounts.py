@@ -35,8 +35,8 @@ from accounts.model import Account, Kind, Platform, Status
 from accounts.repository import MAX_PAGE, AccountRepository
 from accounts.validation import convert
 
-from .cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
-from .config import Config
+from ..core.config import Config
+from .entry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 
 Action = Callable[[AccountRepository, argparse.Namespace], Awaitable[int]]
 _ACTIONS: dict[str, Action] = {}

@@ -28,8 +28,8 @@ from snapshot.redis import open_redis
 from snapshot.schedule import Outcome, describe, set_snapshot
 from snapshot.source import RepositorySource
 
-from .cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
-from .config import Config
+from ..core.config import Config
+from .entry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:

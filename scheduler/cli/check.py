@@ -11,7 +11,7 @@ from accounts.errors import StationmasterError
 from accounts.migrate import applied_versions, load_migrations
 from snapshot.redis import open_redis
 
-from .config import Config
+from ..core.config import Config
 
 
 def run_check(config: Config) -> int:

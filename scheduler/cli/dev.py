@@ -16,7 +16,7 @@ crypto key and the listen address replaced: always ``127.0.0.1``, port from
 Lifetimes, outermost first: state-dir lock → PostgreSQL → Redis → daemon. Each
 server is stopped when its block ends, whatever ends it (SIGTERM, Ctrl-C, the
 daemon failing to start); if this process is killed outright the kernel stops
-them (see :mod:`scheduler.embedded`).
+them (see :mod:`scheduler.cli.embedded`).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import trio
 from accounts.crypto import FernetKey, generate_key
 from accounts.errors import ConfigError, StationmasterError
 
-from .config import Config, parse_config
+from ..core.config import Config, parse_config
+from ..core.logs import get_logger
 from .embedded import open_postgres, open_redis_server
-from .logs import get_logger
 
 log = get_logger("dev")
 
@@ -193,8 +193,8 @@ def _banner(state_dir: Path, dev_secrets: DevSecrets) -> str:
 
 
 def _serve(config: Config, banner: str, early: _EarlySignal) -> int:
-    from .cli import run_until_signal
-    from .daemon import Daemon
+    from ..daemon import Daemon
+    from .entry import run_until_signal
 
     early.raising = False
     try:

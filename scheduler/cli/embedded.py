@@ -45,7 +45,7 @@ from urllib.parse import quote
 
 from accounts.errors import StationmasterError, StoreUnavailable
 
-from .logs import get_logger
+from ..core.logs import get_logger
 
 log = get_logger("embedded")
 

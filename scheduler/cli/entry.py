@@ -18,8 +18,8 @@ import trio
 from accounts.db import PostgresError
 from accounts.errors import ConfigError, StationmasterError
 
-from .config import Config, load_config
-from .logs import configure_logging, get_logger
+from ..core.config import Config, load_config
+from ..core.logs import configure_logging, get_logger
 
 log = get_logger("cli")
 
@@ -70,7 +70,7 @@ def run_daemon(config: Config, **daemon_options: Any) -> int:
     """
     from accounts.errors import SupervisorError
 
-    from .daemon import Daemon
+    from ..daemon import Daemon
 
     try:
         trio.run(run_until_signal, Daemon(config, **daemon_options))
@@ -189,10 +189,10 @@ def _load_command_modules() -> None:
 
 # Modules defining further subcommands with @command; imported before parsing.
 _COMMAND_MODULES: list[str] = [
-    "scheduler.accounts_cli",
-    "scheduler.settings_cli",
-    "scheduler.buckets_cli",
-    "scheduler.explain_cli",
+    "scheduler.cli.accounts",
+    "scheduler.cli.settings",
+    "scheduler.cli.buckets",
+    "scheduler.cli.explain",
 ]
 
 

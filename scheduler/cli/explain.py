@@ -30,8 +30,8 @@ from typing import Any
 import httpx
 import trio
 
-from .cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
-from .config import Config
+from ..core.config import Config
+from .entry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 
 PATH = "/v1/admin/explain"
 # The daemon answers from memory plus one Redis read; anything slower is a stuck daemon.

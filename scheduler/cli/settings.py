@@ -35,8 +35,8 @@ from snapshot.settings import (
     to_document,
 )
 
-from .cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
-from .config import Config
+from ..core.config import Config
+from .entry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:

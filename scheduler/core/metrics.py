@@ -7,7 +7,7 @@ import platform
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import __version__
+from .. import __version__
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

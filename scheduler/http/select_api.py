@@ -2,7 +2,7 @@
 
 ``POST /v1/select`` is the only answer that carries an account's decrypted
 credentials, and only to a gateway token. Decrypted values are registered with
-:func:`scheduler.logs.register_secret` the first time they are seen, so they
+:func:`scheduler.core.logs.register_secret` the first time they are seen, so they
 never reach a log line or an error message.
 """
 
@@ -20,12 +20,12 @@ from accounts.rules import quota_pause
 from accounts.validation import convert
 from snapshot.keys import Bucket
 
-from .._pool import verdict
-from ..logs import register_secret
-from ..reports import Outcome, Released, Renewed
-from ..runtime import RuntimeState
-from ..scoring import Weights, score
-from ..select import SelectRequest
+from ..core.logs import register_secret
+from ..selection.pool import verdict
+from ..selection.reports import Outcome, Released, Renewed
+from ..selection.scoring import Weights, score
+from ..selection.select import SelectRequest
+from ..selection.store import RuntimeState
 from .endpoints import Call, Endpoint, Scope, error_response
 
 # Decrypted credentials kept per ciphertext: Fernet costs tens of microseconds and
@@ -281,9 +281,9 @@ def install(services: Any) -> list[Any]:
     from snapshot.view import ScheduleView
     from snapshot.watcher import ScheduleWatcher
 
-    from .._refresher import ViewRefresher
-    from ..reports import Reporter
-    from ..select import ReleaseWatcher, Selector
+    from ..selection.refresher import ViewRefresher
+    from ..selection.reports import Reporter
+    from ..selection.select import ReleaseWatcher, Selector
 
     actors: list[Any] = []
     schedule = getattr(services, "schedule", None)

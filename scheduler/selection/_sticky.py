@@ -15,7 +15,7 @@ from accounts.rules import Reason, check, is_hard
 from snapshot.schedule import BucketSnapshot
 from snapshot.settings import Settings
 
-from ._select_model import Round, SelectRequest
+from .model import Round, SelectRequest
 
 if TYPE_CHECKING:
     from .select import Selector

@@ -36,8 +36,8 @@ from accounts.rules import Reason, check
 from snapshot.schedule import BucketSnapshot
 from snapshot.settings import Settings
 
-from .runtime import RuntimeState
 from .scoring import Norm, Scored, Weights, normalisation, score
+from .store import RuntimeState
 
 StateOf = Callable[[str], RuntimeState]
 _FULL = Reason.FULL
@@ -57,7 +57,7 @@ class PoolCache:
     """Verdicts and scores of one (bucket snapshot, model, settings value), kept up to date.
 
     ``generation`` and ``position`` record which view refresh and which point of
-    the view's change log it reflects (see :class:`scheduler.runtime.RuntimeView`).
+    the view's change log it reflects (see :class:`scheduler.selection.store.RuntimeView`).
     """
 
     def __init__(

@@ -30,9 +30,9 @@ from accounts.errors import NotFound, ValidationFailed
 from accounts.quota import parse_usage, retry_after
 from snapshot.settings import Settings
 
-from .logs import get_logger
-from .runtime import LeaseRef, parse_lease_id, window_field
+from ..core.logs import get_logger
 from .select import ResponseId, Selector
+from .store import LeaseRef, parse_lease_id, window_field
 
 log = get_logger("reports")
 

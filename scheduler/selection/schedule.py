@@ -26,9 +26,9 @@ from snapshot.source import BucketSource, RepositorySource, SqlSource
 from snapshot.view import ScheduleView
 from snapshot.watcher import ScheduleWatcher
 
-from .health import Health, State
-from .logs import get_logger
-from .metrics import Metrics
+from ..core.health import Health, State
+from ..core.logs import get_logger
+from ..core.metrics import Metrics
 
 log = get_logger("schedule")
 

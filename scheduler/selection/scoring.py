@@ -25,7 +25,7 @@ import msgspec
 from accounts.model import Account, Window
 from snapshot.settings import DEFAULT_SETTINGS
 
-from .runtime import RuntimeState
+from .store import RuntimeState
 
 # Weights of zero are allowed (a term switched off); a score of zero must still
 # leave the candidate drawable, so weights for the draw are floored at this.

@@ -1,18 +1,18 @@
 """Selection: which account serves this request, and a lease on it.
 
 Order: previous_response_id binding, then session binding, then the pool
-(:mod:`scheduler._sticky`). A bound account passes the very same filter as the
+(:mod:`scheduler.selection._sticky`). A bound account passes the very same filter as the
 pool (:func:`accounts.rules.check`, quota pause included); a hard failure
 deletes the binding, a soft miss (full, rate-limited, overloaded, slow) keeps it
 and spills over to the pool. The pool is filtered with one settings value, every
 exclusion counted by reason, scored, cut to the best K and drawn in a weighted
 order seeded by the session; the verdicts and scores are kept between selects
-in a :class:`~scheduler._pool.PoolCache` (rebuilt on every view refresh, only
+in a :class:`~scheduler.selection.pool.PoolCache` (rebuilt on every view refresh, only
 changed accounts re-checked in between). Leases are acquired by one Lua script
 per attempt (one Redis round trip on the common path), up to ``probe_limit``
 attempts. Nothing acquired: wait for a release in the platform (pub/sub wake-up
 plus a periodic retry) up to the request's limit, then
-:class:`~accounts.errors.NoAccountAvailable` with the counts (:mod:`scheduler._none`).
+:class:`~accounts.errors.NoAccountAvailable` with the counts (:mod:`scheduler.selection._none`).
 
 The state an acquire returns is checked again with the current time (quota
 readings written by another instance a moment ago, an expiry that just passed):
@@ -39,8 +39,8 @@ from snapshot.schedule import BucketSnapshot
 from snapshot.settings import Settings
 
 from ._none import no_account, retry_after_hint
-from ._pool import PoolCache
-from ._select_model import (
+from ._sticky import try_sticky
+from .model import (
     BucketSource,
     ModelName,
     ResponseId,
@@ -50,10 +50,10 @@ from ._select_model import (
     SessionHash,
     selection_of,
 )
-from ._sticky import try_sticky
-from ._watcher import ReleaseWatcher
-from .runtime import Acquired, Refused, RuntimeState, RuntimeStore, RuntimeView, parse_lease_id
+from .pool import PoolCache
 from .scoring import seed_for, weighted_order
+from .store import Acquired, Refused, RuntimeState, RuntimeStore, RuntimeView, parse_lease_id
+from .watcher import ReleaseWatcher
 
 __all__ = [
     "BucketSource",

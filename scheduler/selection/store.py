@@ -304,7 +304,7 @@ class RuntimeView:
     """This instance's short-lived copy of candidates' runtime state, per platform.
 
     Refreshed in batches (one script call for a bucket) every ``ttl_s`` by the
-    :class:`~scheduler._refresher.ViewRefresher` actor, off the request path; a
+    :class:`~scheduler.selection.refresher.ViewRefresher` actor, off the request path; a
     request reads a bucket itself only when it was never loaded, is older than
     ``request_max_age_s`` (the refresher is down, or the bucket was idle) or must
     be re-read (before a 503). Acquire replies and release messages patch it in

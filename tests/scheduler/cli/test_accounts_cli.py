@@ -15,11 +15,11 @@ import trio
 
 from accounts.crypto import Cipher, CryptoConfig, generate_key
 from accounts.db import Database
-from scheduler import accounts_cli
-from scheduler.cli import build_parser
-from scheduler.config import parse_config
+from scheduler.cli import accounts as accounts_cli
+from scheduler.cli.entry import build_parser
+from scheduler.core.config import parse_config
 
-from ..support import CRYPTO_KEY, ROOT, config_dict, run_cli
+from ...support import CRYPTO_KEY, ROOT, config_dict, run_cli
 
 SECRET = "rt_cli_" + "k3y" * 8 + "9876"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..support import config_dict, run_cli
+from ...support import config_dict, run_cli
 
 PASSWORD = "pw-check-" + "s3cr3t" * 3
 

@@ -12,7 +12,7 @@ import secrets
 
 from accounts.db import admin_execute
 
-from ..support import config_dict, free_port, run_cli, with_database
+from ...support import config_dict, free_port, run_cli, with_database
 
 
 async def test_unmigrated_database_is_one_line(

@@ -23,9 +23,9 @@ import httpx
 import pytest
 import trio
 
-from scheduler.embedded import redis_server_bin
+from scheduler.cli.embedded import redis_server_bin
 
-from ..support import DaemonProcess
+from ...support import DaemonProcess
 
 pytestmark = pytest.mark.slow
 

@@ -22,10 +22,10 @@ import pytest
 import trio
 
 from accounts.model import QuotaWindow, Window
-from scheduler.cli import build_parser
-from scheduler.config import parse_config
-from scheduler.explain_cli import daemon_url, describe_state, run_explain
-from scheduler.runtime import Keys, window_field
+from scheduler.cli.entry import build_parser
+from scheduler.cli.explain import daemon_url, describe_state, run_explain
+from scheduler.core.config import parse_config
+from scheduler.selection.store import Keys, window_field
 from tests.support import (
     ROOT,
     admin_client,

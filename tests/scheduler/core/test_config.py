@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from accounts.errors import ConfigError
-from scheduler.cli import main
-from scheduler.config import load_config, parse_config
+from scheduler.cli.entry import main
+from scheduler.core.config import load_config, parse_config
 
 
 @pytest.mark.parametrize(

@@ -23,10 +23,10 @@ import structlog
 import trio
 
 from accounts.db import Database
+from scheduler.core.logs import REDACTED, configure_logging, get_logger, register_secret
 from scheduler.http.endpoints import Call, Endpoint
-from scheduler.logs import REDACTED, configure_logging, get_logger, register_secret
 
-from ..support import make_config, open_daemon
+from ...support import make_config, open_daemon
 
 
 class TTY(io.StringIO):

@@ -17,11 +17,11 @@ import pytest
 import trio
 
 from accounts.db import Database
-from scheduler.health import Health, Phase, State
-from scheduler.metrics import Metrics
+from scheduler.core.health import Health, Phase, State
+from scheduler.core.metrics import Metrics
 
-from ..proxy import Proxy, open_proxy
-from ..support import make_config, open_daemon, proxy_target, via_proxy
+from ...proxy import Proxy, open_proxy
+from ...support import make_config, open_daemon, proxy_target, via_proxy
 from .test_supervisor import Flaky
 
 

@@ -16,11 +16,11 @@ import trio
 import trio.testing
 
 from accounts.db import Database
-from scheduler.health import Health
-from scheduler.metrics import Metrics
-from scheduler.systemd import Notifier, Watchdog, watchdog_interval_s
+from scheduler.core.health import Health
+from scheduler.core.metrics import Metrics
+from scheduler.core.systemd import Notifier, Watchdog, watchdog_interval_s
 
-from ..support import DaemonProcess, config_dict
+from ...support import DaemonProcess, config_dict
 from .sdnotify_support import NotifySocket, open_notify_socket
 
 

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 
 from accounts.db import DatabaseConfig, open_database, open_loop
 from accounts.errors import SupervisorError
-from scheduler.cli import EXIT_FAILURE, run_daemon
-from scheduler.health import Health, Phase, State
-from scheduler.metrics import Metrics
-from scheduler.supervisor import RestartPolicy, Supervisor
+from scheduler.cli.entry import EXIT_FAILURE, run_daemon
+from scheduler.core.health import Health, Phase, State
+from scheduler.core.metrics import Metrics
+from scheduler.core.supervisor import RestartPolicy, Supervisor
 
-from ..support import make_config, truncate_all
+from ...support import make_config, truncate_all
 
 
 class Flaky:

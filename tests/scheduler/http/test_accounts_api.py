@@ -14,10 +14,10 @@ from accounts.errors import ConfigError
 from accounts.inputs import AccountCreate
 from accounts.repository import AccountRepository
 from accounts.validation import convert
-from scheduler.config import Config
+from scheduler.core.config import Config
 from scheduler.daemon import Daemon
 
-from ..support import (
+from ...support import (
     CRYPTO_KEY,
     GATEWAY_TOKEN,
     DaemonProcess,

@@ -20,8 +20,8 @@ from accounts.db import Database
 from scheduler.http.app import all_endpoints
 from scheduler.http.endpoints import Call, Endpoint
 
-from ..support import make_config, open_daemon
-from .test_supervisor import Flaky
+from ...support import make_config, open_daemon
+from ..core.test_supervisor import Flaky
 
 LIMIT = 1024
 

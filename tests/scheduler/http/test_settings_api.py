@@ -22,11 +22,11 @@ import pytest
 import trio
 
 from accounts.db import Database
-from scheduler.config import Config
+from scheduler.core.config import Config
 
-from ..proxy import open_proxy
-from ..snapshot.test_settings_model import BAD_VALUES
-from ..support import (
+from ...proxy import open_proxy
+from ...snapshot.test_settings_model import BAD_VALUES
+from ...support import (
     GATEWAY_TOKEN,
     ROOT,
     DaemonProcess,

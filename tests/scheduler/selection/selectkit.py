@@ -9,8 +9,8 @@ from typing import Any
 import msgspec
 
 from accounts.model import Account, Kind, Platform, QuotaWindow, Window
-from scheduler.runtime import window_field
-from scheduler.select import Selector
+from scheduler.selection.select import Selector
+from scheduler.selection.store import window_field
 from snapshot.keys import Bucket
 from snapshot.redis import RedisStore
 from snapshot.schedule import set_snapshot

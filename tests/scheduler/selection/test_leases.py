@@ -9,11 +9,11 @@ import trio
 
 from accounts.errors import NotFound, ValidationFailed
 from accounts.model import Platform
-from scheduler.reports import Outcome, Reporter
-from scheduler.runtime import Keys, Refused, parse_lease_id
-from scheduler.select import SelectRequest
+from scheduler.selection.reports import Outcome, Reporter
+from scheduler.selection.select import SelectRequest
+from scheduler.selection.store import Keys, Refused, parse_lease_id
 
-from ..support import key_slot as slot
+from ...support import key_slot as slot
 from .selectkit import GROUP, SettingsBox, make_account, open_selector
 
 

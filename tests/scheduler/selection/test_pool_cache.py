@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from accounts.model import Account, Kind, Platform, QuotaWindow, Status, Window
 from accounts.rules import Reason
-from scheduler._pool import PoolCache, verdict
-from scheduler.runtime import RuntimeState
-from scheduler.scoring import Weights, score, top_k
+from scheduler.selection.pool import PoolCache, verdict
+from scheduler.selection.scoring import Weights, score, top_k
+from scheduler.selection.store import RuntimeState
 from snapshot.keys import Bucket
 from snapshot.schedule import BucketSnapshot
 from snapshot.settings import Settings

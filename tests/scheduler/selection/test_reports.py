@@ -8,8 +8,8 @@ import pytest
 import trio
 
 from accounts.model import Platform
-from scheduler.reports import Outcome, Reporter
-from scheduler.select import SelectRequest
+from scheduler.selection.reports import Outcome, Reporter
+from scheduler.selection.select import SelectRequest
 
 from .selectkit import GROUP, SettingsBox, make_account, open_selector
 

@@ -9,8 +9,8 @@ import trio
 
 from accounts.errors import NoAccountAvailable, NotFound
 from accounts.model import Platform, Status
-from scheduler.reports import Outcome, Reporter
-from scheduler.select import Selector, SelectRequest
+from scheduler.selection.reports import Outcome, Reporter
+from scheduler.selection.select import Selector, SelectRequest
 from snapshot.keys import Bucket
 
 from .selectkit import GROUP, SettingsBox, make_account, open_selector, reading
@@ -178,7 +178,7 @@ async def test_wait_succeeds_on_release_and_times_out_otherwise(redis):
 
 async def test_release_on_another_instance_wakes_a_waiter(redis):
     """The wake-up travels by pub/sub: a release through another Selector ends the wait."""
-    from scheduler.select import ReleaseWatcher
+    from scheduler.selection.select import ReleaseWatcher
 
     a = make_account("a", concurrency=1)
     box = SettingsBox(wait={"retry_interval_ms": 5000})

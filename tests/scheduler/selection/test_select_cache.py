@@ -13,8 +13,8 @@ import trio
 
 from accounts.errors import NoAccountAvailable
 from accounts.model import Platform
-from scheduler.reports import Outcome, Reporter
-from scheduler.select import SelectRequest
+from scheduler.selection.reports import Outcome, Reporter
+from scheduler.selection.select import SelectRequest
 
 from .selectkit import GROUP, SettingsBox, make_account, open_selector, reading
 
@@ -135,7 +135,7 @@ async def test_own_release_message_is_not_counted_twice(redis):
 
     Another instance's release (different origin) does count.
     """
-    from scheduler.select import ReleaseWatcher
+    from scheduler.selection.select import ReleaseWatcher
 
     a = make_account("a", concurrency=3)
     box = SettingsBox()

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import trio
 
-from scheduler.runtime import Keys
+from scheduler.selection.store import Keys
 from snapshot.redis import RedisStore
 from tests.support import GATEWAY_TOKEN, DaemonProcess, admin_client, config_dict
 

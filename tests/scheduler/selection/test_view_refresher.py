@@ -10,10 +10,10 @@ import trio.testing
 
 from accounts.model import Platform
 from accounts.rules import Reason
-from scheduler._refresher import ViewRefresher
-from scheduler.reports import Outcome, Reporter
-from scheduler.runtime import RuntimeStore
-from scheduler.select import Selector, SelectRequest
+from scheduler.selection.refresher import ViewRefresher
+from scheduler.selection.reports import Outcome, Reporter
+from scheduler.selection.select import Selector, SelectRequest
+from scheduler.selection.store import RuntimeStore
 
 from .selectkit import BUCKET, GROUP, SettingsBox, make_account, open_selector, reading
 
