@@ -36,7 +36,7 @@ from accounts.repository import MAX_PAGE, AccountRepository
 from accounts.validation import convert
 
 from ..core.config import Config
-from .entry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
+from .registry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 
 Action = Callable[[AccountRepository, argparse.Namespace], Awaitable[int]]
 _ACTIONS: dict[str, Action] = {}

@@ -29,7 +29,7 @@ from snapshot.schedule import Outcome, describe, set_snapshot
 from snapshot.source import RepositorySource
 
 from ..core.config import Config
-from .entry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
+from .registry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:

@@ -194,7 +194,7 @@ def _banner(state_dir: Path, dev_secrets: DevSecrets) -> str:
 
 def _serve(config: Config, banner: str, early: _EarlySignal) -> int:
     from ..daemon import Daemon
-    from .entry import run_until_signal
+    from .running import run_until_signal
 
     early.raising = False
     try:

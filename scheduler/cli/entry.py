@@ -8,9 +8,8 @@ restart limit), 2 invalid configuration or usage.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -19,85 +18,13 @@ from accounts.db import PostgresError
 from accounts.errors import ConfigError, StationmasterError
 
 from ..core.config import Config, load_config
-from ..core.logs import configure_logging, get_logger
+from ..core.logs import configure_logging
+from . import accounts, buckets, explain, settings
+from .registry import COMMANDS, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
+from .running import first_domain_error, run_daemon
 
-log = get_logger("cli")
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-# Subcommands register here: name -> (help, add_arguments, run(args, config) -> exit code).
-Command = tuple[
-    str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace, Config], int]
-]
-COMMANDS: dict[str, Command] = {}
-
-
-def command(
-    name: str, help_: str, add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None
-) -> Callable[
-    [Callable[[argparse.Namespace, Config], int]], Callable[[argparse.Namespace, Config], int]
-]:
-    def register(
-        fn: Callable[[argparse.Namespace, Config], int],
-    ) -> Callable[[argparse.Namespace, Config], int]:
-        COMMANDS[name] = (help_, add_arguments, fn)
-        return fn
-
-    return register
-
-
-async def run_until_signal(daemon: Any) -> None:
-    """Run ``daemon`` and call its ``shutdown()`` on the first SIGTERM or SIGINT."""
-    async with trio.open_nursery() as nursery:
-
-        async def watch_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("signal received", signal=signal.Signals(signum).name)
-                    daemon.shutdown()
-                    return
-
-        nursery.start_soon(watch_signals)
-        await daemon.run()
-        nursery.cancel_scope.cancel()
-
-
-def run_daemon(config: Config, **daemon_options: Any) -> int:
-    """Run the daemon in this process until a signal; the exit code.
-
-    ``daemon_options`` go to :class:`~scheduler.daemon.Daemon` (tests inject
-    ``extra_actors`` / ``extra_endpoints`` this way).
-    """
-    from accounts.errors import SupervisorError
-
-    from ..daemon import Daemon
-
-    try:
-        trio.run(run_until_signal, Daemon(config, **daemon_options))
-    except BaseExceptionGroup as group:
-        # The nursery wraps what the daemon raised; the first deliberate error explains it.
-        first = _first_domain_error(group)
-        if first is None:
-            raise
-        log.error(
-            "giving up" if isinstance(first, SupervisorError) else "cannot run", reason=str(first)
-        )
-        return EXIT_FAILURE
-    except StationmasterError as exc:
-        log.error("cannot run", reason=exc.message)
-        return EXIT_FAILURE
-    return EXIT_OK
-
-
-def _first_domain_error(group: BaseExceptionGroup[Any]) -> StationmasterError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, StationmasterError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_domain_error(exc)
-            if found is not None:
-                return found
-    return None
+# Imported for their @command registrations.
+_COMMAND_MODULES = (accounts, buckets, explain, settings)
 
 
 @command("run", "run the daemon (foreground; systemd Type=notify aware)")
@@ -167,7 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
         "/etc/stationmaster/stationmaster.toml)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _load_command_modules()
     for name, (help_, add_args, _fn) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_)
         # Also after the subcommand (`stationmaster run --config FILE`, as in the
@@ -177,23 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
         add_args(command_parser)
     return parser
-
-
-def _load_command_modules() -> None:
-    """Import the modules whose subcommands register themselves (accounts, settings …)."""
-    import importlib
-
-    for module in _COMMAND_MODULES:
-        importlib.import_module(module)
-
-
-# Modules defining further subcommands with @command; imported before parsing.
-_COMMAND_MODULES: list[str] = [
-    "scheduler.cli.accounts",
-    "scheduler.cli.settings",
-    "scheduler.cli.buckets",
-    "scheduler.cli.explain",
-]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseExceptionGroup as group:
         # Store errors raised inside a nursery (coredis' pool, the asyncio bridge)
         # arrive wrapped; an operator wants the one line, not the traceback.
-        first = _first_domain_error(group)
+        first = first_domain_error(group)
         if first is not None:
             print(f"stationmaster: {first.message}", file=sys.stderr)
             return EXIT_USAGE if isinstance(first, ConfigError) else EXIT_FAILURE

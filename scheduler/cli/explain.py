@@ -31,7 +31,7 @@ import httpx
 import trio
 
 from ..core.config import Config
-from .entry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
+from .registry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 
 PATH = "/v1/admin/explain"
 # The daemon answers from memory plus one Redis read; anything slower is a stuck daemon.

@@ -36,7 +36,7 @@ from snapshot.settings import (
 )
 
 from ..core.config import Config
-from .entry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
+from .registry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:

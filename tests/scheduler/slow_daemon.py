@@ -41,7 +41,7 @@ def file_gated_endpoint(path: Path) -> Endpoint:
 
 
 def main() -> None:
-    from scheduler.cli.entry import run_daemon
+    from scheduler.cli.running import run_daemon
     from scheduler.core.config import load_config
     from scheduler.core.logs import configure_logging
 

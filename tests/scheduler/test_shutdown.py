@@ -19,7 +19,7 @@ import httpx
 import trio
 
 from accounts.db import Database
-from scheduler.cli.entry import run_until_signal
+from scheduler.cli.running import run_until_signal
 from scheduler.core.health import Phase
 from scheduler.daemon import Daemon
 from scheduler.http.endpoints import Call, Endpoint

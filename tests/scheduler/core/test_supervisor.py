@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from accounts.db import DatabaseConfig, open_database, open_loop
 from accounts.errors import SupervisorError
-from scheduler.cli.entry import EXIT_FAILURE, run_daemon
+from scheduler.cli.running import EXIT_FAILURE, run_daemon
 from scheduler.core.health import Health, Phase, State
 from scheduler.core.metrics import Metrics
 from scheduler.core.supervisor import RestartPolicy, Supervisor

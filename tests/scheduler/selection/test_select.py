@@ -178,7 +178,7 @@ async def test_wait_succeeds_on_release_and_times_out_otherwise(redis):
 
 async def test_release_on_another_instance_wakes_a_waiter(redis):
     """The wake-up travels by pub/sub: a release through another Selector ends the wait."""
-    from scheduler.selection.select import ReleaseWatcher
+    from scheduler.selection.watcher import ReleaseWatcher
 
     a = make_account("a", concurrency=1)
     box = SettingsBox(wait={"retry_interval_ms": 5000})

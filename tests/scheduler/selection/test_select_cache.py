@@ -135,7 +135,7 @@ async def test_own_release_message_is_not_counted_twice(redis):
 
     Another instance's release (different origin) does count.
     """
-    from scheduler.selection.select import ReleaseWatcher
+    from scheduler.selection.watcher import ReleaseWatcher
 
     a = make_account("a", concurrency=3)
     box = SettingsBox()
