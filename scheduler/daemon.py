@@ -29,10 +29,10 @@ from .core.metrics import Metrics
 from .core.probes import InstanceRegistry, LoopLag, StoreProber
 from .core.supervisor import RestartPolicy, Supervisor
 from .core.systemd import Notifier, Watchdog, watchdog_interval_s
-from .http import select_api
 from .http.app import all_endpoints, build_app
 from .http.endpoints import Endpoint
 from .http.server import HttpServer
+from .selection.install import install as install_selection
 from .selection.schedule import build_schedule
 from .services import Services
 
@@ -168,6 +168,6 @@ class Daemon:
             *services.schedule.actors(),
             InstanceRegistry(services.db, self.instance_id, __version__, os.getpid()),
             # Selection last: it reads the settings and the schedule view built above.
-            *select_api.install(services),
+            *install_selection(services),
             Watchdog(self.notifier, self.health, watchdog_interval_s(self.env)),
         ]

@@ -11,7 +11,8 @@ from snapshot.keys import Bucket
 from snapshot.schedule import BucketSnapshot
 from snapshot.settings import Settings
 
-from .store import RuntimeState, RuntimeView
+from .store import RuntimeState
+from .view import RuntimeView
 
 # Hint for "no available accounts" when every candidate was merely full.
 FULL_RETRY_S = 1.0

@@ -9,16 +9,39 @@ keeps it and lets the request spill over to the pool.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from accounts.model import Account
 from accounts.rules import Reason, check, is_hard
 from snapshot.schedule import BucketSnapshot
 from snapshot.settings import Settings
 
+from .bindings import BindingCache
 from .model import Round, SelectRequest
+from .store import RuntimeStore
+from .view import RuntimeView
 
-if TYPE_CHECKING:
-    from .select import Selector
+
+class Selector(Protocol):
+    """What the sticky paths need of :class:`scheduler.selection.select.Selector`."""
+
+    runtime: RuntimeStore
+    view: RuntimeView
+    bindings: BindingCache
+
+    def binding_keys(self, req: SelectRequest) -> tuple[str | None, str | None]: ...
+
+    def remember_binding(self, key: str, account_id: str | None) -> None: ...
+
+    async def acquire(
+        self,
+        req: SelectRequest,
+        cfg: Settings,
+        rnd: Round,
+        account: Account,
+        path: str,
+        bind_mode: int,
+    ) -> Reason | None: ...
 
 
 async def read_bindings(sel: Selector, keys: list[str]) -> dict[str, str | None]:
@@ -27,9 +50,9 @@ async def read_bindings(sel: Selector, keys: list[str]) -> dict[str, str | None]
     found: dict[str, str | None] = {}
     missing = []
     for key in keys:
-        hit = sel._bindings.get(key)
-        if hit is not None and hit[1] > now:
-            found[key] = hit[0]
+        live, account_id = sel.bindings.lookup(key, now)
+        if live:
+            found[key] = account_id
         else:
             missing.append(key)
     if missing:

@@ -40,6 +40,7 @@ from snapshot.settings import Settings
 
 from ._none import no_account, retry_after_hint
 from ._sticky import try_sticky
+from .bindings import BindingCache
 from .model import (
     BucketSource,
     ModelName,
@@ -52,13 +53,12 @@ from .model import (
 )
 from .pool import PoolCache
 from .scoring import seed_for, weighted_order
-from .store import Acquired, Refused, RuntimeState, RuntimeStore, RuntimeView, parse_lease_id
-from .watcher import ReleaseWatcher
+from .store import Acquired, Refused, RuntimeState, RuntimeStore, parse_lease_id
+from .view import RuntimeView
 
 __all__ = [
     "BucketSource",
     "ModelName",
-    "ReleaseWatcher",
     "ResponseId",
     "SelectRequest",
     "Selection",
@@ -109,7 +109,7 @@ class Selector:
         self.buckets = buckets
         self.settings = settings
         self.metrics = metrics
-        self._bindings: dict[str, tuple[str | None, float]] = {}
+        self.bindings = BindingCache(BINDING_CACHE_S)
         self._released: dict[str, trio.Event] = {}
         self._pools: dict[tuple[Bucket, str], PoolCache] = {}
         # When each bucket was last selected from (monotonic): the refresher keeps these fresh.
@@ -134,7 +134,7 @@ class Selector:
             event.set()
 
     def remember_binding(self, key: str, account_id: str | None) -> None:
-        self._bindings[key] = (account_id, time.monotonic() + BINDING_CACHE_S)
+        self.bindings.put(key, account_id)
 
     def binding_keys(self, req: SelectRequest) -> tuple[str | None, str | None]:
         k = self.runtime.keys
