@@ -9,7 +9,7 @@ import httpx
 
 from accounts.errors import ConfigError
 
-from ..config import UpstreamConfig
+from ..core.config import UpstreamConfig
 from ._http import Exchange
 from .dashscope import DashScope
 from .errors import Rejected

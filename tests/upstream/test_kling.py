@@ -89,8 +89,7 @@ async def test_token_regenerated_before_expiry(sim_kling: tuple[str, SimControl]
     """The adapter's clock and the simulator's move on together; the old token would be refused."""
     base_url, control = sim_kling
     now = [1_000_000.0]
-    from scheduler.config import UpstreamConfig
-    from scheduler.upstream import open_upstream
+    from scheduler.upstream import UpstreamConfig, open_upstream
 
     async with open_upstream(UpstreamConfig(timeout_s=2)) as up:
         real = up.adapter("kling")
