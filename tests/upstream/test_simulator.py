@@ -86,8 +86,10 @@ def test_simulate_process_with_knobs_file(tmp_path) -> None:  # type: ignore[no-
         assert control.process is not None
         assert control.knobs()["failure_rate"] == 0.0
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scheduler.upstream.simulator", "--port", "0"]
-        + ["--knobs", str(tmp_path / "k.toml"), "--set", "rate_429=0.1"],
+        [
+            *(sys.executable, "-m", "scheduler.upstream.simulator", "--port", "0"),
+            *("--knobs", str(tmp_path / "k.toml"), "--set", "rate_429=0.1"),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
+from ._chat import AnthropicSim, OpenAISim
 from ._common import Match, PlatformSim
 from ._control import Control
 from ._dashscope import DashScopeSim
@@ -24,7 +25,12 @@ class Simulator:
 
     def __init__(self, knobs: Knobs | None = None) -> None:
         self.world = World(knobs or Knobs())
-        self.platforms: list[PlatformSim] = [DashScopeSim(self.world), KlingSim(self.world)]
+        self.platforms: list[PlatformSim] = [
+            DashScopeSim(self.world),
+            KlingSim(self.world),
+            OpenAISim(self.world),
+            AnthropicSim(self.world),
+        ]
         self.control = Control(self.world, [p.name for p in self.platforms])
 
     async def handle(self, req: Request) -> Response:
