@@ -14,6 +14,7 @@ from ._dashscope import DashScopeSim
 from ._kling import KlingSim
 from ._server import Request, Response, serve_http
 from ._state import Fault, World
+from ._veo import VeoSim
 from .knobs import Knobs
 
 # A body cut mid-document: what a crashing proxy or a half-written buffer sends.
@@ -28,6 +29,7 @@ class Simulator:
         self.platforms: list[PlatformSim] = [
             DashScopeSim(self.world),
             KlingSim(self.world),
+            VeoSim(self.world),
             OpenAISim(self.world),
             AnthropicSim(self.world),
         ]
