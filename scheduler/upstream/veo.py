@@ -34,7 +34,7 @@ from accounts.model import Account
 
 from ._common import Prices, base_url, credential, param_number
 from ._http import Exchange, Reply
-from .errors import Rejected, UpstreamError
+from .errors import AuthFailed, Rejected, UpstreamError
 from .model import UpstreamRequest, UpstreamState, UpstreamStatus, UpstreamTask
 
 PLATFORM = "gemini"
@@ -178,6 +178,9 @@ class Veo:
         except (msgspec.DecodeError, msgspec.ValidationError):
             err = _Status()
         reason = f"{err.status or 'error'}: {err.message or ''}".strip(": ")
+        if reply.status == 400 and "api key" in (err.message or "").lower():
+            # Google answers a bad key with 400 INVALID_ARGUMENT: the account, not the request.
+            return AuthFailed(f"HTTP 400: {reason}", platform=PLATFORM, account_id=account.id)
         return self._x.error(reply, reason, account_id=account.id, submit=submit)
 
 

@@ -70,3 +70,20 @@ def test_openai_api_headers_and_faults(sim: tuple[str, SimControl]) -> None:
         limited = c.post("/v1/chat/completions", headers=auth, json={})
         assert limited.status_code == 429 and limited.headers["retry-after"] == "3"
         assert limited.json()["error"]["type"] == "rate_limit_exceeded"
+
+
+def test_usage_endpoints_match_the_recorded_shapes(sim: tuple[str, SimControl]) -> None:
+    """The simulator's usage answers have exactly the recorded fields (fixtures/usage_endpoints)."""
+    import json
+    from pathlib import Path
+
+    from .test_fixtures import _fields
+
+    recorded = json.loads((Path(__file__).parent / "fixtures" / "usage_endpoints.json").read_text())
+    url, _control = sim
+    with httpx.Client(base_url=url, trust_env=False) as c:
+        auth = {"authorization": "Bearer t-1"}
+        claude = c.get("/api/oauth/usage", headers=auth).json()
+        codex = c.get("/backend-api/wham/usage", headers=auth).json()
+    assert _fields(claude) == _fields(recorded["anthropic_oauth_usage"])
+    assert _fields(codex) == _fields(recorded["codex_wham_usage"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import msgspec
 import trio
 
 from ._chat import AnthropicSim, OpenAISim
@@ -80,6 +81,11 @@ class Simulator:
         injected = world.take_injection(platform.name, op)
         if injected is not None:
             status, code, message = injected["status"], injected["code"], injected["message"]
+            if injected.get("body") is not None:
+                headers = (
+                    [("retry-after", f"{world.knobs.retry_after_s:g}")] if status == 429 else []
+                )
+                return Response(status, msgspec.json.encode(injected["body"]), headers)
             return platform.error(world, status, code, message, account=account)
         if fault == "hang":
             return Response(hang=True)
