@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 
 from accounts.model import Platform, Window
-from accounts.quota import parse_usage, retry_after
+from accounts.quota import parse_usage
+from accounts.retry import retry_after
 
 from .simsupport import SimControl
 
