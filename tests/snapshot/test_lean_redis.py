@@ -41,37 +41,55 @@ PASSWORD = "pw-" + secrets.token_hex(8)
 
 
 class PrivateRedis:
-    def __init__(self, port: int, socket_path: str) -> None:
-        self.port = port
-        self.socket_path = socket_path
+    """A redis-server process of our own (password, Unix socket) that a test may kill and
+    start again on the same port."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="smlean-"))
+        self.port = free_port()
+        self.socket_path = str(self.directory / "redis.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0, password: str = PASSWORD) -> str:
         return f"redis://:{password}@127.0.0.1:{self.port}/{db}"
 
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                redis_server_binary(),
+                *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "no", "--dir", str(self.directory)),
+                *("--requirepass", PASSWORD, "--unixsocket", self.socket_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.port, self.proc)
+
+    def kill(self) -> None:
+        """kill -9: no goodbye to the clients, scripts and data gone."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+        shutil.rmtree(self.directory, ignore_errors=True)
+
 
 @pytest.fixture(scope="module")
 def private_redis() -> Iterator[PrivateRedis]:
-    """A redis-server of our own: password, Unix socket, free to SCRIPT FLUSH."""
-    directory = Path(tempfile.mkdtemp(prefix="smlean-"))
-    port = free_port()
-    socket_path = str(directory / "redis.sock")
-    proc = subprocess.Popen(
-        [
-            redis_server_binary(),
-            *("--port", str(port), "--bind", "127.0.0.1", "--save", ""),
-            *("--appendonly", "no", "--dir", str(directory)),
-            *("--requirepass", PASSWORD, "--unixsocket", socket_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """A server free to SCRIPT FLUSH, with a password and a Unix socket."""
+    server = PrivateRedis()
+    server.start()
     try:
-        _wait_port(port, proc)
-        yield PrivateRedis(port, socket_path)
+        yield server
     finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
+        server.stop()
 
 
 def _config(url: str, **kw: float) -> RedisConfig:
@@ -222,6 +240,35 @@ async def test_redis_cut_under_load_is_store_unavailable_then_recovers(redis_url
                         await event.wait()
             assert not load.other_errors
             await lean.execute("DEL", *(f"{load.prefix}{i}" for i in range(load.workers)))
+
+
+@pytest.mark.slow
+async def test_redis_killed_and_restarted_under_load_recovers_with_its_scripts_reloaded():
+    """kill -9 of the server under load, then a fresh one on the same port (empty script
+    cache): StoreUnavailable meanwhile, then every worker succeeds again (NOSCRIPT reload)."""
+    server = PrivateRedis()
+    server.start()
+    try:
+        config = _config(server.url(), command_timeout_s=0.5)
+        async with open_lean_redis(config, connections=3) as lean:
+            load = _Load(lean, 8)
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    for i in range(load.workers):
+                        nursery.start_soon(load.worker, i)
+                    await load.started.wait()
+                    load.cut = True
+                    server.kill()
+                    for event in load.failed:
+                        await event.wait()
+                    load.cut = False
+                    await trio.to_thread.run_sync(server.start)
+                    for event in load.recovered:
+                        await event.wait()
+            assert not load.other_errors
+            assert await lean.execute("SCRIPT", "EXISTS", ECHO.sha) == [1]
+    finally:
+        server.stop()
 
 
 async def test_many_concurrent_callers_each_get_their_own_answer(redis_url):
