@@ -178,7 +178,7 @@ async def test_a_timeout_mid_reply_closes_that_connection_and_the_next_call_succ
 class _Load:
     """Workers calling the echo script in a loop; each records failing during a cut (three
     times, so calls after the drop meet the refused or held reconnects too) and
-    succeeding after it."""
+    succeeding after it. Any error other than StoreUnavailable ends the test."""
 
     def __init__(self, lean, workers: int) -> None:
         self.lean = lean
@@ -190,7 +190,6 @@ class _Load:
         self.started = trio.Event()
         self.cut = False
         self.ok_total = 0
-        self.other_errors: list[BaseException] = []
 
     async def worker(self, i: int) -> None:
         n = 0
@@ -206,9 +205,6 @@ class _Load:
                         self.failed[i].set()
                 await trio.sleep(0.005)  # pacing while Redis is away, not a sync
                 continue
-            except Exception as exc:
-                self.other_errors.append(exc)
-                return
             assert reply == [f"{self.prefix}{i}", arg, arg]
             self.ok_total += 1
             if self.ok_total >= 200:
@@ -238,7 +234,6 @@ async def test_redis_cut_under_load_is_store_unavailable_then_recovers(redis_url
                     await proxy.unblock()
                     for event in load.recovered:
                         await event.wait()
-            assert not load.other_errors
             await lean.execute("DEL", *(f"{load.prefix}{i}" for i in range(load.workers)))
 
 
@@ -265,7 +260,6 @@ async def test_redis_killed_and_restarted_under_load_recovers_with_its_scripts_r
                     await trio.to_thread.run_sync(server.start)
                     for event in load.recovered:
                         await event.wait()
-            assert not load.other_errors
             assert await lean.execute("SCRIPT", "EXISTS", ECHO.sha) == [1]
     finally:
         server.stop()
