@@ -265,9 +265,18 @@ def _close_now(stream: trio.abc.Stream) -> None:
 class LeanRedis:
     """Calls on a small pool of pipelined connections; see the module docstring."""
 
-    def __init__(self, config: RedisConfig, nursery: trio.Nursery, *, connections: int = 4) -> None:
+    def __init__(
+        self,
+        config: RedisConfig,
+        nursery: trio.Nursery,
+        *,
+        connections: int = 4,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.config = config
         self.endpoint = Endpoint.from_url(config.url)
+        # rediss:// verifies the server against the system's CAs unless told otherwise.
+        self._ssl_context = ssl_context
         self._nursery = nursery
         self._size = connections
         self._live: list[_Connection] = []
@@ -380,7 +389,10 @@ class LeanRedis:
         except trio.TooSlowError:
             raise self._connect_failed("connect timed out") from None
         except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
-            raise self._connect_failed(f"cannot connect ({type(exc).__name__})") from exc
+            # trio wraps TLS failures (a refused certificate) in BrokenResourceError.
+            cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else None
+            reason = type(cause or exc).__name__
+            raise self._connect_failed(f"cannot connect ({reason})") from exc
         except hiredis.ProtocolError as exc:
             raise self._connect_failed("protocol error during the handshake") from exc
         self._failures = 0
@@ -404,11 +416,11 @@ class LeanRedis:
             stream = await trio.open_unix_socket(ep.unix_path)
         else:
             stream = await trio.open_tcp_stream(ep.host, ep.port)
-            if ep.tls:
-                tls = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=ep.host)
-                await tls.do_handshake()
-                stream = tls
         try:
+            if ep.tls:
+                context = self._ssl_context or ssl.create_default_context()
+                stream = trio.SSLStream(stream, context, server_hostname=ep.host)
+                await stream.do_handshake()
             reader = hiredis.Reader(encoding="utf-8")
             commands = ep.handshake()
             if commands:
@@ -419,6 +431,7 @@ class LeanRedis:
                         # The reply names the failure (WRONGPASS, invalid DB); never the secret.
                         raise StoreUnavailable("redis", f"{command[0]} refused: {reply}")
         except BaseException:
+            # Whatever failed (TLS, AUTH, a cancel), the socket is ours to close.
             _close_now(stream)
             raise
         return _Connection(stream, reader, self._live)
@@ -464,14 +477,16 @@ def _checked(reply: _Reply) -> _Reply:
 
 
 @contextlib.asynccontextmanager
-async def open_lean_redis(config: RedisConfig, *, connections: int = 4) -> AsyncIterator[LeanRedis]:
+async def open_lean_redis(
+    config: RedisConfig, *, connections: int = 4, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[LeanRedis]:
     """A :class:`LeanRedis` whose reader tasks live until the block ends.
 
     Connects lazily (the first call opens the first connection), so it never
     waits for the server here; calls raise StoreUnavailable while Redis is down.
     """
     async with trio.open_nursery() as nursery:
-        client = LeanRedis(config, nursery, connections=connections)
+        client = LeanRedis(config, nursery, connections=connections, ssl_context=ssl_context)
         try:
             yield client
         finally:

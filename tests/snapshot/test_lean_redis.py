@@ -11,9 +11,11 @@ import contextlib
 import random
 import secrets
 import shutil
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -358,3 +360,78 @@ def test_urls_parse_like_redis_config():
     assert Endpoint.from_url("redis://localhost").handshake() == []
     with pytest.raises(ValueError, match="database"):
         Endpoint.from_url("redis://localhost/x")
+
+
+# --- TLS (rediss://) through a TLS-terminating proxy --------------------------------------
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for "localhost" and its key, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_rediss_speaks_tls_and_verifies_the_server(redis_url, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    target = proxy_target(redis_url, 6379)
+
+    async def terminate(client: trio.SocketStream) -> None:
+        tls = trio.SSLStream(client, server_side, server_side=True)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            server = await trio.open_tcp_stream(*target)
+            async with tls, server, trio.open_nursery() as pipes:
+                for a, b in ((tls, server), (server, tls)):
+                    pipes.start_soon(_copy, a, b, pipes.cancel_scope)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, terminate, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        config = _config(f"rediss://localhost:{port}/0")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with open_lean_redis(config, ssl_context=trusted) as lean:
+            assert await lean.evalsha(ECHO, ["smlean:tls"], ["t"]) == ["smlean:tls", "t", "t"]
+            await lean.execute("DEL", "smlean:tls")
+        # Without our CA the server's certificate is refused: never a silent downgrade.
+        async with open_lean_redis(config) as lean:
+            with pytest.raises(StoreUnavailable, match="SSL"):
+                await lean.execute("PING")
+        nursery.cancel_scope.cancel()
+
+
+async def _copy(source: trio.abc.Stream, sink: trio.abc.Stream, scope: trio.CancelScope) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        while data := await source.receive_some(65536):
+            await sink.send_all(data)
+    scope.cancel()
