@@ -3,7 +3,8 @@
 The lean data-plane server (:mod:`scheduler.http.wire`) has no router of its own;
 this one takes the same templates the Endpoint table declares
 (``/v1/leases/{lease_id}/release``) with starlette's meaning: a ``{name}`` is one
-non-empty path segment, percent-decoded. Literal routes are one dict lookup;
+non-empty path segment, percent-decoded; a trailing slash is another path.
+Literal routes are one dict lookup;
 templated ones are tried in declaration order among those with the same number
 of segments, so a literal segment declared first wins, as in starlette.
 """
@@ -26,7 +27,9 @@ class Match(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class NoRoute:
-    """No route has this path (404), or some do but not for this method (405: ``allowed``)."""
+    """No route has this path (404), or some do but not for this method (405 with
+    ``allowed``, sorted, for the Allow header). HEAD is a method like any other: a
+    route answers it only when declared (as the control plane does)."""
 
     allowed: tuple[str, ...] = ()
 
@@ -68,18 +71,16 @@ class Router(Generic[T]):
             found = literal.get(method)
             if found is not None:
                 return Match(found, {})
-            if method == "HEAD" and "GET" in literal:
-                return Match(literal["GET"], {})
         segments = _segments(path)
         allowed: list[str] = list(literal) if literal else []
         for template in self._templated.get(len(segments), ()):
             params = _bind(template, segments)
             if params is None:
                 continue
-            if template.method == method or (method == "HEAD" and template.method == "GET"):
+            if template.method == method:
                 return Match(template.target, params)
             allowed.append(template.method)
-        return NoRoute(tuple(dict.fromkeys(allowed)))
+        return NoRoute(tuple(sorted(set(allowed))))
 
 
 def _segments(path: str) -> list[str]:

@@ -21,7 +21,7 @@ ROUTES = [
 ]
 
 
-def test_literal_templated_404_405_and_head():
+def test_literal_templated_404_and_405():
     router = Router(ROUTES)
     assert router.match("POST", "/v1/select") == Match("select", {})
     assert router.match("POST", "/v1/leases/openai~g~a~1/release") == Match(
@@ -30,9 +30,12 @@ def test_literal_templated_404_405_and_head():
     # A literal segment declared first wins over a parameter, as in starlette.
     assert router.match("GET", "/v1/admin/accounts/export") == Match("export", {})
     assert router.match("GET", "/v1/admin/accounts/a%2Fb") == Match("get", {"id": "a/b"})
-    assert router.match("HEAD", "/livez") == Match("livez", {})
+    assert router.match("HEAD", "/livez") == NoRoute(("GET",))
     assert router.match("GET", "/v1/select") == NoRoute(("POST",))
     assert router.match("DELETE", "/v1/admin/accounts/x") == NoRoute(("GET", "PATCH"))
+    assert Router([("POST", "/x", 1), ("GET", "/x", 2)]).match("PUT", "/x") == NoRoute(
+        ("GET", "POST")
+    )
     for missing in ("/v1/leases//release", "/v1/leases/x/release/", "/nope", "", "/v1/select/"):
         assert router.match("POST", missing) == NoRoute(), missing
 
