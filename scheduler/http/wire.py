@@ -170,6 +170,20 @@ def encode_response(response: Response, *, head_only: bool, close: bool) -> byte
     return b"".join(lines)
 
 
+def _origin_form(target: bytes) -> bytes:
+    """``/path?query`` from a request target; absolute-form (RFC 9112 3.2.2) reduced to it."""
+    if target.startswith(b"/"):
+        return target
+    for scheme in (b"http://", b"https://"):
+        if target[: len(scheme)].lower() == scheme:
+            slash = target.find(b"/", len(scheme))
+            query = target.find(b"?", len(scheme))
+            if slash == -1 or (query != -1 and query < slash):
+                return b"/" + (target[query:] if query != -1 else b"")
+            return target[slash:]
+    raise _Refuse(400, "bad_request", "the request target must be a path")
+
+
 class _Connection:
     """One client connection: the httptools protocol callbacks and the serve loop."""
 
@@ -190,7 +204,7 @@ class _Connection:
         self.head_raw = 0
         self.body: list[bytes] = []
         self.body_bytes = 0
-        self.lengths = 0
+        self.lengths = self.declared = self.hosts = 0
         self.chunked = False
         self.wants_continue = False
         self.continued = False
@@ -202,7 +216,8 @@ class _Connection:
         self.started_at = trio.current_time()
         self.url = b""
         self.fields = []
-        self.head_bytes = self.head_raw = self.body_bytes = self.lengths = 0
+        self.head_bytes = self.head_raw = self.body_bytes = 0
+        self.lengths = self.declared = self.hosts = 0
         self.body = []
         self.chunked = self.wants_continue = self.continued = False
 
@@ -218,6 +233,9 @@ class _Connection:
         lower = name.lower()
         if lower == b"content-length":
             self.lengths += 1
+            self.declared = int(value)  # llhttp has checked the digits
+        elif lower == b"host":
+            self.hosts += 1
         elif lower == b"expect" and value.lower() == b"100-continue":
             self.wants_continue = True
 
@@ -236,14 +254,17 @@ class _Connection:
         # llhttp already refuses CL with TE and differing duplicates; equal duplicates too.
         if self.lengths > 1:
             raise _Refuse(400, "bad_request", "more than one Content-Length")
-        for name, value in self.fields:
-            if name.lower() == b"content-length" and int(value) > self.limits.max_body_bytes:
-                raise _Refuse(
-                    413,
-                    "payload_too_large",
-                    f"body of {int(value)} bytes exceeds the limit of "
-                    f"{self.limits.max_body_bytes} bytes",
-                )
+        # RFC 9112 3.2: an HTTP/1.1 request carries exactly one Host.
+        if self.hosts != 1 and self.parser.get_http_version() == "1.1":
+            raise _Refuse(400, "bad_request", "an HTTP/1.1 request needs exactly one Host header")
+        self.url = _origin_form(self.url)
+        if self.declared > self.limits.max_body_bytes:
+            raise _Refuse(
+                413,
+                "payload_too_large",
+                f"body of {self.declared} bytes exceeds the limit of "
+                f"{self.limits.max_body_bytes} bytes",
+            )
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)

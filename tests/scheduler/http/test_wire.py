@@ -228,6 +228,35 @@ async def test_ambiguous_framing_is_400_and_closed(head):
 
 
 @pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /nohost HTTP/1.1\r\n\r\n",
+        b"GET /twohosts HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET nopath HTTP/1.1\r\nHost: t\r\n\r\n",
+    ],
+)
+async def test_a_request_without_one_host_or_with_a_bad_target_is_400(request_bytes):
+    echo = Echo()
+    async with open_wire(echo) as (_, port):
+        raw = await Raw.connect(port)
+        await raw.send(request_bytes)
+        status, headers, _ = await raw.response()
+        assert status == 400 and headers["connection"] == "close"
+        assert await raw.closed()
+    assert echo.seen == []
+
+
+async def test_absolute_form_targets_are_served_by_their_path():
+    echo = Echo()
+    async with open_wire(echo) as (_, port):
+        raw = await Raw.connect(port)
+        await raw.send(get("http://t:1/abs/x?q=1") + get("HTTPS://t?q=2"))
+        assert (await raw.response())[1]["x-path"] == "/abs/x"
+        assert (await raw.response())[1]["x-path"] == "/"
+    assert [(r.path, r.query) for r in echo.seen] == [("/abs/x", "q=1"), ("/", "q=2")]
+
+
+@pytest.mark.parametrize(
     "extra",
     [
         ["X-Big: " + "a" * 20_000],  # one field over the head limit
