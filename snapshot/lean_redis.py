@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 import ssl
 import time
@@ -193,6 +194,9 @@ class _Connection:
         # The pool's list of open connections: a closed one leaves it at once, so no
         # call is ever queued on a connection nobody reads any more.
         self._pool = pool
+        # Plain sockets are written and read on their fd directly (see write_nowait);
+        # TLS goes through the stream. -1: no fd fast path.
+        self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self.pending: deque[_Waiter] = deque()
         self.out: list[bytes] = []
         self.writing = False
@@ -208,6 +212,25 @@ class _Connection:
         while self.pending:
             self.pending.popleft().fail(exc)
         _close_now(self.stream)
+
+    def write_nowait(self) -> None:
+        """Write the queued command now if the socket takes it (the usual case).
+
+        ``send_all`` would also write at once, but then yields to the scheduler
+        (a trio checkpoint): one extra pass, with its epoll call, on every call.
+        Whatever the socket does not take is left for :meth:`flush`.
+        """
+        data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+        try:
+            sent = os.write(self.fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.fail(StoreUnavailable("redis", f"connection lost ({type(exc).__name__})"))
+            return
+        self.out.clear()
+        if sent < len(data):
+            self.out.append(data[sent:])
 
     async def flush(self, deadline: float) -> None:
         """Send everything queued (commands queued meanwhile too), shielded from cancels.
@@ -234,7 +257,16 @@ class _Connection:
         """Hand replies to waiters in order until the connection ends."""
         try:
             while not self.closed:
-                data = await self.stream.receive_some(_RECV_BYTES)
+                data: bytes | bytearray
+                if self.fd >= 0:
+                    # Wait first, then read: no speculative read that finds nothing.
+                    await trio.lowlevel.wait_readable(self.fd)
+                    try:
+                        data = os.read(self.fd, _RECV_BYTES)
+                    except BlockingIOError:
+                        continue
+                else:
+                    data = await self.stream.receive_some(_RECV_BYTES)
                 if not data:
                     self.fail(StoreUnavailable("redis", "the server closed the connection"))
                     return
@@ -337,7 +369,10 @@ class LeanRedis:
         conn.pending.append(waiter)
         conn.out.append(payload)
         if not conn.writing:
-            await conn.flush(deadline)
+            if conn.fd >= 0:
+                conn.write_nowait()
+            if conn.out:
+                await conn.flush(deadline)
         if waiter.result is None:
             with trio.CancelScope(deadline=deadline) as scope:
                 waiter.parked = True
