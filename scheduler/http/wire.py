@@ -34,6 +34,7 @@ is cancelled.
 from __future__ import annotations
 
 import errno
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -189,6 +190,7 @@ class _Connection:
 
     def __init__(self, stream: trio.SocketStream, server: WireServer) -> None:
         self.stream = stream
+        self.fd = stream.socket.fileno() if stream is not None else -1
         self.server = server
         self.limits = server.limits
         self.parser = httptools.HttpRequestParser(self)
@@ -355,9 +357,17 @@ class _Connection:
         return b""
 
     async def _receive_some(self) -> bytes:
+        # Wait, then read the fd: trio's receive_some would first try a read that
+        # finds nothing (the client is waiting for our answer), one wasted syscall
+        # per request.
         try:
-            return bytes(await self.stream.receive_some(_RECV_BYTES))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                await trio.lowlevel.wait_readable(self.fd)
+                try:
+                    return os.read(self.fd, _RECV_BYTES)
+                except BlockingIOError:
+                    continue
+        except (trio.ClosedResourceError, OSError):
             return b""
 
     async def _answer_ready(self) -> bool:
@@ -395,7 +405,21 @@ class _Connection:
                 pass
 
     async def _send(self, data: bytes) -> bool:
-        """Write ``data``; False if the client is gone or does not read in time."""
+        """Write ``data``; False if the client is gone or does not read in time.
+
+        One os.write first: an answer nearly always fits the socket buffer, and
+        trio's send_all would add a scheduler pass after writing. The rest (a slow
+        reader) goes through send_all, bounded by the read timeout.
+        """
+        try:
+            sent = os.write(self.fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return False
+        if sent == len(data):
+            return True
+        data = data[sent:]
         with trio.move_on_after(self.limits.read_timeout_s):
             try:
                 await self.stream.send_all(data)
