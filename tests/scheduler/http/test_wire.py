@@ -370,6 +370,47 @@ async def test_head_gets_headers_only():
 # --- drain -----------------------------------------------------------------------------
 
 
+async def test_drain_step_by_step():
+    """Drain: new connections refused, idle ones closed at once, the one in flight
+    finishes (with Connection: close), then the server stops."""
+    gate, entered = trio.Event(), trio.Event()
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/slow":
+            entered.set()
+            await gate.wait()
+        return Response(200, b"{}")
+
+    server = WireServer(handler, host="127.0.0.1", port=0, limits=WireLimits(drain_timeout_s=30))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            port = int((await nursery.start(server.run))[0].rsplit(":", 1)[1])
+            idle = [await Raw.connect(port) for _ in range(3)]
+            for raw in idle:
+                await raw.send(get("/fast"))
+                assert (await raw.response())[0] == 200
+            busy = await Raw.connect(port)
+            await busy.send(get("/slow"))
+            await entered.wait()
+            drained = trio.Event()
+
+            async def drain() -> None:
+                await server.drain()
+                drained.set()
+
+            nursery.start_soon(drain)
+            for raw in idle:
+                assert await raw.closed()  # closed while /slow is still running
+            with pytest.raises(OSError):
+                await Raw.connect(port)
+            assert not drained.is_set()
+            gate.set()
+            status, headers, _ = await busy.response()
+            assert status == 200 and headers["connection"] == "close"
+            assert await busy.closed()
+            await drained.wait()
+
+
 class _DrainLoad:
     """Clients in a closed loop; once ``hold`` is set, the handler parks each request."""
 
