@@ -381,7 +381,9 @@ async def test_drain_step_by_step():
             await gate.wait()
         return Response(200, b"{}")
 
-    server = WireServer(handler, host="127.0.0.1", port=0, limits=WireLimits(drain_timeout_s=30))
+    # Keep-alive far longer than the test: an idle connection closes only because of drain.
+    limits = WireLimits(drain_timeout_s=30, keep_alive_timeout_s=120)
+    server = WireServer(handler, host="127.0.0.1", port=0, limits=limits)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             port = int((await nursery.start(server.run))[0].rsplit(":", 1)[1])
