@@ -362,6 +362,9 @@ class LeanRedis:
         return time.perf_counter() - start
 
     async def _roundtrip(self, payload: bytes, want: int, timeout_s: float | None) -> list[_Reply]:
+        # A caller already cancelled sends nothing: once written, a command runs (an
+        # acquire would take a lease nobody learns of until it expires).
+        await trio.lowlevel.checkpoint_if_cancelled()
         timeout = self.config.command_timeout_s if timeout_s is None else timeout_s
         deadline = trio.current_time() + timeout
         conn = await self._pick(deadline)

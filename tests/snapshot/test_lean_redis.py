@@ -435,3 +435,14 @@ async def _copy(source: trio.abc.Stream, sink: trio.abc.Stream, scope: trio.Canc
         while data := await source.receive_some(65536):
             await sink.send_all(data)
     scope.cancel()
+
+
+async def test_a_caller_cancelled_before_the_call_sends_nothing(redis_url):
+    key = f"smlean:{secrets.token_hex(4)}:never"
+    async with open_lean_redis(_config(redis_url)) as lean:
+        await lean.execute("PING")  # an open connection: no await before the write
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await lean.execute("SET", key, "1")
+        assert scope.cancelled_caught
+        assert await lean.execute("EXISTS", key) == 0
