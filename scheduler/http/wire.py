@@ -20,7 +20,8 @@ Per connection (one trio task, requests answered strictly in order)::
       └─ nothing for keep_alive_timeout_s between requests: close
 
 Pipelined requests already received are answered, in order, before any error
-answer for a later one. ``Expect: 100-continue`` gets ``100 Continue`` once the
+answer for a later one. An ``Upgrade`` request (h2c, websocket) is answered over
+HTTP/1.1 as if the header were absent, then the connection closes. ``Expect: 100-continue`` gets ``100 Continue`` once the
 requests before it are answered, and only when the body is still to come. A
 client that closes in the middle of a request never reaches the handler.
 
@@ -196,6 +197,9 @@ class _Connection:
         self.parser = httptools.HttpRequestParser(self)
         self.ready: deque[tuple[Request, bool]] = deque()  # complete, with keep-alive
         self.idle_scope: trio.CancelScope | None = None
+        # Set by an Upgrade request: answered over HTTP/1.1 (the upgrade ignored,
+        # RFC 9110 7.8), then the connection closes; the parser cannot go on after it.
+        self.last = False
         # The message being parsed.
         self.in_message = False
         self.in_head = False
@@ -207,7 +211,6 @@ class _Connection:
         self.body: list[bytes] = []
         self.body_bytes = 0
         self.lengths = self.declared = self.hosts = 0
-        self.chunked = False
         self.wants_continue = False
         self.continued = False
 
@@ -221,7 +224,7 @@ class _Connection:
         self.head_bytes = self.head_raw = self.body_bytes = 0
         self.lengths = self.declared = self.hosts = 0
         self.body = []
-        self.chunked = self.wants_continue = self.continued = False
+        self.wants_continue = self.continued = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -306,6 +309,8 @@ class _Connection:
                 self.continued = True
                 if not await self._send(_CONTINUE):
                     return
+            if self.last:
+                return
             data = await self._receive()
             if not data:
                 return  # client gone, idle timeout or drain; a partial request is dropped
@@ -324,7 +329,7 @@ class _Connection:
                 return exc.__context__
             raise
         except httptools.HttpParserUpgrade:
-            return _Refuse(400, "bad_request", "protocol upgrades are not supported")
+            self.last = True
         except httptools.HttpParserError as exc:
             # llhttp's messages are fixed texts ("Duplicate Content-Length"), never input.
             return _Refuse(400, "bad_request", f"malformed request: {exc}")
@@ -378,7 +383,7 @@ class _Connection:
             request, keep_alive = self.ready.popleft()
             response = await self.server.call(request)
             self.server.answered += 1
-            keep = keep_alive and not (self.server.draining and not self.ready)
+            keep = keep_alive and not ((self.server.draining or self.last) and not self.ready)
             out.append(
                 encode_response(response, head_only=request.method == "HEAD", close=not keep)
             )

@@ -354,6 +354,17 @@ async def test_http_1_0_and_connection_close_end_the_connection():
             assert await raw.closed()
 
 
+async def test_an_upgrade_request_is_answered_over_http_1_1_then_closed():
+    echo = Echo()
+    async with open_wire(echo) as (_, port):
+        raw = await Raw.connect(port)
+        await raw.send(get("/up", "Connection: Upgrade", "Upgrade: h2c") + b"PRI * HTTP/2.0\r\n")
+        status, headers, _ = await raw.response()
+        assert status == 200 and headers["connection"] == "close"
+        assert await raw.closed()
+    assert [r.path for r in echo.seen] == ["/up"]
+
+
 async def test_head_gets_headers_only():
     async with open_wire(Echo()) as (_, port):
         raw = await Raw.connect(port)
