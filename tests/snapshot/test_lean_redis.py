@@ -17,9 +17,12 @@ import tempfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from accounts.errors import StoreUnavailable
 from snapshot.lean_redis import (
@@ -446,3 +449,30 @@ async def test_a_caller_cancelled_before_the_call_sends_nothing(redis_url):
             await lean.execute("SET", key, "1")
         assert scope.cancelled_caught
         assert await lean.execute("EXISTS", key) == 0
+
+
+_name = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=20)
+
+
+@given(
+    user=st.one_of(st.none(), _name.filter(bool)),
+    password=st.one_of(st.none(), _name),
+    host=st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z0-9-]{1,10}){0,2}", fullmatch=True),
+    port=st.integers(1, 65535),
+    db=st.integers(0, 15),
+    tls=st.booleans(),
+)
+def test_any_redis_url_round_trips(user, password, host, port, db, tls):
+    """Credentials are percent-decoded whatever they contain; AUTH and SELECT follow."""
+    auth = ""
+    if user is not None or password is not None:
+        auth = quote(user or "", safe="")
+        if password is not None:
+            auth += ":" + quote(password, safe="")
+        auth += "@"
+    url = f"{'rediss' if tls else 'redis'}://{auth}{host}:{port}/{db}"
+    ep = Endpoint.from_url(url)
+    assert (ep.host, ep.port, ep.db, ep.tls) == (host, port, db, tls)
+    assert (ep.username, ep.password) == ((user or None) if auth else None, password)
+    expected_auth = [] if password is None else [("AUTH", *([user] if user else []), password)]
+    assert ep.handshake() == expected_auth + ([("SELECT", db)] if db else [])
