@@ -20,10 +20,11 @@ Per connection (one trio task, requests answered strictly in order)::
       └─ nothing for keep_alive_timeout_s between requests: close
 
 Pipelined requests already received are answered, in order, before any error
-answer for a later one. An ``Upgrade`` request (h2c, websocket) is answered over
-HTTP/1.1 as if the header were absent, then the connection closes. ``Expect: 100-continue`` gets ``100 Continue`` once the
+answer for a later one. ``Expect: 100-continue`` gets ``100 Continue`` once the
 requests before it are answered, and only when the body is still to come. A
-client that closes in the middle of a request never reaches the handler.
+client that closes in the middle of a request never reaches the handler. An
+``Upgrade`` request (h2c, websocket) is answered over HTTP/1.1 as if the header
+were absent, then the connection closes.
 
 Drain (:meth:`WireServer.drain`): the listeners close (new connections are
 refused), idle keep-alive connections close at once, a connection in the middle
