@@ -17,7 +17,7 @@ OWNERS = {
     "asyncpg": {"accounts/db.py"},
     "trio_asyncio": {"accounts/db.py"},
     "coredis": {"snapshot/redis.py"},
-    "hiredis": {"snapshot/lean_redis.py"},
+    "hiredis": {"snapshot/_resp.py"},
     "httptools": {"scheduler/http/wire.py"},
     "hypercorn": {"scheduler/http/server.py"},
 }

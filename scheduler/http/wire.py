@@ -37,17 +37,31 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from email.utils import formatdate
 
 import httptools
-import msgspec
 import trio
 
 from ..core.logs import get_logger
+from ._wire_messages import (
+    Handler,
+    Refuse,
+    Request,
+    Response,
+    WireLimits,
+    encode_response,
+    error_response,
+)
+
+__all__ = [
+    "Handler",
+    "Request",
+    "Response",
+    "WireLimits",
+    "WireServer",
+    "encode_response",
+    "error_response",
+]
 
 log = get_logger("http.wire")
 
@@ -56,121 +70,10 @@ _RECV_BYTES = 65536
 # accept() errors that mean "out of resources for now": wait and accept again,
 # as trio.serve_listeners does, rather than crash the server.
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_REASONS = {
-    100: "Continue",
-    200: "OK",
-    201: "Created",
-    202: "Accepted",
-    204: "No Content",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    409: "Conflict",
-    413: "Content Too Large",
-    422: "Unprocessable Content",
-    428: "Precondition Required",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # After refusing a request, how long we read and drop what the client still sends
 # before closing (see _Connection._refuse).
 _LINGER_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class WireLimits:
-    """Sizes and timeouts of the wire (the HTTP config passes its values in)."""
-
-    max_body_bytes: int = 1024 * 1024
-    # Request line plus every header name and value (+4 bytes each for ": " and CRLF).
-    max_header_bytes: int = 16 * 1024
-    max_headers: int = 64
-    # From a request's first byte to its last (head and body): a slow loris's budget.
-    read_timeout_s: float = 10.0
-    keep_alive_timeout_s: float = 5.0
-    drain_timeout_s: float = 10.0
-
-
-@dataclass(slots=True)
-class Request:
-    """One parsed request. ``path`` and ``query`` are raw (not percent-decoded)."""
-
-    method: str
-    path: str
-    query: str
-    # Lower-case names; repeated fields joined with ", " (RFC 9110 5.3).
-    headers: dict[str, str]
-    body: bytes = b""
-
-
-@dataclass(slots=True)
-class Response:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-class _Refuse(Exception):
-    """Raised from a parser callback: answer ``status`` and close the connection."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def error_response(status: int, code: str, message: str) -> Response:
-    """The project's error body, ``{"error": {"code", "message", "details"}}``."""
-    body = {"error": {"code": code, "message": message, "details": {}}}
-    return Response(status, msgspec.json.encode(body))
-
-
-class _Date:
-    """The Date header, formatted at most once a second."""
-
-    second = 0
-    value = b""
-
-    @classmethod
-    def now(cls) -> bytes:
-        now = int(time.time())
-        if now != cls.second:
-            cls.second, cls.value = now, formatdate(now, usegmt=True).encode()
-        return cls.value
-
-
-def encode_response(response: Response, *, head_only: bool, close: bool) -> bytes:
-    """Status line, headers and body in one buffer (always Content-Length framing)."""
-    reason = _REASONS.get(response.status, "")
-    lines = [
-        b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\ndate: %s\r\n"
-        % (
-            response.status,
-            reason.encode(),
-            response.content_type.encode(),
-            len(response.body),
-            _Date.now(),
-        )
-    ]
-    for name, value in response.headers:
-        lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
-    if close:
-        lines.append(b"connection: close\r\n")
-    lines.append(b"\r\n")
-    if not head_only:
-        lines.append(response.body)
-    return b"".join(lines)
 
 
 def _origin_form(target: bytes) -> bytes:
@@ -184,7 +87,7 @@ def _origin_form(target: bytes) -> bytes:
             if slash == -1 or (query != -1 and query < slash):
                 return b"/" + (target[query:] if query != -1 else b"")
             return target[slash:]
-    raise _Refuse(400, "bad_request", "the request target must be a path")
+    raise Refuse(400, "bad_request", "the request target must be a path")
 
 
 class _Connection:
@@ -234,7 +137,7 @@ class _Connection:
     def on_header(self, name: bytes, value: bytes) -> None:
         self.fields.append((name, value))
         if len(self.fields) > self.limits.max_headers:
-            raise _Refuse(431, "headers_too_large", f"more than {self.limits.max_headers} headers")
+            raise Refuse(431, "headers_too_large", f"more than {self.limits.max_headers} headers")
         self._count_head(len(name) + len(value) + 4)
         lower = name.lower()
         if lower == b"content-length":
@@ -248,7 +151,7 @@ class _Connection:
     def _count_head(self, n: int) -> None:
         self.head_bytes += n
         if self.head_bytes > self.limits.max_header_bytes:
-            raise _Refuse(
+            raise Refuse(
                 431,
                 "headers_too_large",
                 f"request head exceeds {self.limits.max_header_bytes} bytes",
@@ -259,13 +162,13 @@ class _Connection:
         self.head_raw = 0
         # llhttp already refuses CL with TE and differing duplicates; equal duplicates too.
         if self.lengths > 1:
-            raise _Refuse(400, "bad_request", "more than one Content-Length")
+            raise Refuse(400, "bad_request", "more than one Content-Length")
         # RFC 9112 3.2: an HTTP/1.1 request carries exactly one Host.
         if self.hosts != 1 and self.parser.get_http_version() == "1.1":
-            raise _Refuse(400, "bad_request", "an HTTP/1.1 request needs exactly one Host header")
+            raise Refuse(400, "bad_request", "an HTTP/1.1 request needs exactly one Host header")
         self.url = _origin_form(self.url)
         if self.declared > self.limits.max_body_bytes:
-            raise _Refuse(
+            raise Refuse(
                 413,
                 "payload_too_large",
                 f"body of {self.declared} bytes exceeds the limit of "
@@ -275,7 +178,7 @@ class _Connection:
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
         if self.body_bytes > self.limits.max_body_bytes:
-            raise _Refuse(
+            raise Refuse(
                 413,
                 "payload_too_large",
                 f"body exceeds the limit of {self.limits.max_body_bytes} bytes",
@@ -322,23 +225,23 @@ class _Connection:
                     await self._refuse(refusal.status, refusal.code, refusal.message)
                 return
 
-    def _feed(self, data: bytes) -> _Refuse | None:
+    def _feed(self, data: bytes) -> Refuse | None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _Refuse):
+            if isinstance(exc.__context__, Refuse):
                 return exc.__context__
             raise
         except httptools.HttpParserUpgrade:
             self.last = True
         except httptools.HttpParserError as exc:
             # llhttp's messages are fixed texts ("Duplicate Content-Length"), never input.
-            return _Refuse(400, "bad_request", f"malformed request: {exc}")
+            return Refuse(400, "bad_request", f"malformed request: {exc}")
         if self.in_head:
             # httptools buffers a partial header line itself: bound that buffer too.
             self.head_raw += len(data)
             if self.head_raw > self.limits.max_header_bytes + _RECV_BYTES:
-                return _Refuse(431, "headers_too_large", "request head too large")
+                return Refuse(431, "headers_too_large", "request head too large")
         return None
 
     async def _receive(self) -> bytes:
