@@ -13,6 +13,7 @@ from ._dashscope import DashScopeSim
 from ._kling import KlingSim
 from ._server import Request, Response, serve_http
 from ._state import Fault, World
+from ._usage import AnthropicUsageSim, CodexUsageSim, UsageControl, UsageWorld
 from .knobs import Knobs
 
 # A body cut mid-document: what a crashing proxy or a half-written buffer sends.
@@ -24,11 +25,22 @@ class Simulator:
 
     def __init__(self, knobs: Knobs | None = None) -> None:
         self.world = World(knobs or Knobs())
-        self.platforms: list[PlatformSim] = [DashScopeSim(self.world), KlingSim(self.world)]
+        self.usage = UsageWorld(self.world)
+        self.platforms: list[PlatformSim] = [
+            DashScopeSim(self.world),
+            KlingSim(self.world),
+            AnthropicUsageSim(self.usage),
+            CodexUsageSim(self.usage),
+        ]
         self.control = Control(self.world, [p.name for p in self.platforms])
+        self.usage_control = UsageControl(self.usage)
 
     async def handle(self, req: Request) -> Response:
+        if req.path == "/_sim/usage" or req.path.startswith("/_sim/usage/"):
+            return self.usage_control.handle(req)
         if req.path.startswith("/_sim/"):
+            if req.method == "POST" and req.path.rstrip("/") == "/_sim/reset":
+                self.usage.__init__(self.world)  # type: ignore[misc]  # usage is forgotten too
             return self.control.handle(req)
         for platform in self.platforms:
             found = platform.match(req.method, req.path)
