@@ -31,7 +31,8 @@ Control (``/_sim/usage``)::
                                        "no_scope"?: bool}
                                       sets (or fills, with add_percent) one account's windows;
                                       a null window is reported as null
-    GET  /_sim/usage/accounts/{key}   that account's windows as the endpoint would answer
+    GET  /_sim/usage/accounts/{key}   that account's windows as the endpoint would answer,
+                                      its no_scope flag and the last ChatGPT-Account-Id seen
 """
 
 from __future__ import annotations
@@ -296,20 +297,30 @@ class UsageControl:
             if req.method == "POST":
                 return self._set(parts[1], req)
             if req.method == "GET":
-                found = [p for (p, k) in self.usage.accounts if k == parts[1]]
-                if not found:
-                    return json_response(
-                        {"error": {"code": "not_found", "message": "no such account"}}, 404
-                    )
-                platform = found[0]
-                body = (
-                    self.usage.anthropic_body(parts[1])
-                    if platform == "anthropic"
-                    else self.usage.codex_body(parts[1])
-                )
-                return json_response({"platform": platform, "usage": body})
+                return self._get(parts[1])
         return json_response(
             {"error": {"code": "not_found", "message": "unknown usage control route"}}, 404
+        )
+
+    def _get(self, key: str) -> Response:
+        found = [(p, a) for (p, k), a in self.usage.accounts.items() if k == key]
+        if not found:
+            return json_response(
+                {"error": {"code": "not_found", "message": "no such account"}}, 404
+            )
+        platform, acct = found[0]
+        body = (
+            self.usage.anthropic_body(key)
+            if platform == "anthropic"
+            else self.usage.codex_body(key)
+        )
+        return json_response(
+            {
+                "platform": platform,
+                "usage": body,
+                "no_scope": acct.no_scope,
+                "last_account_id": acct.last_account_id,
+            }
         )
 
     def _set(self, key: str, req: Request) -> Response:
