@@ -1,0 +1,66 @@
+"""The simulator's usage endpoints from a test: set windows, read arrivals and peaks.
+
+    with start_usage_sim(seed=1) as (base_url, sim):
+        sim.set_windows("tok", "anthropic", five_hour={"used_percent": 97, "resets_in_s": 2})
+        sim.arrivals("anthropic")          # simulator-clock times of every usage request
+        sim.control.account("tok")         # generic counters: usage_reads, concurrent_peak
+
+Synchronous (plain httpx.Client) like the simulator's own control client; the
+simulator runs in another thread (or process), so a call blocks the test's loop
+for one loopback round trip only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from tests.upstream.simsupport import SimControl, SimError, start_simulator
+
+
+class SimUsage:
+    """``/_sim/usage`` (see ``scheduler/upstream/simulator/_usage.py``)."""
+
+    def __init__(self, base_url: str, control: SimControl) -> None:
+        self.control = control
+        self._http = httpx.Client(base_url=base_url, timeout=10.0, trust_env=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        response = self._http.request(method, f"/_sim/usage{path}", json=body)
+        data = response.json() if response.content else None
+        if response.status_code >= 400:
+            raise SimError(response.status_code, data)
+        return data
+
+    def set_windows(
+        self, key: str, platform: str, *, no_scope: bool | None = None, **windows: Any
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"platform": platform, "windows": windows}
+        if no_scope is not None:
+            body["no_scope"] = no_scope
+        return self._call("POST", f"/accounts/{key}", body)
+
+    def account(self, key: str) -> dict[str, Any]:
+        return self._call("GET", f"/accounts/{key}")
+
+    def arrivals(self, platform: str) -> list[float]:
+        return list(self._call("GET", "")[platform]["times"])
+
+    def requests(self, platform: str) -> int:
+        return int(self._call("GET", "")[platform]["requests"])
+
+
+@contextlib.contextmanager
+def start_usage_sim(**knobs: Any) -> Iterator[tuple[str, SimUsage]]:
+    with start_simulator(**knobs) as (base_url, control):
+        sim = SimUsage(base_url, control)
+        try:
+            yield base_url, sim
+        finally:
+            sim.close()
