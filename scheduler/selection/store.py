@@ -69,6 +69,10 @@ class Keys:
         """Pub/sub channel of ``platform``'s releases: ``"<account_id> <origin>"`` each."""
         return self._redis.key("rt", "released", platform)
 
+    def readings_channel(self, platform: str) -> str:
+        """Pub/sub channel of readings written outside releases: ``"<account_id> <origin>"``."""
+        return self._redis.key("rt", "readings", platform)
+
 
 class LeaseRef(msgspec.Struct, frozen=True):
     """What a lease id encodes."""
@@ -293,8 +297,11 @@ class RuntimeStore:
         JSON) in the same hash, so the rules and every instance read them alike;
         the freshness stamp is the readings' own ``observed_at``, which the caller
         takes from the clock the release path uses (``time.time()`` when the
-        answer arrived). Returns the account's state after the write (None when
-        there was nothing to write). One script call.
+        answer arrived). Every other instance is told on
+        :meth:`Keys.readings_channel` (its release watcher re-reads the account), so
+        an account the readings unpause is schedulable everywhere at once. Returns
+        the account's state after the write (None when there was nothing to
+        write). One script call.
         """
         if not windows:
             return None
@@ -302,7 +309,7 @@ class RuntimeStore:
         self.round_trips += 1
         reply = await self.redis.script(READINGS_LUA)(
             keys=[self.keys.leases(platform, account_id), self.keys.state(platform, account_id)],
-            args=flat,
+            args=[self.keys.readings_channel(platform), account_id, self.origin, *flat],
         )
         return parse_state(int(reply[0]), reply[1])
 
