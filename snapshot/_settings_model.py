@@ -140,10 +140,10 @@ class UsageSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     after_reset_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 20.0
     # A paused account whose reset is unknown (or far away) is probed this often:
     # well below quota.stale_after_s, or the prober is no faster than staleness.
-    paused_interval_s: Seconds = 600.0
+    paused_interval_s: Seconds = 300.0
     # Within this share of a threshold an account is "near" and probed more often.
     near_margin: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.1
-    near_interval_s: Seconds = 120.0
+    near_interval_s: Seconds = 600.0
     # Accounts with no traffic and readings well below their thresholds.
     idle_interval_s: Seconds = 3600.0
     # Never probe one account more often than this, whatever the rule says (all instances).

@@ -36,7 +36,7 @@ from typing import Any
 import trio
 
 from accounts.errors import StoreUnavailable
-from accounts.model import Account, QuotaWindow, Status
+from accounts.model import Account, Platform, QuotaWindow, Status
 from accounts.repository import MAX_PAGE
 from accounts.rules import quota_pause
 from snapshot.redis import UNAVAILABLE
@@ -67,7 +67,7 @@ async def load_probeable(repo: Any) -> list[Account]:
         cursor = None
         while True:
             page = await repo.list_accounts(
-                platform=platform, status=Status.ACTIVE, cursor=cursor, limit=MAX_PAGE
+                platform=Platform(platform), status=Status.ACTIVE, cursor=cursor, limit=MAX_PAGE
             )
             found += [a for a in page.items if adapter_for(a) is not None]
             cursor = page.next_cursor

@@ -16,6 +16,8 @@ probed) and the shared probe record; the earliest of:
 * **idle**: otherwise ``idle_interval_s`` after the newest reading or probe;
 * **first**: never read and never probed: now (the prober spreads first looks).
 
+Each interval is capped by those of the less used states (paused <= near <=
+idle), so a more used account is never looked at later than a less used one.
 Intervals count from the newest of the readings and the last probe, so an
 account whose responses keep its readings fresh is never probed. Then two
 floors: never sooner than ``min_interval_s`` after the last probe, and never
@@ -112,10 +114,14 @@ def _window_due(
     used = reading.used_ratio
     if not used >= threshold - cfg.near_margin:  # also rejects NaN
         return None
+    # Each interval is capped by those of less used states: a more used account is
+    # never looked at later than a less used one, whatever the operator set.
+    near_s = min(cfg.near_interval_s, cfg.idle_interval_s)
     if used >= threshold:
-        due = Due(base + cfg.paused_interval_s, PAUSED, cfg.paused_interval_s * cfg.jitter)
+        every = min(cfg.paused_interval_s, near_s)
+        due = Due(base + every, PAUSED, every * cfg.jitter)
     else:
-        due = Due(base + cfg.near_interval_s, NEAR, cfg.near_interval_s * cfg.jitter)
+        due = Due(base + near_s, NEAR, near_s * cfg.jitter)
     resets = reading.resets_at()
     # A window that resets after this reading was taken: read it just after the reset.
     if resets is not None and reading.observed_at < resets:

@@ -19,7 +19,7 @@ from accounts.model import Account, Kind, Platform, Window
 from scheduler.usage import ADAPTERS, adapter_for, read_usage
 from scheduler.usage.errors import AuthFailed, CannotProbe, RateLimited, Transient
 
-from .simusage import SimUsage, start_usage_sim
+from .simusage import SimUsage
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ANTHROPIC = ADAPTERS["anthropic"]
@@ -201,19 +201,16 @@ def test_only_oauth_accounts_of_anthropic_and_openai_have_a_usage_endpoint() -> 
 
 def test_urls_follow_the_account_base_url() -> None:
     assert ANTHROPIC.url(account("anthropic")) == "https://api.anthropic.com/api/oauth/usage"
-    assert ANTHROPIC.url(account("anthropic", base_url="http://h:1/v1")) == "http://h:1/api/oauth/usage"
+    assert (
+        ANTHROPIC.url(account("anthropic", base_url="http://h:1/v1"))
+        == "http://h:1/api/oauth/usage"
+    )
     assert CODEX.url(account("openai")) == "https://chatgpt.com/backend-api/wham/usage"
     codex = account("openai", base_url="https://chatgpt.com/backend-api/codex")
     assert CODEX.url(codex) == "https://chatgpt.com/backend-api/wham/usage"
 
 
 # --- over HTTP, against the simulator ---------------------------------------------------
-
-
-@pytest.fixture
-def usage_sim() -> Any:
-    with start_usage_sim(seed=3) as running:
-        yield running
 
 
 async def _read(base_url: str, platform: str, creds: dict[str, str], timeout_s: float = 2.0) -> Any:
