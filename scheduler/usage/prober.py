@@ -30,6 +30,7 @@ from __future__ import annotations
 import heapq
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -76,6 +77,29 @@ async def load_probeable(repo: Any) -> list[Account]:
     return found
 
 
+class Pacer:
+    """A local GCRA cell: ``take`` returns once a probe may start at this rate (FIFO waiters).
+
+    The same rule as the claim script's cells (a start is allowed while the
+    theoretical arrival time is at most ``burst - 1`` intervals ahead), on trio's
+    clock, so an instance alone never asks Redis faster than the rates.
+    """
+
+    def __init__(self) -> None:
+        self._tat = float("-inf")
+        self._lock = trio.Lock()
+
+    async def take(self, interval_s: float, burst: int) -> None:
+        async with self._lock:
+            now = trio.current_time()
+            tat = max(self._tat, now)
+            wait = tat - now - (burst - 1) * interval_s
+            if wait > 0:
+                await trio.sleep(wait)
+                tat = max(self._tat, trio.current_time())
+            self._tat = tat + interval_s
+
+
 class Prober:
     """Actor: the probe schedule of this instance (see the module docstring)."""
 
@@ -102,6 +126,11 @@ class Prober:
         self._wake = trio.Event()
         self._sleep_until = float("inf")
         self._limiter = trio.CapacityLimiter(1)
+        self._queues: dict[str, deque[tuple[Account, RuntimeState | None]]] = {}
+        self._queue_events: dict[str, trio.Event] = {}
+        self._queued: set[str] = set()
+        self._pacers: dict[str, Pacer] = {}
+        self._global_pacer = Pacer()
         # What happened (tests and the benchmark read these).
         self.evaluations = 0
         self.probes = 0
@@ -161,7 +190,9 @@ class Prober:
                 async with trio.open_nursery() as nursery:
                     task_status.started()
                     nursery.start_soon(self._reload_loop)
-                    await self._schedule_loop(nursery)
+                    for platform in ADAPTERS:
+                        nursery.start_soon(self._claimer, platform, nursery)
+                    await self._schedule_loop()
             finally:
                 self.probe.client = None
 
@@ -181,7 +212,7 @@ class Prober:
             await trio.sleep(self.settings().usage.accounts_refresh_s)
             await self._reload()
 
-    async def _schedule_loop(self, nursery: trio.Nursery) -> None:
+    async def _schedule_loop(self) -> None:
         while True:
             cfg = self.settings().usage
             self._limiter.total_tokens = cfg.concurrency
@@ -193,7 +224,7 @@ class Prober:
                 await self._sleep(min(max(wait, 0.0), MAX_SLEEP_S))
                 continue
             try:
-                await self._round(due, nursery)
+                await self._round(due)
             except _FAILURES as exc:
                 log.warning("usage prober round failed", error=str(exc), accounts=len(due))
                 retry = self.clock() + OUTAGE_RETRY_S
@@ -209,7 +240,7 @@ class Prober:
             await self._wake.wait()
         self._sleep_until = float("inf")
 
-    async def _round(self, due: list[str], nursery: trio.Nursery) -> None:
+    async def _round(self, due: list[str]) -> None:
         """Look at due accounts: probe those the rule still finds due, reschedule the rest."""
         by_platform: dict[str, list[Account]] = {}
         for account_id in due:
@@ -223,7 +254,7 @@ class Prober:
             for account in accounts:
                 state = states.get(account.id)
                 if self._decide(account, state, records.get(account.id, rules.NO_RECORD)):
-                    await self._start(account, state, nursery)
+                    self._queue(account, state)
 
     def _decide(
         self, account: Account, state: RuntimeState | None, record: rules.ProbeRecord
@@ -253,32 +284,76 @@ class Prober:
         if metrics is not None:
             metrics.usage_paused.labels(platform).set(len(ids))
 
-    async def _start(
-        self, account: Account, state: RuntimeState | None, nursery: trio.Nursery
-    ) -> None:
-        """Claim ``account`` (waiting out the rates) and start its probe in ``nursery``."""
-        adapter = adapter_for(account)
-        if adapter is None:
+    def _queue(self, account: Account, state: RuntimeState | None) -> None:
+        """Hand a due account to its platform's claimer (FIFO, each account once)."""
+        if account.id in self._queued:
             return
-        slot = object()
-        await self._limiter.acquire_on_behalf_of(slot)
-        handed = False
+        self._queued.add(account.id)
+        platform = str(account.platform)
+        self._queues.setdefault(platform, deque()).append((account, state))
+        self._queue_events.setdefault(platform, trio.Event()).set()
+
+    async def _next(self, platform: str) -> tuple[Account, RuntimeState | None]:
+        queue = self._queues.setdefault(platform, deque())
+        while not queue:
+            event = self._queue_events[platform] = trio.Event()
+            await event.wait()
+        account, state = queue.popleft()
+        self._queued.discard(account.id)
+        return account, state
+
+    async def _claimer(self, platform: str, nursery: trio.Nursery) -> None:
+        """One platform's due accounts, in order, at no more than the rates, into probe slots.
+
+        Claims are paced here, locally, at the configured rates (the platform's, then
+        the global one, which the platforms share in FIFO order), so this instance
+        does not ask Redis faster than the rates allow, and a platform waiting for
+        its rate holds up no other platform. Redis still decides (the claim script):
+        with several instances it refuses what the others already used.
+        """
+        pacer = self._pacers.setdefault(platform, Pacer())
+        while True:
+            account, state = await self._next(platform)
+            adapter = adapter_for(account)
+            if adapter is None or account.id not in self.accounts:
+                continue
+            cfg = self.settings().usage
+            await pacer.take(1.0 / cfg.platform_rate(platform), cfg.burst)
+            await self._global_pacer.take(1.0 / cfg.global_rate_per_s, cfg.burst)
+            slot = object()
+            await self._limiter.acquire_on_behalf_of(slot)
+            nursery.start_soon(self._claim_and_probe, account, adapter, state, slot)
+
+    async def _claim_and_probe(
+        self, account: Account, adapter: Any, state: RuntimeState | None, slot: object
+    ) -> None:
+        cfg = self.settings().usage
         try:
             claim = await self._claim(account)
-            if isinstance(claim, Claimed):
-                nursery.start_soon(self._probe, account, adapter, claim, state, slot)
-                handed = True
-            elif isinstance(claim, Locked):
+            if isinstance(claim, Locked):
+                # The other probe ends (or its lock lapses) within wait_s; its outcome
+                # then decides, so look again just after.
                 self._count("locked")
-                self.push(account.id, self.clock() + claim.wait_s + self.rng.random())
+                retry_at = self.clock() + claim.wait_s * (1 + self._jitter())
             elif isinstance(claim, NotDue):
                 self._count("not_due")
-                self.push(account.id, claim.not_before + self.rng.random())
+                retry_at = claim.not_before + self._jitter()
+            else:
+                await self.probe.run_claimed(account, adapter, claim, state)
+                self.probes += 1
+                # Look again once the minimum interval has passed: the rule then sees the
+                # new reading and the shared record and pushes the account to its due time.
+                retry_at = self.clock() + cfg.min_interval_s * (1 + self._jitter())
+        except _FAILURES as exc:
+            log.warning("usage probe not done", account_id=account.id, error=str(exc))
+            retry_at = self.clock() + OUTAGE_RETRY_S * (1 + self._jitter())
         finally:
-            if not handed:
-                self._limiter.release_on_behalf_of(slot)
+            self._limiter.release_on_behalf_of(slot)
+        if account.id in self.accounts and account.id not in self._due:
+            self.push(account.id, retry_at)
 
     async def _claim(self, account: Account) -> Claimed | Locked | NotDue:
+        """Claim; when another instance used the rate up, wait as the script says and retry."""
         platform = str(account.platform)
         while True:
             claim = await self.probe.store.claim(account.id, platform, self.settings().usage)
@@ -287,26 +362,9 @@ class Prober:
             self._count("over_rate")
             await trio.sleep(claim.wait_s)
 
-    async def _probe(
-        self,
-        account: Account,
-        adapter: Any,
-        claim: Claimed,
-        state: RuntimeState | None,
-        slot: object,
-    ) -> None:
-        cfg = self.settings().usage
-        try:
-            await self.probe.run_claimed(account, adapter, claim, state)
-            self.probes += 1
-        except _FAILURES as exc:
-            log.warning("usage probe not recorded", account_id=account.id, error=str(exc))
-        finally:
-            self._limiter.release_on_behalf_of(slot)
-        # Look again once the minimum interval has passed: the rule then sees the new
-        # reading and the shared record, and pushes the account to its real due time.
-        if account.id in self.accounts:
-            self.push(account.id, self.clock() + cfg.min_interval_s + self.rng.random())
+    def _jitter(self) -> float:
+        """A random share of ``usage.jitter`` (so instances do not retry in lock step)."""
+        return self.rng.random() * self.settings().usage.jitter
 
     def _count(self, reason: str) -> None:
         metrics = self.probe.metrics

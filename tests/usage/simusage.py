@@ -57,10 +57,16 @@ class SimUsage:
 
 
 @contextlib.contextmanager
-def start_usage_sim(**knobs: Any) -> Iterator[tuple[str, SimUsage]]:
-    with start_simulator(**knobs) as (base_url, control):
+def start_usage_sim(*, process: bool = False, **knobs: Any) -> Iterator[tuple[str, SimUsage]]:
+    """``start_simulator`` (thread, or ``process=True``) with the usage control client."""
+    with start_simulator(process=process, **knobs) as (base_url, control):
+        proc = control.process
         sim = SimUsage(base_url, control)
         try:
             yield base_url, sim
         finally:
             sim.close()
+    # start_simulator leaves the child's stdout pipe to the garbage collector, which
+    # pytest (warnings as errors) turns into a failure: close it once the child is gone.
+    if proc is not None and proc.stdout is not None:
+        proc.stdout.close()
