@@ -314,6 +314,6 @@ class RuntimeStore:
         return parse_state(int(reply[0]), reply[1])
 
     async def set_state(self, platform: str, account_id: str, fields: dict[str, str]) -> None:
-        """HSET fields on one account's state hash (admin and tests)."""
+        """HSET fields on one account's state hash (the account-error path outside a release)."""
         self.round_trips += 1
         await self.redis.client.hset(self.keys.state(platform, account_id), fields)

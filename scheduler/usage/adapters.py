@@ -29,7 +29,7 @@ import msgspec
 import trio
 
 from accounts.model import Account, Kind
-from accounts.quota import retry_after
+from accounts.retry import retry_after
 
 from . import _anthropic, _codex
 from ._parse import clip

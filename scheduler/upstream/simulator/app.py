@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import msgspec
 import trio
 
+from ._chat import AnthropicSim, OpenAISim
 from ._common import Match, PlatformSim
 from ._control import Control
 from ._dashscope import DashScopeSim
 from ._kling import KlingSim
 from ._server import Request, Response, serve_http
 from ._state import Fault, World
-from ._usage import AnthropicUsageSim, CodexUsageSim, UsageControl, UsageWorld
+from ._usage import UsageControl
+from ._veo import VeoSim
 from .knobs import Knobs
 
 # A body cut mid-document: what a crashing proxy or a half-written buffer sends.
@@ -25,22 +28,22 @@ class Simulator:
 
     def __init__(self, knobs: Knobs | None = None) -> None:
         self.world = World(knobs or Knobs())
-        self.usage = UsageWorld(self.world)
         self.platforms: list[PlatformSim] = [
             DashScopeSim(self.world),
             KlingSim(self.world),
-            AnthropicUsageSim(self.usage),
-            CodexUsageSim(self.usage),
+            VeoSim(self.world),
+            OpenAISim(self.world),
+            AnthropicSim(self.world),
         ]
         self.control = Control(self.world, [p.name for p in self.platforms])
-        self.usage_control = UsageControl(self.usage)
+        self.usage = UsageControl(self.world)
 
     async def handle(self, req: Request) -> Response:
         if req.path == "/_sim/usage" or req.path.startswith("/_sim/usage/"):
-            return self.usage_control.handle(req)
+            return self.usage.handle(req)
         if req.path.startswith("/_sim/"):
             if req.method == "POST" and req.path.rstrip("/") == "/_sim/reset":
-                self.usage.__init__(self.world)  # type: ignore[misc]  # usage is forgotten too
+                self.usage.reset()
             return self.control.handle(req)
         for platform in self.platforms:
             found = platform.match(req.method, req.path)
@@ -52,6 +55,8 @@ class Simulator:
     async def _platform_call(self, platform: PlatformSim, found: Match, req: Request) -> Response:
         op, endpoint, args = found
         world = self.world
+        if op == "usage":
+            self.usage.arrive(platform.name)
         account = platform.account(req)
         if account is None or account in world.knobs.refused_accounts:
             return platform.error(world, 401, None, "Invalid API-key provided.", account=account)
@@ -84,6 +89,11 @@ class Simulator:
         injected = world.take_injection(platform.name, op)
         if injected is not None:
             status, code, message = injected["status"], injected["code"], injected["message"]
+            if injected.get("body") is not None:
+                headers = (
+                    [("retry-after", f"{world.knobs.retry_after_s:g}")] if status == 429 else []
+                )
+                return Response(status, msgspec.json.encode(injected["body"]), headers)
             return platform.error(world, status, code, message, account=account)
         if fault == "hang":
             return Response(hang=True)
