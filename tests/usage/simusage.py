@@ -1,9 +1,10 @@
 """The simulator's usage endpoints from a test: set windows, read arrivals and peaks.
 
     with start_usage_sim(seed=1) as (base_url, sim):
-        sim.set_windows("tok", "anthropic", five_hour={"used_percent": 97, "resets_in_s": 2})
+        sim.set_usage("tok", five={"used_percent": 97, "resets_in_s": 2})  # the 5h window
         sim.arrivals("anthropic")          # simulator-clock times of every usage request
         sim.control.account("tok")         # generic counters: usage_reads, concurrent_peak
+        sim.no_scope("anthropic")          # the next usage read answers 403, scope missing
 
 Synchronous (plain httpx.Client) like the simulator's own control client; the
 simulator runs in another thread (or process), so a call blocks the test's loop
@@ -38,16 +39,28 @@ class SimUsage:
             raise SimError(response.status_code, data)
         return data
 
-    def set_windows(
-        self, key: str, platform: str, *, no_scope: bool | None = None, **windows: Any
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"platform": platform, "windows": windows}
-        if no_scope is not None:
-            body["no_scope"] = no_scope
-        return self._call("POST", f"/accounts/{key}", body)
+    def set_usage(
+        self,
+        key: str,
+        *,
+        five: dict[str, float] | None = None,
+        seven: dict[str, float] | None = None,
+    ) -> None:
+        """Set the account's 5h / 7d windows: ``{"used_percent": p, "resets_in_s": s}``."""
+        body = {name: spec for name, spec in (("5h", five), ("7d", seven)) if spec is not None}
+        self._call("POST", f"/accounts/{key}", body)
 
-    def account(self, key: str) -> dict[str, Any]:
-        return self._call("GET", f"/accounts/{key}")
+    def no_scope(self, platform: str, count: int = 1) -> None:
+        """The next ``count`` usage reads of ``platform`` answer 403 as a token without the
+        ``user:profile`` scope gets it (Anthropic's body, recorded in fixtures)."""
+        self.control.inject(
+            403,
+            "permission_error",
+            "OAuth token does not meet scope requirement user:profile",
+            platform=platform,
+            op="usage",
+            count=count,
+        )
 
     def arrivals(self, platform: str) -> list[float]:
         return list(self._call("GET", "")[platform]["times"])

@@ -225,7 +225,7 @@ async def test_anthropic_read_sends_bearer_and_beta_and_maps_the_windows(
     usage_sim: tuple[str, SimUsage],
 ) -> None:
     base_url, sim = usage_sim
-    sim.set_windows("tok-a", "anthropic", five_hour={"used_percent": 97, "resets_in_s": 60})
+    sim.set_usage("tok-a", five={"used_percent": 97, "resets_in_s": 60})
     report = await _read(base_url, "anthropic", {"access_token": "tok-a"})
     w = by_window(report)
     assert w[Window.FIVE_HOURS].used_ratio == pytest.approx(0.97)
@@ -234,13 +234,26 @@ async def test_anthropic_read_sends_bearer_and_beta_and_maps_the_windows(
     assert sim.control.account("tok-a")["usage_reads"] == 1
 
 
-async def test_codex_read_sends_the_account_id_header(usage_sim: tuple[str, SimUsage]) -> None:
+async def test_codex_read_maps_the_windows(usage_sim: tuple[str, SimUsage]) -> None:
     base_url, sim = usage_sim
-    sim.set_windows("tok-c", "openai", secondary_window={"used_percent": 55})
+    sim.set_usage("tok-c", seven={"used_percent": 55})
     creds = {"access_token": "tok-c", "account_id": "ws-42"}
     w = by_window(await _read(base_url, "openai", creds))
     assert w[Window.SEVEN_DAYS].used_ratio == pytest.approx(0.55)
-    assert sim.account("tok-c")["last_account_id"] == "ws-42"
+    assert w[Window.FIVE_HOURS].used_ratio == 0.0
+    assert sim.control.account("tok-c")["usage_reads"] == 1
+
+
+def test_request_headers() -> None:
+    """What the real endpoints want (fixtures/SOURCES.md): the beta header for Anthropic's
+    OAuth, the workspace header for Codex."""
+    a = ANTHROPIC.headers(account("anthropic"), {"access_token": "t1"})
+    assert a["authorization"] == "Bearer t1" and a["anthropic-beta"] == "oauth-2025-04-20"
+    c = CODEX.headers(account("openai"), {"access_token": "t2", "account_id": "ws-9"})
+    assert c["authorization"] == "Bearer t2" and c["chatgpt-account-id"] == "ws-9"
+    # The other spelling of the workspace id in credential documents is accepted too.
+    c2 = CODEX.headers(account("openai"), {"access_token": "t2", "chatgpt_account_id": "ws-8"})
+    assert c2["chatgpt-account-id"] == "ws-8"
 
 
 async def test_failures_are_classified(usage_sim: tuple[str, SimUsage]) -> None:
@@ -250,10 +263,9 @@ async def test_failures_are_classified(usage_sim: tuple[str, SimUsage]) -> None:
     with pytest.raises(AuthFailed):
         await _read(base_url, "anthropic", creds)
     sim.control.set(refused_accounts=[])
-    sim.set_windows("tok-x", "anthropic", no_scope=True)
+    sim.no_scope("anthropic")
     with pytest.raises(CannotProbe, match="scope requirement user:profile"):
         await _read(base_url, "anthropic", creds)
-    sim.set_windows("tok-x", "anthropic", no_scope=False)
     sim.control.inject(429, platform="anthropic", op="usage")
     with pytest.raises(RateLimited) as limited:
         await _read(base_url, "anthropic", creds)

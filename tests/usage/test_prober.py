@@ -55,9 +55,7 @@ async def test_paused_account_comes_back_on_another_instance_after_its_reset(
         with pytest.raises(NoAccountAvailable) as none:
             await b.selector.select(ANTHROPIC)
         assert none.value.exclusions == {"quota_paused_5h": 1}
-        sim.set_windows(
-            "tok-p", "anthropic", five_hour={"used_percent": 97, "resets_in_s": RESET_IN_S}
-        )
+        sim.set_usage("tok-p", five={"used_percent": 97, "resets_in_s": RESET_IN_S})
         reset_mono = time.monotonic() + RESET_IN_S
         paused_at = time.time()
         async with open_instance(redis_url, redis_prefix, box, repo) as a:
@@ -109,7 +107,7 @@ async def test_a_probe_error_backs_off_and_changes_no_account_state(
             ("failed", lambda: sim.control.set(hang_rate=1.0, faults_on=["usage"]), 30),
             (
                 "cannot_probe",
-                lambda: sim.set_windows("tok-e", "anthropic", no_scope=True),
+                lambda: sim.no_scope("anthropic"),
                 6 * 3600,
             ),
         ]
@@ -155,7 +153,8 @@ async def test_a_probe_401_marks_the_account_errored_exactly_as_a_reported_401(
     )
     await publish(redis, [reported])
     sim.control.set(refused_accounts=["tok-q"])
-    sim.set_windows("tok-s", "anthropic", no_scope=True)
+    # Probed after tok-q (whose 401 comes before any injected answer): tok-s gets the 403.
+    sim.no_scope("anthropic")
     async with open_instance(redis_url, redis_prefix, box, repo, prober=False) as inst:
         t0 = time.time()
         got = await inst.selector.select(ANTHROPIC)
