@@ -13,7 +13,7 @@ May import ``selection`` (the runtime write path), ``upstream`` and ``core``.
 """
 
 from .adapters import ADAPTERS, UsageAdapter, adapter_for, read_usage
-from .errors import CannotProbe, ProbeBusy
+from .errors import CannotProbe, ProbeBusy, ProbeRateLimited
 from .install import install
 from .model import ExtraWindow, UsageReport
 from .prober import Prober, load_probeable
@@ -25,6 +25,7 @@ __all__ = [
     "CannotProbe",
     "ExtraWindow",
     "ProbeBusy",
+    "ProbeRateLimited",
     "ProbeResult",
     "ProbeStore",
     "Prober",

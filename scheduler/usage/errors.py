@@ -12,7 +12,8 @@ with the same classes where the meaning is the same)::
                          the account is fine, it just cannot be probed; asked
                          again much later
     ProbeBusy            (not an upstream error) an operator's probe found the
-                         account locked by another probe or the rates used up
+                         account locked by another probe (409)
+    └── ProbeRateLimited the probe rates stay used up for a few seconds (429)
 
 None of them pauses or errors an account by itself; only AuthFailed leads to
 the account-error path, through :func:`scheduler.selection.reports.account_error`.
@@ -24,7 +25,15 @@ from accounts.errors import StationmasterError
 
 from ..upstream.errors import AuthFailed, RateLimited, Transient, UpstreamError
 
-__all__ = ["AuthFailed", "CannotProbe", "ProbeBusy", "RateLimited", "Transient", "UpstreamError"]
+__all__ = [
+    "AuthFailed",
+    "CannotProbe",
+    "ProbeBusy",
+    "ProbeRateLimited",
+    "RateLimited",
+    "Transient",
+    "UpstreamError",
+]
 
 
 class CannotProbe(UpstreamError):
@@ -35,7 +44,7 @@ class CannotProbe(UpstreamError):
 
 
 class ProbeBusy(StationmasterError):
-    """An operator's probe could not start now: another probe holds the account, or the rates."""
+    """An operator's probe could not start now: another probe holds the account."""
 
     code = "probe_busy"
     status = 409
@@ -45,3 +54,10 @@ class ProbeBusy(StationmasterError):
             message, details={"retry_after_s": retry_after_s, "account_id": account_id}
         )
         self.retry_after_s = retry_after_s
+
+
+class ProbeRateLimited(ProbeBusy):
+    """An operator's probe found the probe rates used up longer than it waits."""
+
+    code = "probe_rate_limited"
+    status = 429

@@ -34,7 +34,7 @@ from ..selection.reports import account_error
 from ..selection.store import RuntimeState, RuntimeStore
 from . import rules
 from .adapters import UsageAdapter, adapter_for, read_usage
-from .errors import AuthFailed, CannotProbe, ProbeBusy, RateLimited, Transient
+from .errors import AuthFailed, CannotProbe, ProbeBusy, ProbeRateLimited, RateLimited, Transient
 from .model import ExtraWindow, UsageReport
 from .store import Claimed, Locked, OverRate, ProbeStore
 
@@ -114,8 +114,8 @@ class UsageProbe:
         """Probe one account now (``POST /v1/admin/accounts/{id}/probe``, ``accounts probe``).
 
         The schedule's due time does not apply; the lock and the rates do. Raises
-        NotFound, ValidationFailed (no usage endpoint for the account) or
-        ProbeBusy (another probe holds it, or no rate slot within a few seconds).
+        NotFound, ValidationFailed (no usage endpoint for the account), ProbeBusy
+        (another probe holds it) or ProbeRateLimited (no rate slot within a few seconds).
         """
         account = await self.accounts.get(account_id)
         adapter = adapter_for(account)
@@ -139,7 +139,7 @@ class UsageProbe:
                 )
             wait = claim.wait_s if isinstance(claim, OverRate) else 1.0
             if trio.current_time() + wait > deadline:
-                raise ProbeBusy(
+                raise ProbeRateLimited(
                     "the probe rate is used up; try again shortly",
                     retry_after_s=wait,
                     account_id=account.id,
