@@ -12,15 +12,21 @@ instance: a starting instance takes its first look at each account at a random
 moment within ``usage.start_spread_s`` (no thundering herd), then follows the
 rule.
 
+Rates. Due accounts go to their platform's claimer, which lets them out in
+order no faster than the platform's rate and the global one (local GCRA
+pacers, so an instance alone never asks Redis faster than the rates, and a
+platform waiting for its rate holds up no other), into one of
+``usage.concurrency`` probe slots.
+
 Several instances. The claim script (:mod:`scheduler.usage.store`) takes the
 account's lock (one probe per account at a time, fleet-wide), re-checks the
 shared not-before (backoff, minimum interval: a look another instance just
 took is not taken again) and both probe rates (GCRA cells in Redis, so the
-global and per-platform rates hold for the whole fleet). Over a rate, the
-prober waits as long as the script says and tries the same account again, so
-due accounts go out in order at the rate, however many came due at once.
+global and per-platform rates hold for the whole fleet: when other instances
+used the rate up, the claim waits as long as the script says and tries again).
 
-``started()`` once the account list is loaded. Never crashes on Redis or
+``started()`` once the account list is loaded (if that fails, the start fails and the
+supervisor retries it). After that it never crashes on Redis or
 PostgreSQL outages: a failed round is logged and retried; the supervisor
 restarts it for anything else (non-essential: selection works without it).
 """
@@ -318,6 +324,10 @@ class Prober:
             if adapter is None or account.id not in self.accounts:
                 continue
             cfg = self.settings().usage
+            if not cfg.enabled:
+                # Switched off while queued: back into the schedule, looked at once on again.
+                self.push(account.id, self.clock() + MAX_SLEEP_S)
+                continue
             await pacer.take(1.0 / cfg.platform_rate(platform), cfg.burst)
             await self._global_pacer.take(1.0 / cfg.global_rate_per_s, cfg.burst)
             slot = object()
