@@ -70,7 +70,7 @@ def usage_settings(draw: st.DrawFn) -> UsageSettings:
     )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(readings(), max_size=4), records(), usage_settings())
 def test_floors_always_hold(
     windows: list[QuotaWindow], record: ProbeRecord, cfg: UsageSettings
@@ -85,7 +85,7 @@ def test_floors_always_hold(
     assert due.spread_s >= 0
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(readings(), min_size=1, max_size=4), usage_settings())
 def test_a_paused_account_is_looked_at_by_its_reset_and_well_before_staleness(
     windows: list[QuotaWindow], cfg: UsageSettings
@@ -104,7 +104,7 @@ def test_a_paused_account_is_looked_at_by_its_reset_and_well_before_staleness(
         assert due.at <= resets + cfg.after_reset_s
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(readings(), ratios, ratios, records(), usage_settings())
 def test_more_used_is_never_looked_at_later(
     reading: QuotaWindow, a: float, b: float, record: ProbeRecord, cfg: UsageSettings
@@ -120,7 +120,7 @@ def test_more_used_is_never_looked_at_later(
     assert due_high.at <= due_low.at
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(readings(), records(), usage_settings())
 def test_a_fresher_reading_never_brings_the_look_forward(
     reading: QuotaWindow, record: ProbeRecord, cfg: UsageSettings
