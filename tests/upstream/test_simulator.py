@@ -76,6 +76,7 @@ def test_simulate_cli_bad_input_exits_2(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_simulate_process_with_knobs_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "k.toml").write_text("[knobs]\nfailure_rate = 0.25\nfaults_on = ['fetch']\n")
     (tmp_path / "bad.toml").write_text("failure_rate = 'x'\n")
