@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from accounts.db import Database
-from accounts.errors import StoreUnavailable
+from accounts.errors import StationmasterError, StoreUnavailable
 from accounts.repository import AccountRepository
 from snapshot.redis import UNAVAILABLE, open_redis
 from snapshot.settings import SettingsStore
@@ -33,6 +33,7 @@ async def probe_account(
     db: Database, repo: AccountRepository, config: Config, account_id: str, *, as_json: bool
 ) -> int:
     settings = (await SettingsStore(db).load()).settings
+    failure: StationmasterError | None = None
     try:
         async with open_redis(config.redis) as redis:
             probe = UsageProbe(
@@ -42,9 +43,16 @@ async def probe_account(
                 credentials=Credentials(repo.cipher).get,
                 settings=lambda: settings,
             )
-            result = await probe.probe_now(account_id)
+            # Raised out of the client's block, an error would come wrapped in an
+            # exception group (its task group): keep it and raise it plainly after.
+            try:
+                result = await probe.probe_now(account_id)
+            except StationmasterError as exc:
+                failure = exc
     except UNAVAILABLE as exc:
         raise StoreUnavailable("redis", type(exc).__name__) from None
+    if failure is not None:
+        raise failure
     if as_json:
         print(msgspec.json.format(msgspec.json.encode(result), indent=2).decode())
     else:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import trio
 
 from accounts.inputs import AccountCreate
 from accounts.model import Platform
 from accounts.repository import AccountRepository
+from scheduler.cli import accounts as accounts_cli
+from scheduler.cli.entry import build_parser
+from scheduler.core.config import parse_config
 from scheduler.usage import ProbeStore
 from scheduler.usage.store import Claimed
 from snapshot.redis import RedisStore
@@ -90,6 +94,7 @@ async def test_cli_probe_prints_the_reading(
     redis_url: str,
     redis_prefix: str,
     usage_sim: tuple[str, SimUsage],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     base_url, sim = usage_sim
     repo = AccountRepository(db, CIPHER)
@@ -104,11 +109,22 @@ async def test_cli_probe_prints_the_reading(
     assert "result     ok" in out
     assert "5h           97.0% used, resets " in out and "(in 0h 1" in out
     assert "paused     yes: 5h window 97.0% used >= threshold 90.0%" in out
-    code, out, err = await run_cli(cfg, "accounts", "probe", acct.id, "--json")
+    # The same command in this process (same parser, same code; no interpreter start-up).
+    code, out, err = await cli_inproc(capsys, cfg, "probe", acct.id, "--json")
     assert code == 0, err
     assert json.loads(out)["windows"][0]["used_ratio"] == 0.97
-    code, _out, err = await run_cli(
-        cfg, "accounts", "probe", "00000000-0000-0000-0000-000000000009"
-    )
-    assert code == 1 and "no account" in err
+    code, _out, err = await cli_inproc(capsys, cfg, "probe", "00000000-0000-0000-0000-000000000009")
+    assert code == 1 and "stationmaster accounts probe: no account with this id" in err
+    assert "Traceback" not in err
     assert ADMIN_TOKEN not in out + err
+
+
+async def cli_inproc(
+    capsys: pytest.CaptureFixture[str], cfg: dict[str, Any], *args: str
+) -> tuple[int, str, str]:
+    parsed = build_parser().parse_args(["accounts", *args])
+    capsys.readouterr()
+    with trio.fail_after(30):
+        code = await accounts_cli._main(parsed, parse_config(cfg))
+    out, err = capsys.readouterr()
+    return code, out, err
