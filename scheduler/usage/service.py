@@ -237,11 +237,10 @@ class UsageProbe:
             self.on_state(platform, account.id, state)
         now = self.clock()
         after = quota_pause(account, state.windows if state else report.windows, cfg.quota, now)
-        if before is not None and self.metrics is not None and not after.paused:
-            was = quota_pause(account, before.windows, cfg.quota, report.observed_at)
-            reset = _reset_of(was, before.windows, report.windows)
-            if was.paused and reset is not None and reset <= now:
-                self.metrics.usage_reset_to_schedulable.observe(now - reset)
+        if before is not None and before.windows and self.metrics and not after.paused:
+            waited = _paused_past_reset(account, before.windows, report.windows, cfg, now)
+            if waited is not None:
+                self.metrics.usage_reset_to_schedulable.observe(waited)
         return msgspec.structs.replace(
             result,
             windows=report.windows,
@@ -251,19 +250,34 @@ class UsageProbe:
         )
 
 
-def _reset_of(was: Any, old: tuple[QuotaWindow, ...], new: tuple[QuotaWindow, ...]) -> float | None:
-    """When the window that paused the account reset: its reading's reset, else an estimate.
+def _paused_past_reset(
+    account: Account,
+    old: tuple[QuotaWindow, ...],
+    new: tuple[QuotaWindow, ...],
+    cfg: Settings,
+    now: float,
+) -> float | None:
+    """How long after its window's reset an account these readings unpaused became schedulable.
 
-    Without a known reset, the new reading's window start (its reset minus its
-    length) is when the old window ended, for windows on a fixed schedule.
+    None unless the old readings paused it when they were taken. With a known
+    reset, the pause rule itself lifted the pause at the reset: 0. Without one,
+    the account stayed paused until now; the reset is estimated as the new
+    reading's window start (its reset minus its length), which is when the old
+    window ended for windows on a fixed schedule; None when that is not known.
     """
-    for w in sorted(old, key=lambda r: r.observed_at, reverse=True):
-        if w.window == was.window and w.resets_at() is not None:
-            return w.resets_at()
+    taken = max(w.observed_at for w in old)
+    was = quota_pause(account, old, cfg.quota, taken)
+    if not was.paused:
+        return None
+    pausing = max((w for w in old if w.window == was.window), key=lambda w: w.observed_at)
+    if pausing.resets_at() is not None:
+        return 0.0
     for w in new:
         resets = w.resets_at()
         if w.window == was.window and resets is not None and w.window_s:
-            return resets - w.window_s
+            start = resets - w.window_s
+            if pausing.observed_at <= start <= now:
+                return now - start
     return None
 
 

@@ -68,6 +68,10 @@ async def test_paused_account_comes_back_on_another_instance_after_its_reset(
             picked = await b.selector.select(ANTHROPIC)
             back_after_s = time.time() - paused_at
             assert a.prober.probes >= 2
+            # The metrics saw a paused account come back after its reset.
+            waited = a.metrics.usage_reset_to_schedulable.collect()[0].samples
+            assert [x.value for x in waited if x.name.endswith("_count")] == [1.0]
+            assert a.prober.paused_count("anthropic") == 0
     arrivals = sim.arrivals("anthropic")
     assert picked.account.id == acct.id
     # Read before the reset (to learn it) and after it (what brought the account back).
