@@ -36,6 +36,7 @@ from .http.server import HttpServer
 from .selection.install import install as install_selection
 from .selection.schedule import build_schedule
 from .services import Services
+from .usage import install as install_usage
 
 log = get_logger("daemon")
 
@@ -170,5 +171,7 @@ class Daemon:
             InstanceRegistry(services.db, self.instance_id, __version__, os.getpid()),
             # Selection last: it reads the settings and the schedule view built above.
             *install_selection(services),
+            # The usage prober writes through selection's runtime store (installed just above).
+            *install_usage(services),
             Watchdog(self.notifier, self.health, watchdog_interval_s(self.env)),
         ]

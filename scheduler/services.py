@@ -41,3 +41,5 @@ class Services:
     selector: Any = None
     reporter: Any = None
     credentials: Any = None
+    # The usage probe service (scheduler/usage): the admin probe endpoint calls it.
+    usage: Any = None

@@ -12,7 +12,15 @@ from starlette.routing import Route
 from accounts.errors import NotFound, StationmasterError
 
 from ..services import Services
-from . import accounts_api, buckets_api, explain_api, health_api, select_api, settings_api
+from . import (
+    accounts_api,
+    buckets_api,
+    explain_api,
+    health_api,
+    select_api,
+    settings_api,
+    usage_api,
+)
 from .endpoints import Endpoint, TokenTable, error_response, wrap
 from .openapi import openapi_document
 
@@ -22,6 +30,7 @@ def all_endpoints() -> list[Endpoint]:
     return [
         *health_api.ENDPOINTS,
         *accounts_api.ENDPOINTS,
+        *usage_api.ENDPOINTS,
         *settings_api.ENDPOINTS,
         *select_api.ENDPOINTS,
         *explain_api.ENDPOINTS,

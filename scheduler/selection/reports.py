@@ -33,7 +33,7 @@ from snapshot.settings import Settings
 
 from ..core.logs import get_logger
 from .select import ResponseId, Selector
-from .store import LeaseRef, parse_lease_id, window_field
+from .store import LeaseRef, RuntimeStore, parse_lease_id, window_field
 
 log = get_logger("reports")
 
@@ -93,8 +93,7 @@ def outcome_fields(
         fields["ol_until"] = _ms(now + cfg.runtime.overloaded_s)
         effects.append("overloaded")
     elif status in (401, 403):
-        fields["tu_until"] = _ms(now + AUTH_HOLD_S)
-        fields["tu_reason"] = f"upstream answered {status}"
+        fields.update(auth_hold_fields(status, now))
         effects.append("account_error")
     for window in parse_usage(ref.platform, outcome.headers, now):
         name, value = window_field(window)
@@ -102,6 +101,33 @@ def outcome_fields(
         if "quota" not in effects:
             effects.append("quota")
     return fields, effects
+
+
+def auth_hold_fields(status: int, now: float) -> dict[str, str]:
+    """The state-hash fields a 401/403 sets: held out while PostgreSQL and the snapshot catch up."""
+    return {"tu_until": _ms(now + AUTH_HOLD_S), "tu_reason": f"upstream answered {status}"}
+
+
+async def mark_account_error(accounts: Any, account_id: str, status: int) -> bool:
+    """Persist the account error a 401/403 means (through the repository); True if it changed."""
+    if accounts is None:
+        return False
+    changed = bool(await accounts.mark_error(account_id, f"upstream answered {status}"))
+    log.warning("account marked error", account_id=account_id, changed=changed)
+    return changed
+
+
+async def account_error(
+    runtime: RuntimeStore, accounts: Any, platform: str, account_id: str, status: int
+) -> bool:
+    """The account-error path of a 401/403 seen outside a release (the usage prober).
+
+    The same as a reported 401/403: the same temporary hold in Redis (so no
+    instance picks the account while its buckets are rebuilt) and the same
+    ``mark_error`` with the same reason. Returns True if the row changed.
+    """
+    await runtime.set_state(platform, account_id, auth_hold_fields(status, time.time()))
+    return await mark_account_error(accounts, account_id, status)
 
 
 def _samples(outcome: Outcome) -> tuple[str, str, str]:
@@ -149,11 +175,8 @@ class Reporter:
         self.selector.on_release(ref.platform.value, ref.account_id, state)
         if response_key is not None:
             self.selector.remember_binding(response_key, ref.account_id)
-        if "account_error" in effects and self.accounts is not None:
-            changed = await self.accounts.mark_error(
-                ref.account_id, f"upstream answered {outcome.status}"
-            )
-            log.warning("account marked error", account_id=ref.account_id, changed=changed)
+        if "account_error" in effects:
+            await mark_account_error(self.accounts, ref.account_id, outcome.status)
         return Released(account_id=ref.account_id, effects=effects)
 
     async def renew(self, lease_id: str, ttl_s: float | None) -> Renewed:

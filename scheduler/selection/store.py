@@ -38,6 +38,7 @@ ACQUIRE_LUA = _HERE / "acquire.lua"
 RELEASE_LUA = _HERE / "release.lua"
 RENEW_LUA = _HERE / "renew.lua"
 READ_LUA = _HERE / "runtime_read.lua"
+READINGS_LUA = _HERE / "readings.lua"
 
 _SEP = "~"  # not allowed in group names, platforms, uuids or hex: splits lease ids safely
 
@@ -67,6 +68,10 @@ class Keys:
     def released_channel(self, platform: str) -> str:
         """Pub/sub channel of ``platform``'s releases: ``"<account_id> <origin>"`` each."""
         return self._redis.key("rt", "released", platform)
+
+    def readings_channel(self, platform: str) -> str:
+        """Pub/sub channel of readings written outside releases: ``"<account_id> <origin>"``."""
+        return self._redis.key("rt", "readings", platform)
 
 
 class LeaseRef(msgspec.Struct, frozen=True):
@@ -282,3 +287,33 @@ class RuntimeStore:
     async def delete(self, *keys: str) -> None:
         self.round_trips += 1
         await self.redis.client.delete(list(keys))
+
+    async def write_readings(
+        self, platform: str, account_id: str, windows: Sequence[QuotaWindow]
+    ) -> RuntimeState | None:
+        """Store quota readings the way a release stores those of its usage headers.
+
+        The same fields (:func:`window_field`: ``q:5h`` / ``q:7d``, the reading as
+        JSON) in the same hash, so the rules and every instance read them alike;
+        the freshness stamp is the readings' own ``observed_at``, which the caller
+        takes from the clock the release path uses (``time.time()`` when the
+        answer arrived). Every other instance is told on
+        :meth:`Keys.readings_channel` (its release watcher re-reads the account), so
+        an account the readings unpause is schedulable everywhere at once. Returns
+        the account's state after the write (None when there was nothing to
+        write). One script call.
+        """
+        if not windows:
+            return None
+        flat = [x for w in windows for x in window_field(w)]
+        self.round_trips += 1
+        reply = await self.redis.script(READINGS_LUA)(
+            keys=[self.keys.leases(platform, account_id), self.keys.state(platform, account_id)],
+            args=[self.keys.readings_channel(platform), account_id, self.origin, *flat],
+        )
+        return parse_state(int(reply[0]), reply[1])
+
+    async def set_state(self, platform: str, account_id: str, fields: dict[str, str]) -> None:
+        """HSET fields on one account's state hash (the account-error path outside a release)."""
+        self.round_trips += 1
+        await self.redis.client.hset(self.keys.state(platform, account_id), fields)
