@@ -5,6 +5,8 @@ The state directory (``--state-dir``, else ``$STATIONMASTER_STATE_DIR``, else
 
     dev.lock           held while a dev process runs (one per state dir)
     dev-secrets.json   admin token, gateway token, Fernet key (mode 0600), reused
+    dev-profile.toml   the config the CLI in another shell uses (mode 0600; see
+                       :mod:`scheduler.cli.profile`), written once the daemon serves
     postgres/          data directory, server log
     redis/             server log (Redis keeps no data: it is rebuilt from PostgreSQL)
 
@@ -28,7 +30,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -42,10 +44,10 @@ from accounts.errors import ConfigError, StationmasterError
 from ..core.config import Config, parse_config
 from ..core.logs import get_logger
 from .embedded import open_postgres, open_redis_server
+from .profile import PROFILE_FILE, default_state_dir, write_profile
 
 log = get_logger("dev")
 
-STATE_ENV = "STATIONMASTER_STATE_DIR"
 # The port the README and the quick start promise.
 DEFAULT_PORT = 8080
 SECRETS_FILE = "dev-secrets.json"
@@ -68,14 +70,6 @@ class DevSecrets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             gateway_token="dev-gateway-" + secrets.token_urlsafe(24),
             crypto_key=generate_key(),
         )
-
-
-def default_state_dir(env: Mapping[str, str]) -> Path:
-    """``$STATIONMASTER_STATE_DIR``, else the XDG per-user state directory."""
-    if env.get(STATE_ENV):
-        return Path(env[STATE_ENV]).expanduser()
-    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "stationmaster"
 
 
 def load_or_create_secrets(path: Path) -> DevSecrets:
@@ -161,10 +155,13 @@ class _EarlySignal:
 class _Announcer:
     """The daemon as ``run_until_signal`` sees it, printing the URL and tokens once ready."""
 
-    def __init__(self, daemon: Any, banner: str, early: _EarlySignal) -> None:
+    def __init__(
+        self, daemon: Any, banner: str, early: _EarlySignal, state_dir: Path | None = None
+    ) -> None:
         self._daemon = daemon
         self._banner = banner
         self._early = early
+        self._state_dir = state_dir
 
     def shutdown(self) -> None:
         self._daemon.shutdown()
@@ -172,9 +169,19 @@ class _Announcer:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             urls: list[str] = await nursery.start(self._daemon.run)
+            if self._state_dir is not None:
+                # Before the banner: once a user reads it, the CLI must find the profile.
+                port = int(urls[0].rsplit(":", 1)[1])
+                write_profile(self._state_dir, self._daemon.config, port=port)
             print(self._banner.format(url=urls[0]), flush=True)
             if self._early.requested:
                 self._daemon.shutdown()
+
+
+def _profile_hint(state_dir: Path) -> str:
+    if default_state_dir(os.environ).absolute() == state_dir:
+        return "the CLI in another shell finds it with no flags"
+    return f"the CLI finds it with STATIONMASTER_STATE_DIR={state_dir}"
 
 
 def _banner(state_dir: Path, dev_secrets: DevSecrets) -> str:
@@ -185,20 +192,22 @@ def _banner(state_dir: Path, dev_secrets: DevSecrets) -> str:
             f"  admin token:   {admin}",
             f"  gateway token: {dev_secrets.gateway_token}",
             f"  state dir:     {state_dir}  (tokens kept in {SECRETS_FILE}, mode 0600)",
-            "  try:           curl {url}/readyz",
-            f"                 curl -H 'Authorization: Bearer {admin}' {{url}}/openapi.json",
+            f"  CLI profile:   {state_dir / PROFILE_FILE}  ({_profile_hint(state_dir)})",
+            "  try:           curl {url}/readyz   (probes and /openapi.json need no token)",
+            "                 stationmaster accounts list",
+            "                 stationmaster check",
             "Ctrl-C (or SIGTERM) stops the daemon and both servers.",
         ]
     )
 
 
-def _serve(config: Config, banner: str, early: _EarlySignal) -> int:
+def _serve(config: Config, banner: str, early: _EarlySignal, state_dir: Path) -> int:
     from ..daemon import Daemon
     from .running import run_until_signal
 
     early.raising = False
     try:
-        trio.run(run_until_signal, _Announcer(Daemon(config), banner, early))
+        trio.run(run_until_signal, _Announcer(Daemon(config), banner, early, state_dir))
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
         if all(isinstance(e, KeyboardInterrupt) for e in leaves):
@@ -246,7 +255,7 @@ def run_dev(args: argparse.Namespace, config: Config) -> int:
             config = dev_config(
                 config, dsn=dsn, redis_url=redis_url, port=port, dev_secrets=dev_secrets
             )
-            return _serve(config, _banner(state_dir, dev_secrets), early)
+            return _serve(config, _banner(state_dir, dev_secrets), early, state_dir)
     except KeyboardInterrupt:
         print("stationmaster dev: interrupted; servers stopped", file=sys.stderr)
         return _EXIT_OK

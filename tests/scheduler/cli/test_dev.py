@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -167,3 +168,89 @@ async def test_dev_recovers_from_a_killed_run(state_dir: Path) -> None:
             if leftover.poll() is None:
                 leftover.send_signal(signal.SIGKILL)
                 leftover.wait()
+
+
+async def _cli_plain(home: Path, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """The CLI as a user types it in a second shell: no flags, no STATIONMASTER_* variables.
+
+    Only the XDG state home differs from this machine's (so the default state dir
+    is the test's); the working directory holds no stationmaster.toml.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATIONMASTER_")}
+    env["XDG_STATE_HOME"] = str(home)
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [sys.executable, "-m", "scheduler", *args],
+            stdin=stdin,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+            cwd=home,
+        )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def test_cli_in_another_shell_reaches_dev_with_no_flags(state_dir: Path) -> None:
+    """`dev` leaves a profile in its default state dir; every command finds it and says so.
+
+    After dev stops, a command fails naming the socket and database it tried, and the
+    note says dev is not running."""
+    home = state_dir.parent / "xdg"
+    home.mkdir()
+    default_dir = home / "stationmaster"
+    with trio.fail_after(180):
+        proc = DaemonProcess(
+            {}, args=("dev", "--port", "0"), extra_env={"XDG_STATE_HOME": str(home)}
+        )
+        try:
+            url = await _wait_ready(proc)
+            profile = default_dir / "dev-profile.toml"
+            assert profile.stat().st_mode & 0o777 == 0o600
+            assert f"CLI profile:   {profile}" in proc.output()
+            creds = json.dumps({"api_key": "sk-dev-profile-test-key"}).encode()
+            code, out, err = await _cli_plain(
+                home, "accounts", "add", "--name", "first", "--platform", "openai",
+                "--group", "default", "--model", "gpt-4o", "--credentials-file", "-",
+                stdin=creds,
+            )  # fmt: skip
+            assert code == 0, (out, err)
+            assert f"using the `stationmaster dev` profile {profile}" in err
+            for args in (
+                ("accounts", "list"),
+                ("check",),
+                ("settings", "show"),
+                ("buckets", "list"),
+                ("explain", "--group", "default", "--platform", "openai", "--model", "gpt-4o"),
+            ):
+                code, out, err = await _cli_plain(home, *args)
+                assert code == 0, (args, out, err)
+                assert "profile" in err, (args, err)
+            assert "first" in (await _cli_plain(home, "accounts", "list"))[1]
+            code, out, _ = await _cli_plain(home, "check")
+            assert "config: valid (from the dev profile" in out
+            assert any(line.startswith("ok   database: reachable") for line in out.splitlines())
+            explained = (
+                await _cli_plain(
+                    home,
+                    "explain",
+                    "--group",
+                    "default",
+                    "--platform",
+                    "openai",
+                    "--model",
+                    "gpt-4o",
+                )
+            )[1]
+            assert "first" in explained and url  # the daemon's own answer
+            proc.terminate()
+            assert await proc.wait(timeout=30) == 0, proc.output()[-2000:]
+        finally:
+            proc.kill()
+            await trio.to_thread.run_sync(proc._reader.join, 10)
+            assert proc.proc.stdout is not None
+            proc.proc.stdout.close()
+        code, out, err = await _cli_plain(home, "accounts", "list")
+        assert code == 1, (out, err)
+        assert "not running" in err
+        assert "socket " in err and "database 'stationmaster'" in err, err
