@@ -32,7 +32,7 @@ from snapshot.settings import Settings
 
 from ..core.logs import get_logger
 from .select import ResponseId, Selector
-from .store import LeaseRef, parse_lease_id, window_field
+from .store import LeaseRef, RenewReply, parse_lease_id, window_field
 
 log = get_logger("reports")
 
@@ -69,8 +69,22 @@ class Released(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Renewed(msgspec.Struct, frozen=True, kw_only=True):
+    """A renewal's result (times in epoch seconds, Redis server time).
+
+    ``clamped_by`` names the cap that cut the TTL asked for (``max_ttl_s``: one
+    renewal's reach; ``max_lifetime_s``: the lease's whole life), None when it
+    was granted in full or the lease already ran longer than asked (a renew
+    never shortens a lease).
+    """
+
     lease_id: str
     expires_at: float
+    now: float
+    requested_ttl_s: float
+    clamped_by: str | None
+    max_ttl_s: float
+    max_lifetime_s: float
+    lifetime_ends_at: float | None
 
 
 def _ms(epoch_s: float) -> str:
@@ -156,13 +170,41 @@ class Reporter:
         return Released(account_id=ref.account_id, effects=effects)
 
     async def renew(self, lease_id: str, ttl_s: float | None) -> Renewed:
-        """Push the lease's expiry to now + ttl (capped by ``leases.max_ttl_s``)."""
+        """Extend the lease to now + ttl; never shorter than it is, and say what capped it.
+
+        The TTL asked for (``leases.ttl_s`` when None) is capped at
+        ``leases.max_ttl_s``, and the expiry at grant + ``leases.max_lifetime_s``.
+        """
         ref = parse_lease_id(lease_id)
         cfg = self.settings().leases
         if ttl_s is not None and not ttl_s > 0:
             raise ValidationFailed.one("ttl_s", "must be > 0")
-        ttl = min(ttl_s if ttl_s is not None else cfg.ttl_s, cfg.max_ttl_s)
-        expires = await self.selector.runtime.renew(ref, ttl)
-        if expires is None:
+        asked = ttl_s if ttl_s is not None else cfg.ttl_s
+        reply = await self.selector.runtime.renew(
+            ref, min(asked, cfg.max_ttl_s), max_lifetime_s=cfg.max_lifetime_s
+        )
+        if reply is None:
             raise NotFound("unknown lease: never granted, already released, or expired")
-        return Renewed(lease_id=lease_id, expires_at=expires)
+        ends = None if ref.granted_ms is None else ref.granted_ms / 1000.0 + cfg.max_lifetime_s
+        return Renewed(
+            lease_id=lease_id,
+            expires_at=reply.expires_at,
+            now=reply.now,
+            requested_ttl_s=asked,
+            clamped_by=_clamp_reason(reply, asked, cfg.max_ttl_s, ends),
+            max_ttl_s=cfg.max_ttl_s,
+            max_lifetime_s=cfg.max_lifetime_s,
+            lifetime_ends_at=ends,
+        )
+
+
+def _clamp_reason(
+    reply: RenewReply, asked: float, max_ttl_s: float, ends: float | None
+) -> str | None:
+    """Which cap cut the TTL asked for, when the lease now ends before now + asked."""
+    # Redis counts milliseconds: half of one is slack on the comparisons.
+    if reply.expires_at >= reply.now + asked - 0.0005:
+        return None
+    if ends is not None and reply.now + min(asked, max_ttl_s) > ends + 0.0005:
+        return "max_lifetime_s"
+    return "max_ttl_s"
