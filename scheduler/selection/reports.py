@@ -5,14 +5,20 @@ account's shared runtime state (so every instance sees it on its next
 selection):
 
 * 429: rate-limited until the reset the headers give (``Retry-After`` /
-  ``retry-after-ms``, Codex and Anthropic reset headers, via
-  :func:`accounts.retry.retry_after`), else ``runtime.rate_limited_default_s``;
+  ``retry-after-ms``, Codex, Anthropic and OpenAI ``x-ratelimit-*`` reset
+  headers, via :func:`accounts.retry.retry_after`), else
+  ``runtime.rate_limited_default_s``;
 * 529: overloaded for ``runtime.overloaded_s``;
 * 401/403: the account is set to ``error`` in PostgreSQL through the repository
   (its buckets become dirty and are rebuilt) and held temporarily-unschedulable
   in Redis meanwhile, so no instance picks it while the rebuild runs;
-* any status: quota readings from the usage headers, EWMAs of error rate,
-  latency and TTFT, last use; on success the previous_response_id binding.
+* any status: quota readings from the usage headers, what is left of OpenAI's
+  ``x-ratelimit-*`` limits (a soft penalty in scoring until their reset), EWMAs
+  of error rate, latency and TTFT, last use; on success the previous_response_id
+  binding.
+
+:data:`RELEASE_HEADERS_DOC` says the same to API users (the release route's
+OpenAPI description).
 
 Unparseable header *values* are ignored (upstream garbage must not fail a
 release); a malformed header *map* (bad names, control characters) is a 422.
@@ -27,6 +33,7 @@ from typing import Annotated, Any
 import msgspec
 
 from accounts.errors import NotFound, ValidationFailed
+from accounts.openai_limits import openai_headroom
 from accounts.quota import parse_usage
 from accounts.retry import retry_after
 from snapshot.settings import Settings
@@ -115,7 +122,46 @@ def outcome_fields(
         fields[name] = value
         if "quota" not in effects:
             effects.append("quota")
+    room = openai_headroom(outcome.headers, now)
+    if room is not None:
+        fields["rl_room"] = repr(room.fraction)
+        fields["rl_room_until"] = _ms(room.until)
+        effects.append("rate_limit_headroom")
     return fields, effects
+
+
+RELEASE_HEADERS_DOC = """Gives the lease back and reports how the request ended.
+
+`headers` are the upstream's response headers (names case-insensitive). Exactly
+these are read; every other header is ignored, and so is a malformed value
+(never an error):
+
+* `retry-after-ms` (milliseconds) and `retry-after` (seconds or an HTTP date):
+  on a 429, the account is rate-limited until then.
+* `x-ratelimit-remaining-requests`, `x-ratelimit-reset-requests`,
+  `x-ratelimit-remaining-tokens`, `x-ratelimit-reset-tokens` (OpenAI API keys;
+  resets are durations such as `6m0s`, `1s`, `20ms`): on a 429, the account is
+  rate-limited until the reset of each family whose remaining is 0 (of every
+  family given when none is 0). With `x-ratelimit-limit-requests` /
+  `x-ratelimit-limit-tokens`, on any status, `remaining / limit` of the tightest
+  family lowers the account's score (the `quota_headroom` term) until that
+  family's reset.
+* `x-codex-primary-*` and `x-codex-secondary-*` (`used-percent`, `window-minutes`,
+  `reset-at`, `reset-after-seconds`; Codex OAuth accounts): 5-hour and 7-day
+  quota readings (auto-pause, scoring); on a 429, a used-up window's reset.
+* `anthropic-ratelimit-unified-5h-*` / `-7d-*` (`utilization`, `reset`, `status`)
+  and `anthropic-ratelimit-unified-status`, `-reset`, `-representative-claim`
+  (Anthropic OAuth accounts): 5-hour and 7-day quota readings; on a 429, the
+  resets of the limits that refused.
+* `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-remaining` and
+  `-reset` (Anthropic API keys, RFC 3339): on a 429, the reset of each family
+  whose remaining is 0.
+
+The latest reset wins (the account waits until every limit that refused it has
+lifted); with none usable, a 429 rate-limits for `runtime.rate_limited_default_s`.
+Status 529: overloaded for `runtime.overloaded_s`. 401/403: the account is marked
+`error`. Any status: latency, time to first token and error-rate averages; a 2xx
+with `response_id` binds it to the account for `previous_response_id`."""
 
 
 def _samples(outcome: Outcome) -> tuple[str, str, str]:

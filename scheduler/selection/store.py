@@ -48,7 +48,7 @@ _SEP = "~"  # not allowed in group names, platforms, uuids or hex: splits lease 
 # the grant time is absent only from ids issued before it was added.
 LEASE_ID_PATTERN = (
     r"^(?:" + "|".join(p.value for p in Platform) + r")~[A-Za-z0-9_.-]{1,64}~[A-Za-z0-9-]{1,64}"
-    r"~[0-9a-f]{16}(?:-[0-9]{1,15})?$"
+    r"~[0-9a-f]{1,32}(?:-[0-9]{1,15})?$"
 )
 _LEASE_ID = re.compile(LEASE_ID_PATTERN)
 
@@ -116,6 +116,10 @@ class RuntimeState(AccountRuntime, frozen=True, kw_only=True):
     error_rate: float = 0.0
     latency_ms: float | None = None
     ttft_ms: float | None = None
+    # What is left of the tightest upstream rate limit (0..1, OpenAI x-ratelimit-*),
+    # and until when that reading holds.
+    ratelimit_room: float | None = None
+    ratelimit_room_until: float | None = None
 
 
 EMPTY = RuntimeState()
@@ -125,6 +129,13 @@ _window_decoder = msgspec.json.Decoder(QuotaWindow)
 
 def _ms(value: str | None) -> float | None:
     return float(value) / 1000.0 if value else None
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def parse_state(leases: int, flat: Sequence[str]) -> RuntimeState:
@@ -147,6 +158,8 @@ def parse_state(leases: int, flat: Sequence[str]) -> RuntimeState:
         error_rate=float(h.get("ewma_err") or 0.0),
         latency_ms=float(h["ewma_lat"]) if h.get("ewma_lat") else None,
         ttft_ms=float(h["ewma_ttft"]) if h.get("ewma_ttft") else None,
+        ratelimit_room=_float(h.get("rl_room")),
+        ratelimit_room_until=_ms(h.get("rl_room_until")),
         windows=tuple(windows),
     )
 
