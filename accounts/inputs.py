@@ -162,14 +162,14 @@ class AccountView(msgspec.Struct, frozen=True, kw_only=True):
     status: Status
     error_reason: str | None
     schedulable: bool
-    expires_at: datetime | None
+    expires_at: AwareTime | None
     auto_pause_on_expired: bool
     auto_pause_5h_threshold: float | None
     auto_pause_7d_threshold: float | None
     auto_pause_5h_disabled: bool
     auto_pause_7d_disabled: bool
-    created_at: datetime | None
-    updated_at: datetime | None
+    created_at: AwareTime | None
+    updated_at: AwareTime | None
     version: int
 
 

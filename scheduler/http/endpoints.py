@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import structlog
@@ -122,6 +122,10 @@ class Endpoint:
     @property
     def reads_body(self) -> bool:
         return self.method in ("POST", "PUT", "PATCH")
+
+
+# Every time in an answer: RFC 3339 with its offset (UTC, "Z"); published as date-time.
+UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 def utc(epoch_s: float) -> datetime:

@@ -27,9 +27,7 @@ class ExplainQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ) = None
     # At most 1000 characters: fewer ids than the request's own limit of 1000.
     exclude: (
-        Annotated[
-            str, msgspec.Meta(max_length=1000, description="comma-separated account ids")
-        ]
+        Annotated[str, msgspec.Meta(max_length=1000, description="comma-separated account ids")]
         | None
     ) = None
 

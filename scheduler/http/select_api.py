@@ -8,7 +8,6 @@ never reach a log line or an error message.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -19,7 +18,7 @@ from accounts.model import Kind, Platform
 from ..selection.reports import RELEASE_HEADERS_DOC, Outcome, Released, Renewed
 from ..selection.select import SelectRequest
 from ..selection.store import LEASE_ID_PATTERN, parse_lease_id
-from .endpoints import Call, Endpoint, Scope, error_response, utc, utc_or_none
+from .endpoints import Call, Endpoint, Scope, UtcTime, error_response, utc, utc_or_none
 
 LeaseId = Annotated[str, msgspec.Meta(pattern=LEASE_ID_PATTERN, max_length=200)]
 # The largest TTL a renew can ask for: the highest leases.max_ttl_s settings allow.
@@ -38,7 +37,7 @@ class SelectedAccount(msgspec.Struct, frozen=True, kw_only=True):
 class SelectAnswer(msgspec.Struct, frozen=True, kw_only=True):
     lease_id: str
     # RFC 3339, UTC (Redis server time); renew before it for long streams.
-    lease_expires_at: datetime
+    lease_expires_at: UtcTime
     # The same deadline as a duration from the grant, for gateways that prefer one.
     ttl_ms: int
     account: SelectedAccount
@@ -58,7 +57,7 @@ class RenewAnswer(msgspec.Struct, frozen=True, kw_only=True):
     """The renewed lease. ``clamped_by`` names the cap that cut the TTL asked for."""
 
     lease_id: str
-    expires_at: datetime
+    expires_at: UtcTime
     # What was granted: from now (Redis time) to expires_at.
     ttl_ms: int
     requested_ttl_ms: int
@@ -67,7 +66,7 @@ class RenewAnswer(msgspec.Struct, frozen=True, kw_only=True):
     max_lifetime_s: float
     # Grant + max_lifetime_s: no renewal goes past it (None for leases granted before
     # the grant time was recorded in the id).
-    lifetime_ends_at: datetime | None
+    lifetime_ends_at: UtcTime | None
 
 
 def selection_services(call: Call) -> Any:

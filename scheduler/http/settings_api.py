@@ -15,7 +15,6 @@ document 422 naming the field, and nothing is written. Both answers carry
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated, Any, get_type_hints
 
 import msgspec
@@ -24,7 +23,7 @@ from starlette.responses import Response
 from accounts.errors import PreconditionRequired, StoreUnavailable, ValidationFailed
 from snapshot.settings import Settings, SettingsRecord, SettingsSnapshot, SettingsStore
 
-from .endpoints import Call, Endpoint, Header, Scope, json_response
+from .endpoints import Call, Endpoint, Header, Scope, UtcTime, json_response
 
 PATH = "/v1/admin/settings"
 # The settings version in If-Match: "3", 3 or W/"3" (0 = never written).
@@ -62,7 +61,7 @@ class SettingsView(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     settings: Settings
     document: dict[str, Any]
-    updated_at: datetime | None
+    updated_at: UtcTime | None
     instance_version: int
 
 
