@@ -95,7 +95,12 @@ async def fetch(url: str, token: str, params: dict[str, str]) -> tuple[int, Any]
 
 
 def _epoch(value: Any) -> float | None:
-    """An answer's RFC 3339 time as epoch seconds (None when absent or unreadable)."""
+    """An answer's RFC 3339 time as epoch seconds (None when absent or unreadable).
+
+    Epoch numbers (daemons before times were RFC 3339) are taken as they are.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
     if not isinstance(value, str):
         return None
     try:
@@ -142,7 +147,9 @@ def render(answer: dict[str, Any], now: float) -> str:
     for c in answer["candidates"]:
         score = f"{c['score']:.4f}" if c.get("score") is not None else "-"
         load = f"{c['load']:.3f}" if c.get("load") is not None else "-"
-        verdict = "eligible" if c.get("excluded") is None else f"excluded ({c['why']})"
+        verdict = "eligible"
+        if c.get("excluded") is not None:
+            verdict = f"excluded: {c['excluded']} ({c.get('why') or '?'})"
         state = describe_state(c.get("state") or {}, c["concurrency"], now)
         if c.get("quota"):
             # The quota rule's reasoning, shown for every candidate: "why not paused" helps too.
