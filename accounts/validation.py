@@ -66,7 +66,13 @@ def decode_json(body: bytes, type_: type[T]) -> T:
     except msgspec.DecodeError as exc:
         raise BadRequest([("$", f"body is not valid JSON: {exc}")]) from None
     try:
-        return msgspec.convert(_whole_floats_as_ints(msgspec.json.decode(body)), type_)
+        # msgspec checks the type of a value before what follows it, so `1<garbage>`
+        # failed validation above and fails to decode here: both are answers, not crashes.
+        plain = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadRequest([("$", f"body is not valid JSON: {exc}")]) from None
+    try:
+        return msgspec.convert(_whole_floats_as_ints(plain), type_)
     except msgspec.ValidationError as exc:
         raise ValidationFailed([field_error(exc)]) from None
 

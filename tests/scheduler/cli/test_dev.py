@@ -66,11 +66,14 @@ def _server_processes(state_dir: Path) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def _dev(
-    state_dir: Path, port: int = 0, config: dict[str, dict[str, object]] | None = None
+    state_dir: Path,
+    port: int = 0,
+    config: dict[str, dict[str, object]] | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[DaemonProcess]:
     """The dev subprocess; killed if still running at the end, its pipe always closed."""
     args = ("dev", "--state-dir", str(state_dir), "--port", str(port))
-    proc = DaemonProcess(config or {}, args=args)
+    proc = DaemonProcess(config or {}, args=args, extra_env=env)
     try:
         yield proc
     finally:
@@ -105,8 +108,14 @@ async def _stop(proc: DaemonProcess, state_dir: Path) -> None:
 
 
 async def test_dev_serves_then_stops_both_servers_and_reuses_tokens(state_dir: Path) -> None:
-    with trio.fail_after(120):
-        async with _dev(state_dir) as first:
+    """Two runs on one state dir (the default one: $XDG_STATE_HOME/stationmaster). During
+    the second, the CLI in another shell reaches it with no flags and no variables
+    (the dev profile); after it, a command names the socket and database it tried."""
+    home = state_dir.parent
+    state_dir = home / "stationmaster"
+    env = {"XDG_STATE_HOME": str(home)}
+    with trio.fail_after(180):
+        async with _dev(state_dir, env=env) as first:
             url = await _wait_ready(first)
             assert url.startswith("http://127.0.0.1:")
             assert _banner_value(first, "stationmaster dev") == f"serving on {url}"
@@ -119,11 +128,45 @@ async def test_dev_serves_then_stops_both_servers_and_reuses_tokens(state_dir: P
         stored = json.loads(secrets_file.read_text())
         assert (stored["admin_token"], stored["gateway_token"]) == tokens
 
-        async with _dev(state_dir) as second:
+        async with _dev(state_dir, env=env) as second:
             await _wait_ready(second)
             again = (_banner_value(second, "admin token"), _banner_value(second, "gateway token"))
             assert again == tokens
+            await _cli_reaches_dev(home, second)
             await _stop(second, state_dir)
+
+        code, out, err = await _cli_plain(home, "accounts", "list")
+        assert code == 1, (out, err)
+        assert "not running" in err
+        assert "socket " in err and "database 'stationmaster'" in err, err
+
+
+async def _cli_reaches_dev(home: Path, dev: DaemonProcess) -> None:
+    profile = home / "stationmaster" / "dev-profile.toml"
+    assert profile.stat().st_mode & 0o777 == 0o600
+    assert f"CLI profile:   {profile}" in dev.output()
+    # The start-up hint no longer implies /openapi.json needs a token.
+    assert "Bearer" not in dev.output() and "need no token" in dev.output()
+    creds = json.dumps({"api_key": "sk-dev-profile-test-key"}).encode()
+    add = ("accounts", "add", "--name", "first", "--platform", "openai", "--group", "default",
+           "--model", "gpt-4o", "--credentials-file", "-")  # fmt: skip
+    code, out, err = await _cli_plain(home, *add, stdin=creds)
+    assert code == 0, (out, err)
+    assert f"using the `stationmaster dev` profile {profile}" in err
+    explain = ("explain", "--group", "default", "--platform", "openai", "--model", "gpt-4o")
+    outputs = {}
+    for args in (("accounts", "list"), ("check",), ("settings", "show"), ("buckets", "list"),
+                 explain):  # fmt: skip
+        code, out, err = await _cli_plain(home, *args)
+        assert code == 0, (args, out, err)
+        assert "profile" in err, (args, err)
+        outputs[args[0]] = out
+    assert "first" in outputs["accounts"]
+    assert "config: valid (from the dev profile" in outputs["check"]
+    assert any(
+        line.startswith("ok   database: reachable") for line in outputs["check"].splitlines()
+    )
+    assert "first" in outputs["explain"]  # the daemon's own answer, over HTTP with the token
 
 
 async def test_dev_daemon_failing_to_start_leaves_no_servers(state_dir: Path) -> None:
@@ -189,68 +232,3 @@ async def _cli_plain(home: Path, *args: str, stdin: bytes = b"") -> tuple[int, s
             cwd=home,
         )
     return done.returncode, done.stdout.decode(), done.stderr.decode()
-
-
-async def test_cli_in_another_shell_reaches_dev_with_no_flags(state_dir: Path) -> None:
-    """`dev` leaves a profile in its default state dir; every command finds it and says so.
-
-    After dev stops, a command fails naming the socket and database it tried, and the
-    note says dev is not running."""
-    home = state_dir.parent / "xdg"
-    home.mkdir()
-    default_dir = home / "stationmaster"
-    with trio.fail_after(180):
-        proc = DaemonProcess(
-            {}, args=("dev", "--port", "0"), extra_env={"XDG_STATE_HOME": str(home)}
-        )
-        try:
-            url = await _wait_ready(proc)
-            profile = default_dir / "dev-profile.toml"
-            assert profile.stat().st_mode & 0o777 == 0o600
-            assert f"CLI profile:   {profile}" in proc.output()
-            creds = json.dumps({"api_key": "sk-dev-profile-test-key"}).encode()
-            code, out, err = await _cli_plain(
-                home, "accounts", "add", "--name", "first", "--platform", "openai",
-                "--group", "default", "--model", "gpt-4o", "--credentials-file", "-",
-                stdin=creds,
-            )  # fmt: skip
-            assert code == 0, (out, err)
-            assert f"using the `stationmaster dev` profile {profile}" in err
-            for args in (
-                ("accounts", "list"),
-                ("check",),
-                ("settings", "show"),
-                ("buckets", "list"),
-                ("explain", "--group", "default", "--platform", "openai", "--model", "gpt-4o"),
-            ):
-                code, out, err = await _cli_plain(home, *args)
-                assert code == 0, (args, out, err)
-                assert "profile" in err, (args, err)
-            assert "first" in (await _cli_plain(home, "accounts", "list"))[1]
-            code, out, _ = await _cli_plain(home, "check")
-            assert "config: valid (from the dev profile" in out
-            assert any(line.startswith("ok   database: reachable") for line in out.splitlines())
-            explained = (
-                await _cli_plain(
-                    home,
-                    "explain",
-                    "--group",
-                    "default",
-                    "--platform",
-                    "openai",
-                    "--model",
-                    "gpt-4o",
-                )
-            )[1]
-            assert "first" in explained and url  # the daemon's own answer
-            proc.terminate()
-            assert await proc.wait(timeout=30) == 0, proc.output()[-2000:]
-        finally:
-            proc.kill()
-            await trio.to_thread.run_sync(proc._reader.join, 10)
-            assert proc.proc.stdout is not None
-            proc.proc.stdout.close()
-        code, out, err = await _cli_plain(home, "accounts", "list")
-        assert code == 1, (out, err)
-        assert "not running" in err
-        assert "socket " in err and "database 'stationmaster'" in err, err

@@ -47,7 +47,7 @@ expected-statuses = ["400", "401", "403", "406", "415", "422", "428"]
 """
 # Per token: examples per operation and phase, and a cap on the run's time.
 MAX_EXAMPLES = 25
-MAX_TIME_S = {"admin": 55, "gateway": 35}
+MAX_TIME_S = {"admin": 45, "gateway": 30}
 SEED = 15
 SETTINGS = {"wait": {"max_wait_ms": 0}}
 
