@@ -20,16 +20,17 @@ from accounts.errors import ConfigError, StationmasterError
 
 from ..core.config import Config, find_config_file, load_config
 from ..core.logs import configure_logging
-from . import accounts, buckets, explain, settings
+from . import accounts, buckets, explain, settings, simulate
 from .profile import find_profile, profile_note
 from .registry import COMMANDS, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 from .running import first_domain_error, run_daemon
 
 # Imported for their @command registrations.
-_COMMAND_MODULES = (accounts, buckets, explain, settings)
+_COMMAND_MODULES = (accounts, buckets, explain, settings, simulate)
 # Commands that never read the `dev` profile: `run` and `dev` start a daemon of their
-# own (on dev's stores and port they would only collide), keygen needs no config.
-_NO_PROFILE = frozenset({"run", "dev", "keygen"})
+# own (on dev's stores and port they would only collide), `simulate` is a server of
+# its own, keygen needs no config.
+_NO_PROFILE = frozenset({"run", "dev", "simulate", "keygen"})
 
 
 @command("run", "run the daemon (foreground; systemd Type=notify aware)")
@@ -75,6 +76,15 @@ def _add_dev_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--port", type=int, default=None, help="HTTP port (default 8080; 0 picks a free one)"
+    )
+    p.add_argument(
+        "--simulator-port",
+        type=int,
+        default=None,
+        help="port of the upstream simulator started beside it (default 8090; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--no-demo", action="store_true", help="do not seed the demo accounts (group `demo`)"
     )
 
 
