@@ -9,7 +9,7 @@ quota      accounts.rules (auto-pause)           default thresholds, staleness
 scoring    scheduler.selection.scoring / select            weights, top-K, probe limit
 sticky     scheduler.selection.select (bindings)           TTLs, slow-TTFT spill-over
 wait       scheduler.selection.select (no account free)    wait cap, retry interval
-leases     scheduler.selection.store                     lease TTL and renew cap
+leases     scheduler.selection.reports (renew)       lease TTL, renew cap, lifetime cap
 runtime    scheduler.selection.reports                     429/529 cool-downs, EWMA alpha
 fallback   snapshot.view (PostgreSQL fallback)   QPS and timeout of DB reads
 snapshot   snapshot.builder / view               grace, rebuild and poll periods
@@ -79,15 +79,20 @@ class WaitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class LeaseSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Concurrency leases: they expire by themselves unless renewed."""
+    """Concurrency leases: they expire by themselves unless renewed.
 
+    No rule ties the three together (every value allowed alone is allowed with the
+    others): a renew grants ``min(asked, max_ttl_s)`` from now, cut at grant +
+    ``max_lifetime_s``, and never moves an expiry earlier.
+    """
+
+    # A select's lease, and a renew that asks for no particular TTL.
     ttl_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0
-    # Renewals may push a lease at most this far ahead (bounds a leaked stream).
+    # One renewal may push a lease at most this far ahead of now.
     max_ttl_s: Annotated[float, msgspec.Meta(ge=1, le=7 * 86400)] = 3600.0
-
-    def __post_init__(self) -> None:
-        if self.max_ttl_s < self.ttl_s:
-            raise ValueError("max_ttl_s: must be at least ttl_s")
+    # No renewal extends a lease past this long after it was granted: a stream whose
+    # gateway keeps renewing a leaked lease frees the slot after this at the latest.
+    max_lifetime_s: Annotated[float, msgspec.Meta(ge=1, le=30 * 86400)] = 6 * 3600.0
 
 
 class RuntimeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -5,11 +5,14 @@ Lookup order for the file: ``--config PATH``, then ``$STATIONMASTER_CONFIG``, th
 of them present every key takes its default.
 
 Every key ``[section] key`` can be overridden by ``STATIONMASTER_SECTION_KEY``.
-Environment values are read as TOML values (``8080``, ``true``, ``["a", "b"]``,
-``1.5``) and, when that does not parse or the key is a string, as the raw string.
-Environment variables naming a known section but an unknown key are errors, like
-unknown keys in the file; variables naming no section (``STATIONMASTER_STATE_DIR``,
-``STATIONMASTER_TEST_*``) are left alone.
+One rule for the values: a value is read as a TOML value (``8080``, ``true``,
+``["a", "b"]``, ``1.5``, ``"text"``); for a string key, a value that is not a
+TOML string is taken as the bare text, so ``redis://h:6379/0`` and
+``"redis://h:6379/0"`` mean the same. Any other ``STATIONMASTER_*`` variable is an
+error naming the variable (exit 2), like an unknown key in the file, except the
+few that are not config keys (:data:`NON_CONFIG_VARIABLES`: the config file and
+``dev``'s state directory) and the ``STATIONMASTER_TEST_`` names the test suite
+reserves (:data:`TEST_PREFIX`).
 
 Errors are :class:`~accounts.errors.ConfigError` with the dotted key path and the
 reason; the CLI prints them and exits 2 before anything starts.
@@ -32,6 +35,11 @@ from accounts.validation import field_error
 from snapshot.redis import RedisConfig
 
 ENV_PREFIX = "STATIONMASTER_"
+# STATIONMASTER_* variables that are not config keys: the file to read and where
+# `stationmaster dev` keeps its servers (and the profile the CLI finds).
+NON_CONFIG_VARIABLES = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "STATE_DIR"})
+# Reserved for the test suite (which servers to test against); never read by the daemon.
+TEST_PREFIX = ENV_PREFIX + "TEST_"
 DEFAULT_PATHS = (Path("stationmaster.toml"), Path("/etc/stationmaster/stationmaster.toml"))
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -156,32 +164,50 @@ def find_config_file(
     return next((p for p in DEFAULT_PATHS if p.is_file()), None)
 
 
-def _env_value(raw: str, field_type: Any) -> Any:
+def _is_text(field_type: Any) -> bool:
+    """Whether a config field holds text (``str``, ``Annotated[str, ...]``, ``str | None``)."""
     if get_origin(field_type) is Annotated:
         field_type = get_args(field_type)[0]
     if field_type is str:
-        return raw
+        return True
+    args = get_args(field_type)
+    return bool(args) and str in args and all(a in (str, type(None)) for a in args)
+
+
+def _env_value(raw: str, field_type: Any) -> Any:
+    """One rule: a TOML value; for text keys, anything that is not a TOML string is bare text."""
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
+        value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+    if _is_text(field_type) and not isinstance(value, str):
+        return raw  # `12345` for a key prefix is the text "12345"
+    return value
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     # Longest section names first so that a section whose name prefixes another
     # (none today) would still match correctly.
     sections = sorted(_SECTIONS, key=len, reverse=True)
-    for name, raw in env.items():
+    for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX):
+            continue
+        if name in NON_CONFIG_VARIABLES or name.startswith(TEST_PREFIX):
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         section = next((s for s in sections if rest.startswith(s + "_")), None)
         if section is None:
-            continue
+            raise ConfigError(
+                name,
+                "unknown variable: not a config key (STATIONMASTER_<SECTION>_<KEY>, sections "
+                + ", ".join(sorted(_SECTIONS))
+                + ") nor one of "
+                + ", ".join(sorted(NON_CONFIG_VARIABLES)),
+            )
         key = rest[len(section) + 1 :]
         fields = {f.name: f.type for f in msgspec.structs.fields(_SECTIONS[section])}
         if key not in fields:
-            raise ConfigError(f"{section}.{key}", f"unknown key (from environment {name})")
+            raise ConfigError(name, f"unknown key {section}.{key}")
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
             raise ConfigError(section, "must be a table")
