@@ -30,6 +30,7 @@ from .http.endpoints import Endpoint
 from .http.server import HttpServer
 from .logs import bind, get_logger, register_secret
 from .metrics import Metrics
+from .outbox import build_outbox
 from .probes import InstanceRegistry, LoopLag, StoreProber
 from .schedule import build_schedule
 from .services import Services
@@ -153,6 +154,10 @@ class Daemon:
             SettingsStore(services.db), services.redis, on_event=self._settings_event
         )
         services.schedule = build_schedule(services)
+        outbox = build_outbox(
+            services.db, cfg.outbox, owner=self.instance_id, registry=self.metrics.registry
+        )
+        services.outbox = outbox.store
         return [
             LoopLag(self.health, self.metrics),
             StoreProber(
@@ -169,5 +174,6 @@ class Daemon:
             InstanceRegistry(services.db, self.instance_id, __version__, os.getpid()),
             # Selection last: it reads the settings and the schedule view built above.
             *select_api.install(services),
+            *outbox.actors,
             Watchdog(self.notifier, self.health, watchdog_interval_s(self.env)),
         ]

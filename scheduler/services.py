@@ -13,6 +13,7 @@ from snapshot.settings import SettingsSnapshot
 from .config import Config
 from .health import Health
 from .metrics import Metrics
+from .outbox import OutboxStore
 from .schedule import Schedule
 
 
@@ -41,3 +42,5 @@ class Services:
     selector: Any = None
     reporter: Any = None
     credentials: Any = None
+    # The outbox table (scheduler/outbox): the pull feed and the operators' view.
+    outbox: OutboxStore | None = None
