@@ -22,20 +22,20 @@ from snapshot.redis import open_redis
 from snapshot.settings import SettingsSnapshot, SettingsStore
 
 from . import __version__
-from .config import Config
-from .health import Health, Phase
-from .http import select_api
+from .core.config import Config
+from .core.health import Health, Phase
+from .core.logs import bind, get_logger, register_secret
+from .core.metrics import Metrics
+from .core.probes import InstanceRegistry, LoopLag, StoreProber
+from .core.supervisor import RestartPolicy, Supervisor
+from .core.systemd import Notifier, Watchdog, watchdog_interval_s
 from .http.app import all_endpoints, build_app
 from .http.endpoints import Endpoint
 from .http.server import HttpServer
-from .logs import bind, get_logger, register_secret
-from .metrics import Metrics
 from .outbox import build_outbox
-from .probes import InstanceRegistry, LoopLag, StoreProber
-from .schedule import build_schedule
+from .selection.install import install as install_selection
+from .selection.schedule import build_schedule
 from .services import Services
-from .supervisor import RestartPolicy, Supervisor
-from .systemd import Notifier, Watchdog, watchdog_interval_s
 
 log = get_logger("daemon")
 
@@ -173,7 +173,7 @@ class Daemon:
             *services.schedule.actors(),
             InstanceRegistry(services.db, self.instance_id, __version__, os.getpid()),
             # Selection last: it reads the settings and the schedule view built above.
-            *select_api.install(services),
+            *install_selection(services),
             *outbox.actors,
             Watchdog(self.notifier, self.health, watchdog_interval_s(self.env)),
         ]

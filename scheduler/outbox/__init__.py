@@ -5,6 +5,7 @@ A caller (the tasks' terminal transition) writes an event with :func:`enqueue`
 committed. The dispatcher then delivers it as a signed webhook (Standard
 Webhooks) with retries, and any pull consumer reads every event through
 ``GET /v1/events`` with a cursor that never skips a late-committing row.
+Knows nothing of tasks beyond the rows it is given: imports ``core`` only.
 
 Why the pull cursor is ``(xid, id)`` and not ``id``: ids come from a sequence
 when the row is *inserted*, but rows become visible when their transaction

@@ -40,8 +40,8 @@ import trio
 
 from accounts.errors import StoreUnavailable
 
-from ..config import OutboxConfig
-from ..logs import get_logger
+from ..core.config import OutboxConfig
+from ..core.logs import get_logger
 from . import _queries as q
 from ._delivery import Answer, Signer, deliver
 from ._metrics import OutboxMetrics

@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry
 
 from accounts.db import Database
 
-from ..config import OutboxConfig
-from ..logs import get_logger, register_secret
+from ..core.config import OutboxConfig
+from ..core.logs import get_logger, register_secret
 from ._dispatcher import Dispatcher
 from ._metrics import OutboxMetrics
 from ._store import OutboxStore

@@ -6,8 +6,8 @@ import trio
 
 from accounts.errors import StoreUnavailable
 
-from ..config import OutboxConfig
-from ..logs import get_logger
+from ..core.config import OutboxConfig
+from ..core.logs import get_logger
 from ._metrics import OutboxMetrics
 from ._store import OutboxStore
 

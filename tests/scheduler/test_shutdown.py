@@ -19,13 +19,13 @@ import httpx
 import trio
 
 from accounts.db import Database
-from scheduler.cli import run_until_signal
+from scheduler.cli.running import run_until_signal
+from scheduler.core.health import Phase
 from scheduler.daemon import Daemon
-from scheduler.health import Phase
 from scheduler.http.endpoints import Call, Endpoint
 
 from ..support import config_dict, make_config
-from .sdnotify_support import open_notify_socket
+from .core.sdnotify_support import open_notify_socket
 from .slow_daemon import SlowDaemonProcess
 
 

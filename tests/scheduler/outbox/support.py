@@ -13,7 +13,7 @@ import trio
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from accounts.db import Database
-from scheduler.config import OutboxConfig
+from scheduler.core.config import OutboxConfig
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
