@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -102,7 +103,8 @@ class Receiver:
             n = self.counts[wid]
             self.deliveries.append(Delivery(handler.path, wid, headers, body, verified))
             self._cond.notify_all()
-        answer = self._scripts.get(handler.path, lambda _n: 200)(n)
+        path = urlsplit(handler.path).path
+        answer = self._scripts.get(path, lambda _n: 200)(n)
         status, extra = answer if isinstance(answer, tuple) else (answer, {})
         if status == HANG:
             self._closing.wait(60)
