@@ -47,6 +47,7 @@ from ._delivery import Answer, Signer, deliver
 from ._metrics import OutboxMetrics
 from ._rules import Status, Verdict, classify, display_url, origin, retry_delay_s, settle
 from ._store import Claim, OutboxStore, Outcome
+from ._transport import TrioTransport, WebhookClient
 
 log = get_logger("outbox")
 
@@ -116,16 +117,14 @@ class Dispatcher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self._cfg
-        limits = httpx.Limits(
-            max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
-        )
+        transport = self._transport or TrioTransport()
         try:
             # trust_env=False: deliveries go where the row says, not via a proxy
-            # some environment variable happens to name. The client's per-phase
-            # timeout is a second net under deliver()'s bound on the whole attempt.
+            # some environment variable happens to name. deliver() bounds each
+            # attempt as a whole with a trio deadline.
             async with (
-                httpx.AsyncClient(
-                    limits=limits, transport=self._transport, trust_env=False, timeout=cfg.timeout_s
+                WebhookClient(
+                    transport=transport, trust_env=False, timeout=cfg.timeout_s
                 ) as client,
                 trio.open_nursery() as nursery,
             ):
