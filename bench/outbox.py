@@ -47,7 +47,7 @@ from scheduler.core.config import OutboxConfig
 from scheduler.outbox import Dispatcher, OutboxStore, Status, retry_delay_s
 from scheduler.outbox import _queries as q
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # noqa: S105 - a throwaway test secret
 OUTAGE_S = 600.0
 
 
