@@ -318,7 +318,11 @@ class Dispatcher:
             self._metrics.attempts.observe(outcome.claim.attempts)
 
     async def _stop_cleanly(self) -> None:
-        """Record what finished, hand back what did not (called shielded, bounded)."""
+        """Record what finished, hand back what did not (called shielded, bounded).
+
+        Whatever happens, this instance forgets its claims: a restarted run starts
+        empty, and any claim not handed back here lapses with its lease.
+        """
         finished = list(self._recording)
         while True:
             try:
@@ -330,13 +334,16 @@ class Dispatcher:
             self._settle(finished, recorded)
             # Sent or not, we cannot tell: the attempt stays counted.
             released = await self._store.release(self._owner, list(self._held), refund=False)
+            if released:
+                log.info("outbox stop: claims handed back", n=len(released))
         except StoreUnavailable as exc:
             log.warning("outbox stop: claims left to their leases", error=exc.message)
-            return
-        if released:
-            log.info("outbox stop: claims handed back", n=len(released))
-        self._held.clear()
-        self._per_origin.clear()
+        finally:
+            self._recording = []
+            self._held.clear()
+            self._per_origin.clear()
+            self._deferred.clear()
+            self._starved = False
 
     # For tests and /readyz-style introspection.
     def held(self) -> int:
