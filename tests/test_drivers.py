@@ -18,7 +18,8 @@ OWNERS = {
     "trio_asyncio": {"accounts/db.py"},
     "coredis": {"snapshot/redis.py"},
     "hiredis": {"snapshot/_resp.py"},
-    "httptools": {"scheduler/http/wire.py"},
+    # The data plane's server, and the outbox's webhook client transport.
+    "httptools": {"scheduler/http/wire.py", "scheduler/outbox/_transport.py"},
     "hypercorn": {"scheduler/http/server.py"},
 }
 
