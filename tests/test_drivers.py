@@ -18,7 +18,13 @@ OWNERS = {
     "trio_asyncio": {"accounts/db.py"},
     "coredis": {"snapshot/redis.py"},
     "hiredis": {"snapshot/_resp.py"},
-    "httptools": {"scheduler/http/wire.py"},
+    # The data plane's server, the outbox's webhook client transport, and the
+    # upstream simulator's server (a test and dev tool, not a store driver).
+    "httptools": {
+        "scheduler/http/wire.py",
+        "scheduler/outbox/_transport.py",
+        "scheduler/upstream/simulator/_server.py",
+    },
     "hypercorn": {"scheduler/http/server.py"},
 }
 

@@ -18,6 +18,7 @@ from . import (
     buckets_api,
     explain_api,
     health_api,
+    outbox_api,
     select_api,
     settings_api,
     usage_api,
@@ -36,6 +37,7 @@ def all_endpoints() -> list[Endpoint]:
         *select_api.ENDPOINTS,
         *explain_api.ENDPOINTS,
         *buckets_api.ENDPOINTS,
+        *outbox_api.ENDPOINTS,
     ]
 
 
