@@ -93,6 +93,32 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("format: must be one of auto, json, console")
 
 
+class UpstreamPlatformConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-platform overrides of :class:`UpstreamConfig` (``[upstream.platforms.kling]``)."""
+
+    timeout_s: PositiveFloat | None = None
+    submit_timeout_s: PositiveFloat | None = None
+    max_connections: PositiveInt | None = None
+    # Billing units per produced unit (video second, image), by model; "*" for the rest.
+    prices: dict[str, Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=dict)
+
+
+class UpstreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The adapters' one shared HTTP client (see :mod:`scheduler.upstream`)."""
+
+    connect_timeout_s: PositiveFloat = 5.0
+    # Read timeout of fetch, cancel and lookup: a hung upstream costs at most this.
+    timeout_s: PositiveFloat = 15.0
+    # A submit may legitimately take longer (uploads, slow queues); past it: Ambiguous.
+    submit_timeout_s: PositiveFloat = 60.0
+    # The shared pool; each platform gets at most max_connections_per_platform of it
+    # so one slow platform cannot starve the others.
+    max_connections: PositiveInt = 512
+    max_connections_per_platform: PositiveInt = 256
+    keepalive_expiry_s: PositiveFloat = 30.0
+    platforms: dict[str, UpstreamPlatformConfig] = msgspec.field(default_factory=dict)
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration, built once at start and passed down."""
 
@@ -104,6 +130,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {
