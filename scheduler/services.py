@@ -41,3 +41,6 @@ class Services:
     selector: Any = None
     reporter: Any = None
     credentials: Any = None
+    # Upstream adapters (scheduler/upstream) and async tasks (scheduler/tasks).
+    upstream: Any = None
+    tasks: Any = None

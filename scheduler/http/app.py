@@ -12,7 +12,7 @@ from starlette.routing import Route
 from accounts.errors import NotFound, StationmasterError
 
 from ..services import Services
-from . import accounts_api, buckets_api, health_api, select_api, settings_api
+from . import accounts_api, buckets_api, health_api, select_api, settings_api, tasks_api
 from .endpoints import Endpoint, TokenTable, error_response, wrap
 from .openapi import openapi_document
 
@@ -25,6 +25,7 @@ def all_endpoints() -> list[Endpoint]:
         *settings_api.ENDPOINTS,
         *select_api.ENDPOINTS,
         *buckets_api.ENDPOINTS,
+        *tasks_api.ENDPOINTS,
     ]
 
 

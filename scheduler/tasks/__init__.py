@@ -1,5 +1,35 @@
 """Async upstream tasks: recorded first, polled by nurseries, settled exactly once.
 
-Public surface: the store (:class:`TaskStore`), the pure rules (:mod:`._states`),
-the submit flow, the poller and sweeper actors. See each module's docstring.
+Public surface (implementation in private modules):
+
+- :class:`TaskStore` — the only caller of the SQL (``_queries``); record first,
+  the compare-and-set write path, settlement with ledger and outbox in one
+  transaction, leases, reads, credits.
+- :class:`Tasks` and :func:`build` — the facade the API uses and the actors
+  (submitter, poller, sweeper) the daemon starts.
+- the pure rules: :class:`TaskStatus`, :func:`plan`, :func:`settlement`,
+  :class:`PollSchedule` (``_states``).
 """
+
+from ._model import TaskView, uuid7
+from ._states import TERMINAL, Billing, PollSchedule, TaskStatus, plan, settlement
+from .errors import InsufficientCredit, TaskFinished, TooManyInFlight
+from .service import Tasks, build
+from .store import TaskStore
+
+__all__ = [
+    "TERMINAL",
+    "Billing",
+    "InsufficientCredit",
+    "PollSchedule",
+    "TaskFinished",
+    "TaskStatus",
+    "TaskStore",
+    "TaskView",
+    "Tasks",
+    "TooManyInFlight",
+    "build",
+    "plan",
+    "settlement",
+    "uuid7",
+]

@@ -43,6 +43,7 @@ class Held:
     created_at: float  # epoch s
     deadline: float  # epoch s
     next_poll_at: float | None = None  # epoch s
+    lease_owner: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Held:
@@ -58,6 +59,7 @@ class Held:
             created_at=row["created_at"].timestamp(),
             deadline=row["deadline"].timestamp(),
             next_poll_at=row["next_poll_at"].timestamp() if row["next_poll_at"] else None,
+            lease_owner=row["lease_owner"],
         )
 
 

@@ -14,7 +14,8 @@ POLLABLE = "('pending', 'running')"
 # Columns a poller holds in memory (no params: they can be large, and are read
 # once at settlement).
 HELD_COLUMNS = """id, version, status, progress, result_urls, failure_reason, upstream_id,
-    platform, account_id, kind, model, billing, created_at, deadline, next_poll_at"""
+    platform, account_id, kind, model, billing, created_at, deadline, next_poll_at,
+    lease_owner"""
 
 VIEW_COLUMNS = """id, owner, idempotency_key, origin_task_id, account_group, account_id,
     platform, kind, model, webhook_url, upstream_id, status, progress, result_urls,
@@ -40,6 +41,9 @@ RETURNING {VIEW_COLUMNS}
 INSERT_ENTRY = """
 INSERT INTO ledger (owner, kind, amount, task_id, note) VALUES ($1, $2, $3, $4, $5)
 """
+# Not a state change (no version bump): where a SUBMITTING task is being sent, so
+# the sweeper can look it up there if this instance dies mid-submit.
+SET_ACCOUNT = "UPDATE tasks SET account_id = $2 WHERE id = $1 AND status = 'submitting'"
 TASK_OWNER = "SELECT owner, platform, account_id, status FROM tasks WHERE id = $1"
 
 # --- the one write path --------------------------------------------------------------

@@ -108,8 +108,9 @@ class Settlement:
     """Ledger entries of a terminal transition: the hold lifted, the final cost charged.
 
     ``release`` is always the whole hold (+ on the balance); ``capture`` the charge
-    (- on the balance, SUCCEEDED only, 0 otherwise). Net effect: balance = top-ups
-    minus captures once nothing is held.
+    (- on the balance, SUCCEEDED only, 0 otherwise), never more than the hold: the
+    hold is the most an owner can be charged. Net effect: balance = top-ups minus
+    captures once nothing is held.
     """
 
     release: int
@@ -122,7 +123,7 @@ def settlement(status: TaskStatus, billing: Billing, final_units: int | None) ->
         raise ValueError(f"{status} is not terminal: nothing to settle")
     if status is TaskStatus.SUCCEEDED:
         units = max(0, final_units or 0)
-        return Settlement(release=billing.hold, capture=billing.credits(units))
+        return Settlement(release=billing.hold, capture=min(billing.credits(units), billing.hold))
     return Settlement(release=billing.hold, capture=0)
 
 

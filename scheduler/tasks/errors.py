@@ -1,9 +1,9 @@
 """The tasks subsystem's errors, under the one root (see :mod:`accounts.errors`)::
 
-    StationmasterError
-    ├── InsufficientCredit   the owner's balance cannot cover the hold; 402
-    ├── TooManyInFlight      the owner's in-flight limit is reached; 429
-    └── TaskFinished         the task is terminal (cancel of a finished task); 409
+StationmasterError
+├── InsufficientCredit   the owner's balance cannot cover the hold; 402
+├── TooManyInFlight      the owner's in-flight limit is reached; 429
+└── TaskFinished         the task is terminal (cancel of a finished task); 409
 """
 
 from __future__ import annotations

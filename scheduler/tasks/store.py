@@ -104,6 +104,10 @@ class TaskStore:
             await conn.execute(q.INSERT_ENTRY, new.owner, "hold", -hold, row["id"], None)
             return Created(view_of(row), created=True)
 
+    async def set_account(self, task_id: str, account_id: str) -> None:
+        """Note the account a SUBMITTING task is being sent to (the sweeper looks it up there)."""
+        await self.db.execute(q.SET_ACCOUNT, task_id, account_id)
+
     async def task_owner(self, task_id: str) -> Any:
         """(owner, platform, account_id, status) of a task, or None."""
         return await self.db.fetchrow(q.TASK_OWNER, task_id)
@@ -112,7 +116,9 @@ class TaskStore:
 
     async def submitted(
         self,
-        task: TaskView,
+        task_id: str,
+        version: int,
+        old_hold: int,
         *,
         status: TaskStatus,
         upstream_id: str,
@@ -128,8 +134,8 @@ class TaskStore:
         async with self.db.transaction() as conn:
             row = await conn.fetchrow(
                 q.SUBMITTED,
-                task.id,
-                task.version,
+                task_id,
+                version,
                 status.value,
                 upstream_id,
                 account_id,
@@ -138,10 +144,10 @@ class TaskStore:
             )
             if row is None:
                 return None
-            delta = billing.hold - task.cost_held
+            delta = billing.hold - old_hold
             if delta:
                 await conn.execute(
-                    q.INSERT_ENTRY, row["owner"], "hold_adjust", -delta, task.id, "submit answer"
+                    q.INSERT_ENTRY, row["owner"], "hold_adjust", -delta, task_id, "submit answer"
                 )
             return Held.from_row(row)
 
@@ -162,17 +168,17 @@ class TaskStore:
         one transaction, only if the compare-and-set won.
         """
         a = change.after
-        args = (task_id, version, a.status.value, a.progress, list(a.result_urls))
-        args += (a.failure_reason, a.upstream_id)
+        args = (
+            task_id, version, a.status.value, a.progress, list(a.result_urls),
+            a.failure_reason, a.upstream_id,
+        )  # fmt: skip
         if not change.settles:
             return await self.db.fetchval(q.CHANGE, *args)
         if billing is None or settle is None:
             raise ValueError("a terminal change needs its billing and settlement")
         released = max(0, settle.release - settle.capture)
         async with self.db.transaction() as conn:
-            row = await conn.fetchrow(
-                q.FINISH, *args, dict(usage or {}), settle.capture, released
-            )
+            row = await conn.fetchrow(q.FINISH, *args, dict(usage or {}), settle.capture, released)
             if row is None:
                 return None
             await self._settle(conn, task_id, row, change, settle, released)
@@ -265,7 +271,7 @@ class TaskStore:
         row = await self.db.fetchrow(q.GET, task_id)
         return None if row is None else view_of(row)
 
-    async def list(
+    async def list_tasks(
         self,
         *,
         owner: str | None = None,

@@ -40,7 +40,7 @@ async def test_create_records_task_and_hold_in_one_transaction(db: Database) -> 
     assert created.created and created.task.status is TaskStatus.SUBMITTING
     assert await store.ledger_of(created.task.id) == [("hold", -10)]
     assert (await store.credit("alice")).balance == 90
-    listed = await store.list(owner="alice")
+    listed = await store.list_tasks(owner="alice")
     assert [t.id for t in listed] == [created.task.id]
 
 
@@ -96,7 +96,9 @@ async def test_balance_check_is_serialised_per_owner(db: Database) -> None:
 async def _pending(store: TaskStore) -> tuple[str, int]:
     created = await store.create(new_task())
     held = await store.submitted(
-        created.task,
+        created.task.id,
+        created.task.version,
+        created.task.cost_held,
         status=TaskStatus.PENDING,
         upstream_id="up-1",
         account_id="00000000-0000-0000-0000-000000000001",
@@ -118,8 +120,9 @@ async def test_submitted_adjusts_the_hold_once_and_cas_loses_the_second_time(db:
         billing=Billing(1, 1000, 12),
         poll_in_s=0,
     )
-    assert await store.submitted(created.task, **args) is not None  # type: ignore[arg-type]
-    assert await store.submitted(created.task, **args) is None  # type: ignore[arg-type]
+    t = created.task
+    assert await store.submitted(t.id, t.version, t.cost_held, **args) is not None  # type: ignore[arg-type]
+    assert await store.submitted(t.id, t.version, t.cost_held, **args) is None  # type: ignore[arg-type]
     assert await store.ledger_of(created.task.id) == [("hold", -10), ("hold_adjust", -2)]
 
 
@@ -194,9 +197,9 @@ async def test_trigger_refuses_leaving_a_terminal_state_and_ledger_is_append_onl
             task_id,
         )
     # Balance is always the sum of the entries.
-    assert await db.fetchval("SELECT sum(amount) FROM ledger") == (
-        await store.credit("alice")
-    ).balance
+    assert (
+        await db.fetchval("SELECT sum(amount) FROM ledger") == (await store.credit("alice")).balance
+    )
 
 
 async def test_topup_is_idempotent_per_key(db: Database) -> None:

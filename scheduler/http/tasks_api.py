@@ -1,0 +1,279 @@
+"""Async tasks over HTTP: submit, read, list, cancel (gateway); admin views and credits.
+
+``POST /v1/tasks`` records the task and its credit hold before anything goes
+upstream, then submits it and answers 202 with the task as it stands (pending,
+failed, or still submitting when the upstream's answer was ambiguous). With an
+``Idempotency-Key`` header, the same key (per owner) answers the same task, 200,
+and never records a second one or a second hold.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from starlette.responses import Response
+
+from accounts.errors import NotFound, StoreUnavailable, ValidationFailed
+from accounts.model import GroupName
+from accounts.validation import convert
+
+from ..select import ModelName, SessionHash
+from ..tasks import TaskStatus, TaskView
+from .endpoints import Call, Endpoint, Scope, json_response
+
+MAX_PAGE = 500
+Owner = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
+TaskId = Annotated[str, msgspec.Meta(min_length=36, max_length=36)]
+
+
+class TaskRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A task to run upstream for ``owner`` (a user or API key of the gateway)."""
+
+    owner: Owner
+    platform: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    model: ModelName
+    kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}$")] = "video"
+    group: GroupName = "default"
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    webhook_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    session_hash: SessionHash | None = None
+    origin_task_id: TaskId | None = None
+
+    def __post_init__(self) -> None:
+        if self.origin_task_id is not None:
+            _uuid("origin_task_id", self.origin_task_id)
+
+
+class TaskList(msgspec.Struct, frozen=True):
+    items: list[TaskView]
+    next_cursor: str | None
+
+
+class ListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    owner: Owner | None = None
+    status: TaskStatus | None = None
+    platform: str | None = None
+    cursor: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)] = 50
+
+
+class LedgerEntry(msgspec.Struct, frozen=True):
+    kind: str
+    amount: int
+
+
+class TaskDetail(msgspec.Struct, frozen=True):
+    task: TaskView
+    ledger: list[LedgerEntry]
+
+
+class TopUp(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    owner: Owner
+    amount: Annotated[int, msgspec.Meta(ge=1, le=10**15)]
+    # Makes the top-up idempotent: the same key twice adds credit once.
+    key: IdempotencyKey
+    note: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class Credit(msgspec.Struct, frozen=True):
+    owner: str
+    # The sum of the owner's ledger entries (holds included).
+    balance: int
+    topups: int
+    captured: int
+    # Held by tasks still in flight.
+    held: int
+
+
+class TopUpAnswer(msgspec.Struct, frozen=True):
+    applied: bool
+    credit: Credit
+
+
+class Balances(msgspec.Struct, frozen=True):
+    items: list[Credit]
+    next_cursor: str | None
+
+
+def _uuid(field: str, value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValidationFailed.one(field, "not a task id (UUID)") from None
+
+
+def _tasks(call: Call) -> Any:
+    tasks = getattr(call.services, "tasks", None)
+    if tasks is None:
+        raise StoreUnavailable("postgres", "the tasks subsystem is not running")
+    return tasks
+
+
+def _task_id(call: Call) -> str:
+    return _uuid("task_id", call.request.path_params["task_id"])
+
+
+def _query(call: Call, *, owner_required: bool) -> ListQuery:
+    params: dict[str, Any] = dict(call.request.query_params)
+    if "limit" in params:
+        try:
+            params["limit"] = int(params["limit"])
+        except ValueError:
+            raise ValidationFailed.one("limit", "must be an integer") from None
+    q = convert(params, ListQuery)
+    if owner_required and q.owner is None:
+        raise ValidationFailed.one("owner", "required")
+    if q.cursor is not None:
+        _uuid("cursor", q.cursor)
+    return q
+
+
+async def _page(call: Call, q: ListQuery) -> TaskList:
+    items = await _tasks(call).store.list_tasks(
+        owner=q.owner,
+        status=q.status.value if q.status else None,
+        platform=q.platform,
+        before=q.cursor,
+        limit=q.limit,
+    )
+    cursor = items[-1].id if len(items) == q.limit else None
+    return TaskList(items, cursor)
+
+
+# --- gateway -------------------------------------------------------------------------
+
+
+async def submit(call: Call) -> Response:
+    key = call.request.headers.get("idempotency-key")
+    if key is not None:
+        key = convert(key, IdempotencyKey)  # type: ignore[arg-type]
+    task, created = await _tasks(call).create(call.body, key)
+    return json_response(task, 202 if created else 200)
+
+
+async def get_task(call: Call) -> TaskView:
+    q = call.request.query_params
+    refresh = q.get("refresh", "false").lower() in ("1", "true", "yes")
+    task: TaskView = await _tasks(call).get(_task_id(call), owner=q.get("owner"), refresh=refresh)
+    return task
+
+
+async def list_tasks(call: Call) -> TaskList:
+    return await _page(call, _query(call, owner_required=True))
+
+
+async def cancel(call: Call) -> TaskView:
+    owner = call.request.query_params.get("owner")
+    task: TaskView = await _tasks(call).cancel(_task_id(call), owner=owner)
+    return task
+
+
+# --- admin ----------------------------------------------------------------------------
+
+
+async def admin_list(call: Call) -> TaskList:
+    return await _page(call, _query(call, owner_required=False))
+
+
+async def admin_get(call: Call) -> TaskDetail:
+    tasks = _tasks(call)
+    task_id = _task_id(call)
+    task = await tasks.get(task_id)
+    ledger = [LedgerEntry(k, a) for k, a in await tasks.store.ledger_of(task_id)]
+    return TaskDetail(task, ledger)
+
+
+async def admin_cancel(call: Call) -> TaskView:
+    task: TaskView = await _tasks(call).cancel(_task_id(call))
+    return task
+
+
+def _credit(c: Any) -> Credit:
+    return Credit(c.owner, c.balance, c.topups, c.captured, c.held)
+
+
+async def topup(call: Call) -> TopUpAnswer:
+    body: TopUp = call.body
+    store = _tasks(call).store
+    try:
+        applied = await store.topup(body.owner, body.amount, body.key, body.note)
+    except ValueError as exc:
+        field, _, reason = str(exc).partition(": ")
+        raise ValidationFailed.one(field, reason) from None
+    return TopUpAnswer(applied, _credit(await store.credit(body.owner)))
+
+
+async def credits(call: Call) -> Any:
+    store = _tasks(call).store
+    q = call.request.query_params
+    owner = q.get("owner")
+    if owner:
+        return _credit(await store.credit(convert(owner, Owner)))  # type: ignore[arg-type]
+    try:
+        limit = min(MAX_PAGE, max(1, int(q.get("limit", "100"))))
+    except ValueError:
+        raise ValidationFailed.one("limit", "must be an integer") from None
+    rows = await store.balances(after=q.get("cursor"), limit=limit)
+    items = [_credit(await store.credit(o)) for o, _ in rows]
+    return Balances(items, rows[-1][0] if len(rows) == limit else None)
+
+
+_LIST_QUERY = {
+    "owner": "the owner (required on the gateway route)",
+    "status": "one status (submitting, pending, running, succeeded, failed, ...)",
+    "platform": "one platform",
+    "cursor": "next_cursor of the previous page",
+    "limit": f"page size, 1..{MAX_PAGE} (default 50)",
+}
+
+ENDPOINTS = [
+    Endpoint(
+        "POST", "/v1/tasks", submit,
+        "Record a task and its credit hold, then submit it upstream (Idempotency-Key header)",
+        scope=Scope.GATEWAY, body=TaskRequest, response=TaskView, status=202,
+        errors=(402, 422, 429, 503), tags=("tasks",),
+    ),
+    Endpoint(
+        "GET", "/v1/tasks", list_tasks, "An owner's tasks, newest first (keyset pages)",
+        scope=Scope.GATEWAY, response=TaskList, errors=(422,), tags=("tasks",), query=_LIST_QUERY,
+    ),
+    Endpoint(
+        "GET", "/v1/tasks/{task_id}", get_task,
+        "A task: status, progress, results, costs (refresh=true reads the upstream when stale)",
+        scope=Scope.GATEWAY, response=TaskView, errors=(404, 422), tags=("tasks",),
+        query={"owner": "only if the task is this owner's", "refresh": "true: re-read upstream"},
+    ),
+    Endpoint(
+        "POST", "/v1/tasks/{task_id}/cancel", cancel,
+        "Cancel a live task (upstream too where supported); 409 if it has ended",
+        scope=Scope.GATEWAY, response=TaskView, errors=(404, 409, 422), tags=("tasks",),
+        query={"owner": "only if the task is this owner's"},
+    ),
+    Endpoint(
+        "GET", "/v1/admin/tasks", admin_list, "Tasks with filters (keyset pages)",
+        scope=Scope.ADMIN, response=TaskList, errors=(422,), tags=("tasks",), query=_LIST_QUERY,
+    ),
+    Endpoint(
+        "GET", "/v1/admin/tasks/{task_id}", admin_get, "A task and its ledger entries",
+        scope=Scope.ADMIN, response=TaskDetail, errors=(404, 422), tags=("tasks",),
+    ),
+    Endpoint(
+        "POST", "/v1/admin/tasks/{task_id}/cancel", admin_cancel, "Cancel a live task",
+        scope=Scope.ADMIN, response=TaskView, errors=(404, 409, 422), tags=("tasks",),
+    ),
+    Endpoint(
+        "POST", "/v1/admin/credits", topup, "Top up an owner's credit (idempotent per key)",
+        scope=Scope.ADMIN, body=TopUp, response=TopUpAnswer, errors=(422,), tags=("credits",),
+    ),
+    Endpoint(
+        "GET", "/v1/admin/credits", credits,
+        "One owner's credit (owner=...) or every owner's balance (cursor pages)",
+        scope=Scope.ADMIN, response=Balances, errors=(422,), tags=("credits",),
+        query={"owner": "one owner", "cursor": "next_cursor", "limit": "page size"},
+    ),
+]  # fmt: skip
+
+__all__ = ["ENDPOINTS", "NotFound"]
