@@ -53,12 +53,12 @@ from bench._common import (  # noqa: E402
     percentile,
     print_setup,
 )
-from scheduler.reports import Outcome, Reporter  # noqa: E402
-from scheduler.runtime import Acquired, parse_lease_id  # noqa: E402
-from scheduler.select import Selector, SelectRequest  # noqa: E402
+from scheduler.selection.reports import Outcome, Reporter  # noqa: E402
+from scheduler.selection.select import Selector, SelectRequest  # noqa: E402
+from scheduler.selection.store import Acquired, parse_lease_id  # noqa: E402
 
 try:  # absent before the refresher existed: lets this script measure older commits too
-    from scheduler._refresher import ViewRefresher
+    from scheduler.selection.refresher import ViewRefresher
 except ImportError:  # pragma: no cover
     ViewRefresher = None  # type: ignore[assignment,misc]
 from snapshot.keys import Bucket  # noqa: E402

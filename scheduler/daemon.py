@@ -16,25 +16,26 @@ import trio
 
 from accounts.crypto import Cipher
 from accounts.db import open_database, open_loop
+from accounts.key_rotation import check_credentials_key
 from accounts.migrate import migrate
-from accounts.repository import AccountRepository, check_credentials_key
+from accounts.repository import AccountRepository
 from snapshot.redis import open_redis
 from snapshot.settings import SettingsSnapshot, SettingsStore
 
 from . import __version__
-from .config import Config
-from .health import Health, Phase
-from .http import select_api
+from .core.config import Config
+from .core.health import Health, Phase
+from .core.logs import bind, get_logger, register_secret
+from .core.metrics import Metrics
+from .core.probes import InstanceRegistry, LoopLag, StoreProber
+from .core.supervisor import RestartPolicy, Supervisor
+from .core.systemd import Notifier, Watchdog, watchdog_interval_s
 from .http.app import all_endpoints, build_app
 from .http.endpoints import Endpoint
 from .http.server import HttpServer
-from .logs import bind, get_logger, register_secret
-from .metrics import Metrics
-from .probes import InstanceRegistry, LoopLag, StoreProber
-from .schedule import build_schedule
+from .selection.install import install as install_selection
+from .selection.schedule import build_schedule
 from .services import Services
-from .supervisor import RestartPolicy, Supervisor
-from .systemd import Notifier, Watchdog, watchdog_interval_s
 from .tasks import build as build_tasks
 from .upstream import open_upstream
 
@@ -175,7 +176,7 @@ class Daemon:
             *services.schedule.actors(),
             InstanceRegistry(services.db, self.instance_id, __version__, os.getpid()),
             # Selection last: it reads the settings and the schedule view built above.
-            *select_api.install(services),
+            *install_selection(services),
             # Tasks use selection (submit) and the account repository.
             *self._tasks(services),
             Watchdog(self.notifier, self.health, watchdog_interval_s(self.env)),

@@ -10,10 +10,10 @@ from accounts.repository import AccountRepository
 from snapshot.redis import RedisStore
 from snapshot.settings import SettingsSnapshot
 
-from .config import Config
-from .health import Health
-from .metrics import Metrics
-from .schedule import Schedule
+from .core.config import Config
+from .core.health import Health
+from .core.metrics import Metrics
+from .selection.schedule import Schedule
 
 
 @dataclass(slots=True)

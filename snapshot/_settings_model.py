@@ -6,11 +6,11 @@ One sub-struct per consumer, so each subsystem finds its knobs in one place:
 section    read by                               what
 ========== ===================================== ==============================
 quota      accounts.rules (auto-pause)           default thresholds, staleness
-scoring    scheduler.scoring / select            weights, top-K, probe limit
-sticky     scheduler.select (bindings)           TTLs, slow-TTFT spill-over
-wait       scheduler.select (no account free)    wait cap, retry interval
-leases     scheduler.runtime                     lease TTL and renew cap
-runtime    scheduler.reports                     429/529 cool-downs, EWMA alpha
+scoring    scheduler.selection.scoring / select            weights, top-K, probe limit
+sticky     scheduler.selection.select (bindings)           TTLs, slow-TTFT spill-over
+wait       scheduler.selection.select (no account free)    wait cap, retry interval
+leases     scheduler.selection.store                     lease TTL and renew cap
+runtime    scheduler.selection.reports                     429/529 cool-downs, EWMA alpha
 fallback   snapshot.view (PostgreSQL fallback)   QPS and timeout of DB reads
 snapshot   snapshot.builder / view               grace, rebuild and poll periods
 ========== ===================================== ==============================

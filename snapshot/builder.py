@@ -33,7 +33,7 @@ from .observer import NullObserver, ScheduleObserver
 from .redis import RedisStore
 from .schedule import Outcome, PublishResult, set_snapshot
 from .source import BucketSource
-from .view import Tunable, _value
+from .tunable import Tunable, current
 
 log = structlog.get_logger("snapshot.builder")
 
@@ -142,7 +142,7 @@ class SnapshotBuilder:
 
     async def _loop(self, task_status: trio.TaskStatus[Any]) -> None:
         await self._safe(self.rebuild_all())
-        next_full = trio.current_time() + _value(self.full_rebuild_s)
+        next_full = trio.current_time() + current(self.full_rebuild_s)
         task_status.started()
         while True:
             timeout = min(self.poll_s, max(0.0, next_full - trio.current_time()))
@@ -151,7 +151,7 @@ class SnapshotBuilder:
             self._wake = trio.Event()
             if trio.current_time() >= next_full:
                 await self._safe(self.rebuild_all())
-                next_full = trio.current_time() + _value(self.full_rebuild_s)
+                next_full = trio.current_time() + current(self.full_rebuild_s)
             await self._safe(self.process_events())
             self.rounds += 1
 
@@ -172,7 +172,7 @@ class SnapshotBuilder:
             return await self.source.bucket_accounts(bucket)
 
         result = await set_snapshot(
-            self.store, bucket, load, grace_s=_value(self.grace_s), lock_ttl_s=self.lock_ttl_s
+            self.store, bucket, load, grace_s=current(self.grace_s), lock_ttl_s=self.lock_ttl_s
         )
         lag = None
         if lag_from is not None and result.outcome is Outcome.ACTIVATED:

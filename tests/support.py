@@ -23,7 +23,7 @@ import trio
 from accounts.crypto import generate_key
 from accounts.db import Database, DatabaseConfig, admin_execute, open_database, open_loop
 from accounts.migrate import migrate
-from scheduler.config import Config, parse_config
+from scheduler.core.config import Config, parse_config
 
 RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
 ADMIN_TOKEN = "test-admin-token-" + secrets.token_hex(8)

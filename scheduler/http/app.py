@@ -12,7 +12,15 @@ from starlette.routing import Route
 from accounts.errors import NotFound, StationmasterError
 
 from ..services import Services
-from . import accounts_api, buckets_api, health_api, select_api, settings_api, tasks_api
+from . import (
+    accounts_api,
+    buckets_api,
+    explain_api,
+    health_api,
+    select_api,
+    settings_api,
+    tasks_api,
+)
 from .endpoints import Endpoint, TokenTable, error_response, wrap
 from .openapi import openapi_document
 
@@ -24,6 +32,7 @@ def all_endpoints() -> list[Endpoint]:
         *accounts_api.ENDPOINTS,
         *settings_api.ENDPOINTS,
         *select_api.ENDPOINTS,
+        *explain_api.ENDPOINTS,
         *buckets_api.ENDPOINTS,
         *tasks_api.ENDPOINTS,
     ]

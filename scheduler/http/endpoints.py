@@ -38,7 +38,7 @@ from accounts.errors import (
 )
 from accounts.validation import decode_json
 
-from ..logs import get_logger
+from ..core.logs import get_logger
 
 log = get_logger("http")
 

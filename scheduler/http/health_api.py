@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from starlette.responses import Response
 
-from ..metrics import CONTENT_TYPE
+from ..core.metrics import CONTENT_TYPE
 from .endpoints import Call, Endpoint, json_response
 
 

@@ -9,8 +9,8 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from ..config import HttpConfig
-from ..logs import get_logger
+from ..core.config import HttpConfig
+from ..core.logs import get_logger
 
 log = get_logger("http")
 

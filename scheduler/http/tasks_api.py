@@ -19,7 +19,7 @@ from accounts.errors import NotFound, StoreUnavailable, ValidationFailed
 from accounts.model import GroupName
 from accounts.validation import convert
 
-from ..select import ModelName, SessionHash
+from ..selection.model import ModelName, SessionHash
 from ..tasks import TaskStatus, TaskView
 from .endpoints import Call, Endpoint, Scope, json_response
 

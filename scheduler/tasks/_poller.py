@@ -38,8 +38,8 @@ import trio.lowlevel
 
 from accounts.errors import NotFound, StationmasterError
 
-from ..config import TasksConfig
-from ..logs import get_logger
+from ..core.config import TasksConfig
+from ..core.logs import get_logger
 from ..upstream import AuthFailed, RateLimited, Rejected, Transient, Upstream, UpstreamStatus
 from ._apply import Accounts, TaskWriter, Written, proposal_from
 from ._model import Held

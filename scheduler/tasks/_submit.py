@@ -30,9 +30,9 @@ from accounts.errors import NoAccountAvailable, NotFound, StationmasterError
 from accounts.model import Account, Platform
 from snapshot.keys import Bucket
 
-from ..logs import get_logger
-from ..reports import Outcome
-from ..select import Selection, SelectRequest
+from ..core.logs import get_logger
+from ..selection.reports import Outcome
+from ..selection.model import Selection, SelectRequest
 from ..upstream import (
     Ambiguous,
     AuthFailed,

@@ -25,7 +25,7 @@ import trio
 
 from accounts.errors import NotFound, StationmasterError
 
-from ..logs import get_logger
+from ..core.logs import get_logger
 from ..upstream import Upstream, UpstreamState
 from ._apply import Accounts, TaskWriter, Written
 from ._model import Held

@@ -18,7 +18,7 @@ import msgspec
 from accounts.errors import NotFound, StationmasterError, ValidationFailed
 from accounts.model import Account, Platform
 
-from ..config import TasksConfig
+from ..core.config import TasksConfig
 from ..upstream import Rejected, Transient, Upstream, UpstreamRequest
 from ._apply import Accounts, Result, TaskWriter, Written, proposal_from
 from ._model import NewTask, TaskView

@@ -4,7 +4,7 @@
 named by ``$SMTEST_RELEASE_FILE`` exists, so a test in another process decides
 exactly when the in-flight request may finish. Started with
 :class:`SlowDaemonProcess`; the child runs :func:`main` through the real
-:func:`scheduler.cli.run_daemon` (signals, exit codes and all).
+:func:`scheduler.cli.running.run_daemon` (signals, exit codes and all).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 import trio
 
+from scheduler.core.logs import get_logger
 from scheduler.http.endpoints import Call, Endpoint
-from scheduler.logs import get_logger
 
 from ..support import DaemonProcess
 
@@ -41,9 +41,9 @@ def file_gated_endpoint(path: Path) -> Endpoint:
 
 
 def main() -> None:
-    from scheduler.cli import run_daemon
-    from scheduler.config import load_config
-    from scheduler.logs import configure_logging
+    from scheduler.cli.running import run_daemon
+    from scheduler.core.config import load_config
+    from scheduler.core.logs import configure_logging
 
     config = load_config()
     configure_logging(level=config.log.level, fmt=config.log.format)

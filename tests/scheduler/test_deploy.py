@@ -12,8 +12,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from scheduler.cli import build_parser
-from scheduler.config import Config, load_config
+from scheduler.cli.entry import build_parser
+from scheduler.core.config import Config, load_config
 
 from ..support import ROOT
 

@@ -1,6 +1,6 @@
 """SIGTERM: readiness 503 first, in-flight requests finish, new connections refused, exit 0.
 
-In process, the test sends SIGTERM to itself while :func:`scheduler.cli.run_until_signal`
+In process, the test sends SIGTERM to itself while :func:`scheduler.cli.running.run_until_signal`
 runs (trio's signal receiver works in the main thread); as a subprocess, the real
 ``run_daemon`` handles it and the exit code is checked. In-flight requests are
 held open by an injected route that waits for the test's go-ahead, so "in
@@ -19,13 +19,13 @@ import httpx
 import trio
 
 from accounts.db import Database
-from scheduler.cli import run_until_signal
+from scheduler.cli.running import run_until_signal
+from scheduler.core.health import Phase
 from scheduler.daemon import Daemon
-from scheduler.health import Phase
 from scheduler.http.endpoints import Call, Endpoint
 
 from ..support import config_dict, make_config
-from .sdnotify_support import open_notify_socket
+from .core.sdnotify_support import open_notify_socket
 from .slow_daemon import SlowDaemonProcess
 
 

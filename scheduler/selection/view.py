@@ -1,0 +1,146 @@
+"""This instance's local, short-lived copy of candidates' runtime state (the runtime view)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+import trio
+
+from .store import EMPTY, RuntimeState, RuntimeStore
+
+# The change log is cut back once this long; caches older than the cut rebuild
+# (about as costly as the rebuild every view refresh causes anyway).
+CHANGE_LOG_MAX = 20_000
+# A request reads a bucket itself once its copy is this many ttls old: the
+# refresher keeps active buckets within one ttl, so only a bucket idle for a while
+# (or a refresher that is down) pays for a read on the request path.
+REQUEST_MAX_AGE_TTLS = 10
+
+
+class RuntimeView:
+    """This instance's short-lived copy of candidates' runtime state, per platform.
+
+    Refreshed in batches (one script call for a bucket) every ``ttl_s`` by the
+    :class:`~scheduler.selection.refresher.ViewRefresher` actor, off the request path; a
+    request reads a bucket itself only when it was never loaded, is older than
+    ``request_max_age_s`` (the refresher is down, or the bucket was idle) or must
+    be re-read (before a 503). Acquire replies and release messages patch it in
+    between. It only guides the filter and the score: the acquire script is the
+    authority on deadlines and slots, and the state an acquire returns is checked
+    again before use.
+
+    Every change is appended to a change log (account ids, read by the pool
+    caches to re-check only what changed) and every refresh of a bucket bumps its
+    ``generation`` (its pool caches rebuild). Positions in the log are absolute:
+    ``log_end`` now, ``changed_since(pos)`` the ids after ``pos``, or None when
+    the log was cut back past it.
+    """
+
+    def __init__(self, store: RuntimeStore, *, ttl_s: float = 0.5) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self._states: dict[str, RuntimeState] = {}
+        self._loaded_at: dict[tuple[str, str], float] = {}
+        self._refreshing: dict[tuple[str, str], trio.Event] = {}
+        # Batch reads done (tests and the benchmark check who paid for them).
+        self.reads = 0
+        self._generation: dict[tuple[str, str], int] = {}
+        self._log: list[str] = []
+        self._log_base = 0
+        self.waiting: dict[str, int] = {}
+
+    def get(self, account_id: str) -> RuntimeState:
+        return self._states.get(account_id, EMPTY)
+
+    @property
+    def request_max_age_s(self) -> float:
+        """Age past which a request reads the bucket itself instead of trusting the copy."""
+        return REQUEST_MAX_AGE_TTLS * self.ttl_s
+
+    def stale(self, bucket: tuple[str, str], now: float, max_age_s: float | None = None) -> bool:
+        """Whether ``bucket`` was never loaded or is older than ``max_age_s`` (default ttl)."""
+        limit = self.ttl_s if max_age_s is None else max_age_s
+        return now - self._loaded_at.get(bucket, float("-inf")) > limit
+
+    def generation(self, bucket: tuple[str, str]) -> int:
+        """How many times ``bucket`` was refreshed (a pool cache of an older one rebuilds)."""
+        return self._generation.get(bucket, 0)
+
+    @property
+    def log_end(self) -> int:
+        return self._log_base + len(self._log)
+
+    def changed_since(self, position: int) -> list[str] | None:
+        """Account ids changed after log ``position``; None if the log no longer reaches it."""
+        if position < self._log_base:
+            return None
+        return self._log[position - self._log_base :]
+
+    def _changed(self, account_id: str) -> None:
+        if len(self._log) >= CHANGE_LOG_MAX:
+            self._log_base += len(self._log)
+            self._log = []
+        self._log.append(account_id)
+
+    async def refresh(
+        self,
+        bucket: tuple[str, str],
+        platform: str,
+        account_ids: Iterable[str],
+        *,
+        force: bool,
+        max_age_s: float | None = None,
+        chunk: int = 0,
+    ) -> None:
+        """Reload the bucket's states when older than ``max_age_s`` (default ttl) or forced.
+
+        ``chunk`` > 0 reads that many accounts per script call: parsing a 500-account
+        reply holds the event loop for milliseconds, in chunks other tasks run between.
+
+        One read at a time per bucket. A caller that is not forcing keeps using the
+        old copy while another read is under way (a slightly old load figure costs
+        nothing the acquire script does not catch); a forced caller waits for it and
+        then reads again, so its read starts after the reason it had to force one.
+        """
+        busy_or_fresh = bucket in self._refreshing or not self.stale(
+            bucket, time.monotonic(), max_age_s
+        )
+        if not force and busy_or_fresh:
+            return
+        while (ongoing := self._refreshing.get(bucket)) is not None:
+            await ongoing.wait()
+        done = self._refreshing[bucket] = trio.Event()
+        try:
+            ids = list(account_ids)
+            self.reads += 1
+            step = chunk if chunk > 0 else max(1, len(ids))
+            states: dict[str, RuntimeState] = {}
+            for i in range(0, len(ids), step):
+                states.update(await self.store.read_many(platform, ids[i : i + step]))
+            self._states.update(states)
+            self._loaded_at[bucket] = time.monotonic()
+            # Other buckets sharing these accounts see them as changed; this one rebuilds.
+            for account_id in ids:
+                self._changed(account_id)
+            self._generation[bucket] = self._generation.get(bucket, 0) + 1
+        finally:
+            del self._refreshing[bucket]
+            done.set()
+
+    def put(self, account_id: str, state: RuntimeState) -> None:
+        self._states[account_id] = state
+        self._changed(account_id)
+
+    def patch(self, account_id: str, **changes: Any) -> None:
+        self._states[account_id] = msgspec.structs.replace(self.get(account_id), **changes)
+        self._changed(account_id)
+
+    def note_release(self, account_id: str) -> None:
+        """A lease of ``account_id`` was released (any instance): one slot is free now."""
+        state = self._states.get(account_id)
+        if state is not None and state.leases > 0:
+            self._states[account_id] = msgspec.structs.replace(state, leases=state.leases - 1)
+            self._changed(account_id)

