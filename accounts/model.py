@@ -21,6 +21,7 @@ class Platform(enum.StrEnum):
     ANTHROPIC = "anthropic"
     GEMINI = "gemini"
     DASHSCOPE = "dashscope"
+    KLING = "kling"
 
 
 class Kind(enum.StrEnum):

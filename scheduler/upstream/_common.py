@@ -46,10 +46,12 @@ class Prices:
         self._by_kind = dict(by_kind)
         self._configured = dict(configured)
 
-    def unit(self, model: str, kind: str) -> int:
+    def unit(self, kind: str, *keys: str) -> int:
+        """The price of the first of ``keys`` (most specific first) that has one."""
         for table in (self._configured, self._builtin):
-            if model in table:
-                return table[model]
+            for key in keys:
+                if key in table:
+                    return table[key]
         if "*" in self._configured:
             return self._configured["*"]
         return self._by_kind.get(kind, max(self._by_kind.values(), default=0))

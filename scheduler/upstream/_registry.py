@@ -9,15 +9,17 @@ import httpx
 
 from accounts.errors import ConfigError
 
-from ..config import UpstreamConfig
+from ..core.config import UpstreamConfig
 from ._http import Exchange
 from .dashscope import DashScope
 from .errors import Rejected
+from .kling import Kling
 from .model import Adapter
 
 # platform -> constructor(exchange, configured prices)
 _FACTORIES: dict[str, Callable[[Exchange, dict[str, int]], Adapter]] = {
     DashScope.platform: DashScope,
+    Kling.platform: Kling,
 }
 
 

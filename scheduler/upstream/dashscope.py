@@ -179,13 +179,13 @@ class DashScope:
         return seconds * param_number(PLATFORM, req.params, "n", 1, lo=1, hi=4)
 
     def estimate_cost(self, req: UpstreamRequest) -> int:
-        return round(self._units(req) * self._prices.unit(req.model, req.kind))
+        return round(self._units(req) * self._prices.unit(req.kind, req.model))
 
     def final_cost(self, req: UpstreamRequest, status: UpstreamStatus) -> int:
         if status.state is not UpstreamState.SUCCEEDED:
             return 0
         produced = produced_units(req, status, self._units(req))
-        unit = self._prices.unit(req.model, req.kind)
+        unit = self._prices.unit(req.kind, req.model)
         # Never more than the estimate: the hold is the most a user can be charged.
         return min(round(produced * unit), self.estimate_cost(req))
 

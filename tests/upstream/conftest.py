@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from accounts.model import Account, Kind
-from scheduler.config import UpstreamConfig
-from scheduler.upstream import Upstream, open_upstream
+from scheduler.upstream import Upstream, UpstreamConfig, open_upstream
 
 from .simsupport import SimControl, start_simulator
 

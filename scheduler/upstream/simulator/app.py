@@ -10,6 +10,7 @@ import trio
 from ._common import Match, PlatformSim
 from ._control import Control
 from ._dashscope import DashScopeSim
+from ._kling import KlingSim
 from ._server import Request, Response, serve_http
 from ._state import Fault, World
 from .knobs import Knobs
@@ -23,7 +24,7 @@ class Simulator:
 
     def __init__(self, knobs: Knobs | None = None) -> None:
         self.world = World(knobs or Knobs())
-        self.platforms: list[PlatformSim] = [DashScopeSim(self.world)]
+        self.platforms: list[PlatformSim] = [DashScopeSim(self.world), KlingSim(self.world)]
         self.control = Control(self.world, [p.name for p in self.platforms])
 
     async def handle(self, req: Request) -> Response:

@@ -71,6 +71,9 @@ class Knobs(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     retention_s: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
     # Accounts (API key / access key) refused with 401.
     refused_accounts: tuple[str, ...] = ()
+    # Kling access key -> secret key, to verify API tokens. An access key not
+    # listed has the secret ``sim-secret-<access key>`` padded with dots to 32 bytes.
+    kling_secrets: dict[str, str] = msgspec.field(default_factory=dict)
     # Chat calls fill each account's 5h and 7d usage windows by this share per call.
     usage_per_call: Rate = 0.01
     # Usage window lengths are 5 h and 7 d times this (short windows for dev and tests).
