@@ -33,6 +33,7 @@ from .core.systemd import Notifier, Watchdog, watchdog_interval_s
 from .http.app import all_endpoints, build_app
 from .http.endpoints import Endpoint
 from .http.server import HttpServer
+from .outbox import build_outbox
 from .selection.install import install as install_selection
 from .selection.schedule import build_schedule
 from .services import Services
@@ -161,6 +162,10 @@ class Daemon:
             SettingsStore(services.db), services.redis, on_event=self._settings_event
         )
         services.schedule = build_schedule(services)
+        outbox = build_outbox(
+            services.db, cfg.outbox, owner=self.instance_id, registry=self.metrics.registry
+        )
+        services.outbox = outbox.store
         return [
             LoopLag(self.health, self.metrics),
             StoreProber(
@@ -179,5 +184,6 @@ class Daemon:
             *install_selection(services),
             # Tasks use selection (submit) and the account repository.
             *self._tasks(services),
+            *outbox.actors,
             Watchdog(self.notifier, self.health, watchdog_interval_s(self.env)),
         ]

@@ -17,6 +17,7 @@ reason; the CLI prints them and exits 2 before anything starts.
 
 from __future__ import annotations
 
+import base64
 import os
 import tomllib
 from collections.abc import Mapping
@@ -168,6 +169,69 @@ class TasksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("renew_every_s: must be shorter than lease_s")
 
 
+def _default_backoff() -> list[float]:
+    # 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: a receiver down for a day still gets
+    # its events (about 28 h of tries), and a blip costs only the first 5 s.
+    return [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        return len(base64.b64decode(text + "==", validate=True)) > 0
+    except ValueError:
+        return False
+
+
+class OutboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Webhook delivery and the outbox's upkeep (scheduler/outbox)."""
+
+    # Standard Webhooks secret, "whsec_" + base64. Empty: this instance delivers
+    # no webhooks (events wait, pending, for an instance that has it).
+    webhook_secret: str = ""
+    # False: this instance never dispatches (it still serves the pull path).
+    dispatch: bool = True
+    # Deliveries in flight at once; a slow receiver holds only its own slots.
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    # In flight at once to one origin (scheme://host:port).
+    per_destination: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8
+    # Rows claimed per round trip at most.
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    # One delivery attempt: connect + send + answer.
+    timeout_s: PositiveFloat = 10.0
+    # How long a claim stays ours; past it another instance re-claims the row.
+    # Must cover a whole attempt plus recording it.
+    lease_s: PositiveFloat = 60.0
+    # Safety-net poll; NOTIFY wakes the dispatcher sooner.
+    poll_interval_s: PositiveFloat = 1.0
+    # Retry delay after the n-th failed attempt (the last entry repeats).
+    backoff_s: list[Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(
+        default_factory=_default_backoff
+    )
+    # Each delay is spread by +/- this fraction.
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+    # Consumed events are kept this long (a pull consumer must read within it).
+    retention_s: Annotated[float, msgspec.Meta(ge=0)] = 7 * 24 * 3600.0
+    purge_interval_s: PositiveFloat = 60.0
+    # Rows deleted per statement: short locks, bounded work per pass.
+    purge_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    purge_max_batches: Annotated[int, msgspec.Meta(ge=1)] = 50
+    # Backlog gauges refresh.
+    stats_interval_s: PositiveFloat = 5.0
+
+    def __post_init__(self) -> None:
+        if self.webhook_secret and not self.webhook_secret.startswith("whsec_"):
+            # The value itself is never echoed.
+            raise ValueError("webhook_secret: must start with whsec_")
+        if self.webhook_secret and not _is_base64(self.webhook_secret.removeprefix("whsec_")):
+            raise ValueError("webhook_secret: must be whsec_ followed by base64")
+        if not self.backoff_s:
+            raise ValueError("backoff_s: must have at least one delay")
+        if self.lease_s <= self.timeout_s:
+            raise ValueError("lease_s: must exceed timeout_s (a claim must outlive an attempt)")
+        if self.per_destination > self.concurrency:
+            raise ValueError("per_destination: must not exceed concurrency")
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration, built once at start and passed down."""
 
@@ -181,6 +245,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
     tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
+
+
+    outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {

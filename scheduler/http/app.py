@@ -17,6 +17,7 @@ from . import (
     buckets_api,
     explain_api,
     health_api,
+    outbox_api,
     select_api,
     settings_api,
     tasks_api,
@@ -35,6 +36,7 @@ def all_endpoints() -> list[Endpoint]:
         *explain_api.ENDPOINTS,
         *buckets_api.ENDPOINTS,
         *tasks_api.ENDPOINTS,
+        *outbox_api.ENDPOINTS,
     ]
 
 

@@ -5,6 +5,7 @@ A caller (the tasks' terminal transition) writes an event with :func:`enqueue`
 committed. The dispatcher then delivers it as a signed webhook (Standard
 Webhooks) with retries, and any pull consumer reads every event through
 ``GET /v1/events`` with a cursor that never skips a late-committing row.
+Knows nothing of tasks beyond the rows it is given: imports ``core`` only.
 
 Why the pull cursor is ``(xid, id)`` and not ``id``: ids come from a sequence
 when the row is *inserted*, but rows become visible when their transaction
@@ -23,8 +24,54 @@ Public surface (everything else lives in private modules):
 
 - :func:`enqueue` — insert an event in the caller's transaction; idempotent on
   ``event_key``.
+- :class:`OutboxStore` — every read and write of the table (claims, outcomes,
+  the feed, operators' list and retry, stats, purge); :class:`Cursor` for the feed.
+- :class:`Dispatcher`, :class:`Purger`, :class:`BacklogMonitor` — the actors;
+  :func:`build_outbox` wires them for a daemon.
+- :mod:`._rules` — the pure rules (states, verdicts, backoff), re-exported below.
 """
 
+from ._delivery import Signer
+from ._dispatcher import Dispatcher
 from ._enqueue import enqueue
+from ._install import Outbox, build_outbox
+from ._metrics import OutboxMetrics
+from ._rules import Status, Verdict, classify, may_move, retry_delay_s, settle
+from ._store import (
+    Backlog,
+    Claim,
+    Cursor,
+    FeedEvent,
+    FeedPage,
+    OutboxEvent,
+    OutboxStore,
+    Outcome,
+    StateConflict,
+)
+from ._upkeep import BacklogMonitor, Purger
 
-__all__ = ["enqueue"]
+__all__ = [
+    "Backlog",
+    "BacklogMonitor",
+    "Claim",
+    "Cursor",
+    "Dispatcher",
+    "FeedEvent",
+    "FeedPage",
+    "Outbox",
+    "OutboxEvent",
+    "OutboxMetrics",
+    "OutboxStore",
+    "Outcome",
+    "Purger",
+    "Signer",
+    "StateConflict",
+    "Status",
+    "Verdict",
+    "build_outbox",
+    "classify",
+    "enqueue",
+    "may_move",
+    "retry_delay_s",
+    "settle",
+]
