@@ -74,6 +74,53 @@ END $$;
 CREATE TRIGGER tasks_terminal_is_final BEFORE UPDATE ON tasks
     FOR EACH ROW EXECUTE FUNCTION tasks_terminal_is_final();
 
+-- Record first: the task (SUBMITTING) and its credit hold, after the owner's
+-- idempotency key, in-flight count and balance were checked under a per-owner
+-- advisory lock. One call, so the lock is held for server-side time only (a
+-- client round trip per check would hold it across the network). Each statement of a
+-- VOLATILE plpgsql function takes a fresh snapshot under READ COMMITTED, so the
+-- checks see every submit of this owner that committed before the lock was granted.
+-- Outcome: 'created' or 'existing' (task_id set), 'limit' (429) or 'credit' (402),
+-- the last two having written nothing.
+CREATE FUNCTION tasks_record(
+    p_id uuid, p_owner text, p_key text, p_origin uuid, p_group text, p_account uuid,
+    p_platform text, p_kind text, p_model text, p_params jsonb, p_webhook text,
+    p_session text, p_billing jsonb, p_hold bigint, p_deadline_s double precision,
+    p_max_in_flight integer,
+    OUT outcome text, OUT task_id uuid, OUT in_flight bigint, OUT balance bigint
+) LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended('tasks.owner:' || p_owner, 0));
+    IF p_key IS NOT NULL THEN
+        SELECT t.id INTO task_id FROM tasks t WHERE t.owner = p_owner AND t.idempotency_key = p_key;
+        IF FOUND THEN
+            outcome := 'existing';
+            RETURN;
+        END IF;
+    END IF;
+    SELECT count(*) INTO in_flight FROM tasks t
+    WHERE t.owner = p_owner AND t.status IN ('submitting', 'pending', 'running');
+    SELECT coalesce((SELECT b.balance FROM credit_balances b WHERE b.owner = p_owner), 0)
+    INTO balance;
+    IF in_flight >= p_max_in_flight THEN
+        outcome := 'limit';
+        RETURN;
+    END IF;
+    IF balance < p_hold THEN
+        outcome := 'credit';
+        RETURN;
+    END IF;
+    INSERT INTO tasks (id, owner, idempotency_key, origin_task_id, account_group, account_id,
+        platform, kind, model, params, webhook_url, session_hash, status, billing, cost_held,
+        deadline)
+    VALUES (p_id, p_owner, p_key, p_origin, p_group, p_account, p_platform, p_kind, p_model,
+        p_params, p_webhook, p_session, 'submitting', p_billing, p_hold,
+        now() + make_interval(secs => p_deadline_s));
+    INSERT INTO ledger (owner, kind, amount, task_id) VALUES (p_owner, 'hold', -p_hold, p_id);
+    outcome := 'created';
+    task_id := p_id;
+END $$;
+
 -- Pollers' leases: one row per poller token, renewed in one write per period. A
 -- task whose lease_owner names an expired (or missing) token may be taken over.
 CREATE TABLE task_leases (

@@ -24,22 +24,22 @@ VIEW_COLUMNS = """id, owner, idempotency_key, origin_task_id, account_group, acc
 
 # --- record first ------------------------------------------------------------------
 
-# Serialises one owner's submits (balance and in-flight checks, the idempotency
-# lookup) without writing anything: a 402 or 429 must leave no trace.
-LOCK_OWNER = "SELECT pg_advisory_xact_lock(hashtextextended('tasks.owner:' || $1, 0))"
-BY_IDEMPOTENCY_KEY = f"SELECT {VIEW_COLUMNS} FROM tasks WHERE owner = $1 AND idempotency_key = $2"
-BALANCE = "SELECT coalesce((SELECT balance FROM credit_balances WHERE owner = $1), 0)"
-IN_FLIGHT = f"SELECT count(*) FROM tasks WHERE owner = $1 AND status IN {LIVE}"
-INSERT_TASK = f"""
-INSERT INTO tasks (id, owner, idempotency_key, origin_task_id, account_group, account_id,
-    platform, kind, model, params, webhook_url, session_hash, status, billing, cost_held,
-    deadline)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'submitting', $13, $14,
-    now() + make_interval(secs => $15))
-RETURNING {VIEW_COLUMNS}
+# Record first: lock the owner, check key / in-flight / balance, insert the task
+# and its hold; one call (see tasks_record in migration 0006). A 402 or 429 writes
+# nothing, so nothing is left behind.
+RECORD = """
+SELECT outcome, task_id, in_flight, balance
+FROM tasks_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 """
 INSERT_ENTRY = """
 INSERT INTO ledger (owner, kind, amount, task_id, note) VALUES ($1, $2, $3, $4, $5)
+"""
+# A settlement's entries in one statement: release always, capture on success.
+SETTLE_ENTRIES = """
+INSERT INTO ledger (owner, kind, amount, task_id)
+SELECT $1, e.kind, e.amount, $2
+FROM (VALUES ('release', $3::bigint), ('capture', -$4::bigint)) AS e (kind, amount)
+WHERE e.kind = 'release' OR $5
 """
 # Not a state change (no version bump): where a SUBMITTING task is being sent, so
 # the sweeper can look it up there if this instance dies mid-submit.
@@ -55,7 +55,7 @@ UPDATE tasks SET status = $3, upstream_id = $4, account_id = $5, billing = $6,
     cost_held = ($6::jsonb ->> 'hold')::bigint, submitted_at = now(),
     next_poll_at = now() + make_interval(secs => $7), version = version + 1, updated_at = now()
 WHERE id = $1 AND version = $2 AND status = 'submitting'
-RETURNING {HELD_COLUMNS}, owner
+RETURNING {VIEW_COLUMNS}, billing
 """
 # A live change that is not terminal: status (forward only), progress, results.
 CHANGE = """

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,16 @@ from ._model import Held, TaskView
 from ._states import Billing, Event, Proposal, TaskStatus
 
 log = get_logger("tasks.submit")
+
+
+@dataclass(slots=True)
+class _Job:
+    task: TaskView
+    params: dict[str, Any]
+    billing: Billing
+    session_hash: str | None
+    # The task as the submit left it (saves a read), when the submit wrote it.
+    result: TaskView | None = None
 
 
 class Submitter:
@@ -88,58 +99,74 @@ class Submitter:
             task_status.started()
             await trio.sleep_forever()
 
-    async def submit(self, task: TaskView, session_hash: str | None) -> TaskView:
+    async def submit(
+        self,
+        task: TaskView,
+        params: dict[str, Any],
+        billing: Billing,
+        session_hash: str | None,
+    ) -> TaskView:
         """Submit ``task`` (SUBMITTING) and return it as it stands afterwards.
 
         Runs in the actor's nursery: cancelling the caller stops the wait, not the
         submit. Without the actor (not started) it runs in the caller's task.
         """
+        job = _Job(task, params, billing, session_hash)
         if self._nursery is None:
-            await self._submit(task, session_hash)
+            await self._submit(job)
         else:
             done = trio.Event()
 
             async def work() -> None:
                 try:
-                    await self._submit(task, session_hash)
+                    await self._submit(job)
                 finally:
                     done.set()
 
             self._nursery.start_soon(work)
             await done.wait()
+        if job.result is not None:
+            return job.result
         found = await self.store.get(task.id)
         return found if found is not None else task
 
-    async def _submit(self, task: TaskView, session_hash: str | None) -> None:
+    async def _submit(self, job: _Job) -> None:
+        task = job.task
         try:
-            await self._attempts(task, session_hash)
+            await self._attempts(job)
         except StationmasterError as exc:
             # The store or selection failed under us: the row stays SUBMITTING for
             # the sweeper, which is exactly the crash case it exists for.
             log.warning("submit left for the sweeper", task_id=task.id, error=type(exc).__name__)
             self._count("error")
 
-    async def _attempts(self, task: TaskView, session_hash: str | None) -> None:
+    async def _attempts(self, job: _Job) -> None:
+        task = job.task
         adapter = self.upstream.adapter(task.platform)
-        params, _billing = await self.store.params(task.id)
         req = UpstreamRequest(
-            task_id=task.id, platform=task.platform, model=task.model, kind=task.kind, params=params
+            task_id=task.id,
+            platform=task.platform,
+            model=task.model,
+            kind=task.kind,
+            params=job.params,
         )
         tried: list[str] = []
         last = "no attempt"
         for _ in range(1 + self.retries):
             try:
-                sel = await self._select(task, session_hash, tried)
+                sel = await self._select(task, job.session_hash, tried)
             except (NoAccountAvailable, NotFound) as exc:
                 self._count("no_account")
                 last = f"no_available_accounts: {exc.message}"
                 break
             tried.append(sel.account.id)
-            await self.store.set_account(task.id, sel.account.id)
+            if adapter.supports_lookup:
+                # Where the sweeper will look for it if this instance dies mid-submit.
+                await self.store.set_account(task.id, sel.account.id)
             outcome, answer, reason = await self._try(adapter, sel, req)
             if outcome == "accepted":
                 assert answer is not None
-                await self._accepted(task, sel.account, adapter, req, answer)
+                await self._accepted(job, sel.account, adapter, answer)
                 return
             if outcome == "ambiguous":
                 return  # left SUBMITTING: the sweeper resolves it
@@ -195,19 +222,14 @@ class Submitter:
         return selection
 
     async def _accepted(
-        self,
-        task: TaskView,
-        account: Account,
-        adapter: Any,
-        req: UpstreamRequest,
-        answer: UpstreamTask,
+        self, job: _Job, account: Account, adapter: Any, answer: UpstreamTask
     ) -> None:
-        _params, billing = await self.store.params(task.id)
+        task, billing = job.task, job.billing
         if answer.estimate is not None:
             hold = billing.credits(answer.estimate)
             billing = Billing(billing.price, billing.ratio_permille, hold)
         status = TaskStatus.RUNNING if answer.state is UpstreamState.RUNNING else TaskStatus.PENDING
-        held = await self.store.submitted(
+        done = await self.store.submitted(
             task.id,
             task.version,
             task.cost_held,
@@ -217,7 +239,9 @@ class Submitter:
             billing=billing,
             poll_in_s=self.first_poll_s,
         )
-        if held is None:
+        if done is not None:
+            job.result = done[1]
+        else:
             # The sweeper failed it (submit outcome unknown) while we waited: the
             # upstream task is untracked now, so stop it where the platform can.
             self._count("lost")

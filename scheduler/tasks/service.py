@@ -66,7 +66,8 @@ class Tasks:
         created: Created = await self.store.create(new)
         if not created.created:
             return created.task, False
-        return await self.submitter.submit(created.task, body.session_hash), True
+        task = await self.submitter.submit(created.task, new.params, new.billing, body.session_hash)
+        return task, True
 
     async def _validated(self, body: Any, key: str | None) -> NewTask:
         errors: list[tuple[str, str]] = []

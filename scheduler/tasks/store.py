@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from accounts.db import Connection, Database
+from accounts.errors import StoreUnavailable
 
 from ..outbox import enqueue
 from . import _queries as q
@@ -70,39 +71,35 @@ class TaskStore:
         nothing; StoreUnavailable (503) when PostgreSQL does not answer, including
         during the idempotency lookup.
         """
-        async with self.db.transaction() as conn:
-            await conn.execute(q.LOCK_OWNER, new.owner)
-            if new.idempotency_key is not None:
-                row = await conn.fetchrow(q.BY_IDEMPOTENCY_KEY, new.owner, new.idempotency_key)
-                if row is not None:
-                    return Created(view_of(row), created=False)
-            in_flight = await conn.fetchval(q.IN_FLIGHT, new.owner)
-            if in_flight >= self.max_in_flight:
-                raise TooManyInFlight(new.owner, in_flight=in_flight, limit=self.max_in_flight)
-            balance = await conn.fetchval(q.BALANCE, new.owner)
-            hold = new.billing.hold
-            if balance < hold:
-                raise InsufficientCredit(new.owner, balance=balance, needed=hold)
-            row = await conn.fetchrow(
-                q.INSERT_TASK,
-                uuid7(),
-                new.owner,
-                new.idempotency_key,
-                new.origin_task_id,
-                new.group,
-                new.account_id,
-                new.platform,
-                new.kind,
-                new.model,
-                new.params,
-                new.webhook_url,
-                new.session_hash,
-                new.billing.as_json(),
-                hold,
-                new.deadline_s,
-            )
-            await conn.execute(q.INSERT_ENTRY, new.owner, "hold", -hold, row["id"], None)
-            return Created(view_of(row), created=True)
+        hold = new.billing.hold
+        row = await self.db.fetchrow(
+            q.RECORD,
+            uuid7(),
+            new.owner,
+            new.idempotency_key,
+            new.origin_task_id,
+            new.group,
+            new.account_id,
+            new.platform,
+            new.kind,
+            new.model,
+            new.params,
+            new.webhook_url,
+            new.session_hash,
+            new.billing.as_json(),
+            hold,
+            new.deadline_s,
+            self.max_in_flight,
+        )
+        outcome = row["outcome"]
+        if outcome == "limit":
+            raise TooManyInFlight(new.owner, in_flight=row["in_flight"], limit=self.max_in_flight)
+        if outcome == "credit":
+            raise InsufficientCredit(new.owner, balance=row["balance"], needed=hold)
+        task = await self.db.fetchrow(q.GET, row["task_id"])
+        if task is None:  # committed a moment ago; only a concurrent purge could do this
+            raise StoreUnavailable("postgres", "recorded task not readable")
+        return Created(view_of(task), created=outcome == "created")
 
     async def set_account(self, task_id: str, account_id: str) -> None:
         """Note the account a SUBMITTING task is being sent to (the sweeper looks it up there)."""
@@ -125,31 +122,30 @@ class TaskStore:
         account_id: str,
         billing: Billing,
         poll_in_s: float,
-    ) -> Held | None:
+    ) -> tuple[Held, TaskView] | None:
         """CAS SUBMITTING -> ``status`` with the upstream id; the hold adjusted if it changed.
 
-        Returns the task as a poller holds it, or None if the compare-and-set lost
-        (the sweeper resolved the task meanwhile).
+        Returns the task as a poller holds it and as the API shows it, or None if
+        the compare-and-set lost (the sweeper resolved the task meanwhile).
         """
-        async with self.db.transaction() as conn:
-            row = await conn.fetchrow(
-                q.SUBMITTED,
-                task_id,
-                version,
-                status.value,
-                upstream_id,
-                account_id,
-                billing.as_json(),
-                poll_in_s,
-            )
-            if row is None:
-                return None
-            delta = billing.hold - old_hold
-            if delta:
-                await conn.execute(
-                    q.INSERT_ENTRY, row["owner"], "hold_adjust", -delta, task_id, "submit answer"
-                )
-            return Held.from_row(row)
+        args = (
+            q.SUBMITTED, task_id, version, status.value, upstream_id, account_id,
+            billing.as_json(), poll_in_s,
+        )  # fmt: skip
+        delta = billing.hold - old_hold
+        if not delta:
+            # One statement, no explicit transaction: nothing else to write with it.
+            row = await self.db.fetchrow(*args)
+        else:
+            async with self.db.transaction() as conn:
+                row = await conn.fetchrow(*args)
+                if row is not None:
+                    await conn.execute(
+                        q.INSERT_ENTRY, row["owner"], "hold_adjust", -delta, task_id, "submit answer"
+                    )
+        if row is None:
+            return None
+        return Held.from_row(row), view_of(row)
 
     async def apply(
         self,
@@ -194,10 +190,15 @@ class TaskStore:
         released: int,
     ) -> None:
         owner = row["owner"]
-        await conn.execute(q.INSERT_ENTRY, owner, "release", settle.release, task_id, None)
-        if change.after.status is TaskStatus.SUCCEEDED:
-            await conn.execute(q.INSERT_ENTRY, owner, "capture", -settle.capture, task_id, None)
         status = change.after.status
+        await conn.execute(
+            q.SETTLE_ENTRIES,
+            owner,
+            task_id,
+            settle.release,
+            settle.capture,
+            status is TaskStatus.SUCCEEDED,
+        )
         payload = {
             "id": task_id,
             "owner": owner,

@@ -117,3 +117,60 @@ async def check_books(db: Database) -> None:
 
 def tasks_config(**overrides: Any) -> Mapping[str, Any]:
     return {**FAST_TASKS, **overrides}
+
+
+# --- the audit trigger: created by the TEST in the test database -------------------
+
+AUDIT_SQL = """
+CREATE TABLE IF NOT EXISTS task_audit (
+    id           bigserial PRIMARY KEY,
+    task_id      uuid NOT NULL,
+    old_status   text NOT NULL,
+    new_status   text NOT NULL,
+    old_version  bigint NOT NULL,
+    new_version  bigint NOT NULL,
+    at           timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE OR REPLACE FUNCTION task_audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO task_audit (task_id, old_status, new_status, old_version, new_version)
+    VALUES (OLD.id, OLD.status, NEW.status, OLD.version, NEW.version);
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS task_audit_row ON tasks;
+CREATE TRIGGER task_audit_row AFTER UPDATE ON tasks
+    FOR EACH ROW EXECUTE FUNCTION task_audit_row();
+"""
+DROP_AUDIT_SQL = "DROP TRIGGER IF EXISTS task_audit_row ON tasks; DROP TABLE IF EXISTS task_audit"
+TERMINAL_SQL = "('succeeded', 'failed', 'cancelled', 'timed_out')"
+
+
+async def check_audit(db: Database) -> None:
+    """No recorded update ever left a terminal state; statuses only moved forward."""
+    left = await db.fetch(
+        f"SELECT * FROM task_audit WHERE old_status IN {TERMINAL_SQL}"
+        " AND new_status <> old_status"
+    )
+    assert not left, f"terminal state overwritten: {[dict(r) for r in left[:5]]}"
+    order = {"submitting": 0, "pending": 1, "running": 2}
+    rows = await db.fetch(
+        "SELECT old_status, new_status, count(*) AS n FROM task_audit"
+        " WHERE old_status <> new_status GROUP BY 1, 2"
+    )
+    for r in rows:
+        assert r["new_status"] not in order or order[r["new_status"]] > order[r["old_status"]], (
+            dict(r)
+        )
+    # Every status change bumped the version by one (compare-and-set, never a blind write).
+    blind = await db.fetchval(
+        "SELECT count(*) FROM task_audit"
+        " WHERE old_status <> new_status AND new_version <> old_version + 1"
+    )
+    assert blind == 0
+    terminal_twice = await db.fetchval(
+        f"""SELECT count(*) FROM (
+               SELECT task_id FROM task_audit WHERE new_status IN {TERMINAL_SQL}
+                  AND old_status NOT IN {TERMINAL_SQL}
+               GROUP BY task_id HAVING count(*) > 1) x"""
+    )
+    assert terminal_twice == 0

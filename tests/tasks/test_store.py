@@ -106,7 +106,7 @@ async def _pending(store: TaskStore) -> tuple[str, int]:
         poll_in_s=0,
     )
     assert held is not None
-    return held.id, held.version
+    return held[0].id, held[0].version
 
 
 async def test_submitted_adjusts_the_hold_once_and_cas_loses_the_second_time(db: Database) -> None:
