@@ -19,8 +19,8 @@ FAST_TASKS: dict[str, Any] = {
     "honour_platform_interval": False,
     "poll_base_interval_s": 0.2,
     "poll_max_interval_s": 1.0,
-    "claim_interval_s": 0.1,
-    "sweep_interval_s": 0.3,
+    "claim_interval_s": 0.2,
+    "sweep_interval_s": 0.5,
     "lease_s": 3.0,
     "renew_every_s": 1.0,
     "submit_wait_ms": 200,
@@ -148,8 +148,7 @@ TERMINAL_SQL = "('succeeded', 'failed', 'cancelled', 'timed_out')"
 async def check_audit(db: Database) -> None:
     """No recorded update ever left a terminal state; statuses only moved forward."""
     left = await db.fetch(
-        f"SELECT * FROM task_audit WHERE old_status IN {TERMINAL_SQL}"
-        " AND new_status <> old_status"
+        f"SELECT * FROM task_audit WHERE old_status IN {TERMINAL_SQL} AND new_status <> old_status"
     )
     assert not left, f"terminal state overwritten: {[dict(r) for r in left[:5]]}"
     order = {"submitting": 0, "pending": 1, "running": 2}

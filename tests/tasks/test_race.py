@@ -46,7 +46,7 @@ async def test_three_daemons_settle_every_task_exactly_once(
     db: Database, pg_dsn, redis_url, redis_prefix, simulator
 ):
     sim_url, sim = simulator(
-        process=True, seed=11, duration_min_s=0.5, duration_max_s=5.0, pending_fraction=0.5,
+        process=True, seed=11, duration_min_s=1.0, duration_max_s=6.0, pending_fraction=0.8,
         failure_rate=0.1,
         rate_429=0.05, rate_5xx=0.05, faults_on=["fetch"],
     )  # fmt: skip
@@ -144,6 +144,9 @@ async def _chaos(urls: list[str], ids: list[str], done: trio.Event, stats: dict[
                 r = await gw.post(f"/v1/tasks/{task_id}/cancel")
                 assert r.status_code in (200, 409), r.text
                 stats["cancelled" if r.status_code == 200 else "refused"] += 1
+                if r.status_code == 409:
+                    reason = r.json()["error"]["details"]["status"]
+                    stats[reason[:30]] = stats.get(reason[:30], 0) + 1
             else:
                 r = await gw.get(f"/v1/tasks/{task_id}", params={"refresh": "true"})
                 assert r.status_code == 200, r.text
