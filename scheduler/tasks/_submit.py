@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -32,8 +32,8 @@ from accounts.model import Account, Platform
 from snapshot.keys import Bucket
 
 from ..core.logs import get_logger
-from ..selection.reports import Outcome
 from ..selection.model import Selection, SelectRequest
+from ..selection.reports import Outcome
 from ..upstream import (
     Ambiguous,
     AuthFailed,

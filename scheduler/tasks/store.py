@@ -140,8 +140,9 @@ class TaskStore:
             async with self.db.transaction() as conn:
                 row = await conn.fetchrow(*args)
                 if row is not None:
+                    note = "submit answer"
                     await conn.execute(
-                        q.INSERT_ENTRY, row["owner"], "hold_adjust", -delta, task_id, "submit answer"
+                        q.INSERT_ENTRY, row["owner"], "hold_adjust", -delta, task_id, note
                     )
         if row is None:
             return None

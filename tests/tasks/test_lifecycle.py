@@ -202,7 +202,7 @@ async def test_backlog_of_overdue_tasks_times_out_in_one_pass(
     db: Database, pg_dsn, redis_url, redis_prefix, simulator
 ):
     """More overdue tasks than one batch: one sweep ends them all, each settled once."""
-    sim_url, _sim = simulator(seed=7)
+    simulator(seed=7)
     n = 1200  # > the sweeper's batch of 500
     await db.execute(
         """WITH t AS (
@@ -213,7 +213,8 @@ async def test_backlog_of_overdue_tasks_times_out_in_one_pass(
                    now() - interval '1 second', now() + interval '1 hour'
                FROM generate_series(1, $1) g
                RETURNING id)
-           INSERT INTO ledger (owner, kind, amount, task_id) SELECT 'bulk', 'hold', -7, id FROM t""",
+           INSERT INTO ledger (owner, kind, amount, task_id)
+           SELECT 'bulk', 'hold', -7, id FROM t""",
         n,
     )
     await db.execute(
