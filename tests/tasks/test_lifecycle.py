@@ -81,10 +81,8 @@ async def test_task_is_listed_before_the_upstream_submit_returns(
             assert done["cost_released"] == done["cost_held"]
             async with httpx.AsyncClient(base_url=url) as plain:
                 text = (await plain.get("/metrics")).text
-            assert (
-                'stationmaster_task_submit_outcome_unknown_total{outcome="submit_outcome_unknown"} 1.0'
-                in text
-            )
+            metric = "stationmaster_task_submit_outcome_unknown_total"
+            assert f'{metric}{{outcome="submit_outcome_unknown"}} 1.0' in text
     await check_books(db)
 
 
@@ -172,12 +170,11 @@ async def test_unchanged_polls_write_nothing_and_shutdown_gives_leases_back(
                 after = await db.fetchval("SELECT count(*) FROM task_audit")
                 assert _fetches(sim) - fetches_before >= 5 * n
                 assert after == before, "an unchanged poll wrote to the task row"
-                assert (
-                    await db.fetchval(
-                        "SELECT count(*) FROM tasks WHERE status = 'running' AND lease_owner IS NOT NULL"
-                    )
-                    == n
+                leased = await db.fetchval(
+                    "SELECT count(*) FROM tasks WHERE status = 'running'"
+                    " AND lease_owner IS NOT NULL"
                 )
+                assert leased == n
         # Graceful stop: every lease handed back with a planned next poll, lease row gone.
         assert await db.fetchval("SELECT count(*) FROM tasks WHERE lease_owner IS NOT NULL") == 0
         assert await db.fetchval("SELECT count(*) FROM task_leases") == 0
