@@ -16,6 +16,7 @@ import trio
 from accounts.crypto import Cipher, CryptoConfig
 from accounts.db import Database
 from accounts.inputs import AccountCreate
+from accounts.model import Account
 from accounts.repository import AccountRepository
 from scheduler.core.config import UpstreamConfig
 from scheduler.selection.credentials import Credentials
@@ -24,7 +25,13 @@ from scheduler.tasks._model import Held, NewTask
 from scheduler.tasks._states import Billing, Event, Proposal, TaskStatus
 from scheduler.tasks._sweeper import Sweeper
 from scheduler.tasks.store import TaskStore
-from scheduler.upstream import UpstreamRequest, UpstreamState, open_upstream
+from scheduler.upstream import (
+    Upstream,
+    UpstreamRequest,
+    UpstreamState,
+    UpstreamStatus,
+    open_upstream,
+)
 from tests.support import CRYPTO_KEY
 
 from .taskkit import AUDIT_SQL, DROP_AUDIT_SQL, MODEL, check_audit, check_books
@@ -46,39 +53,8 @@ async def test_cancel_timeout_and_success_race_settle_once(db: Database, simulat
         sweeper = Sweeper(
             store, writer, upstream, accounts, interval_s=3600, submitting_stale_s=3600
         )
-        adapter = upstream.adapter("dashscope")
-        creds = {"api_key": "sk-race"}
-        held = []
-        for _ in range(N):
-            created = await store.create(
-                NewTask(
-                    owner="racer", group="default", platform="dashscope", kind="video",
-                    model=MODEL, params={"prompt": "race", "duration": 5}, billing=Billing(1, 1000, 180_000),
-                    deadline_s=3600,
-                )
-            )  # fmt: skip
-            req = UpstreamRequest(
-                task_id=created.task.id, platform="dashscope", model=MODEL, kind="video",
-                params={"prompt": "race", "duration": 5},
-            )  # fmt: skip
-            answer = await adapter.submit(account, creds, req)
-            done = await store.submitted(
-                created.task.id, created.task.version, created.task.cost_held,
-                status=TaskStatus.PENDING, upstream_id=answer.upstream_id,
-                account_id=account.id, billing=Billing(1, 1000, 180_000), poll_in_s=3600,
-            )  # fmt: skip
-            assert done is not None
-            held.append(done[0])
         # Every task is finished upstream, and past its deadline here.
-        statuses = []
-        for h in held:
-            with trio.fail_after(10):
-                while True:
-                    status = await adapter.fetch(account, creds, h.snapshot.upstream_id)
-                    if status.state is UpstreamState.SUCCEEDED:
-                        break
-                    await trio.sleep(0.05)
-            statuses.append(status)
+        held, statuses = await _finished_upstream(store, upstream, account)
         await db.execute("UPDATE tasks SET deadline = now() - interval '1 second'")
         outcomes: dict[str, list[str]] = {}
 
@@ -120,6 +96,47 @@ async def test_cancel_timeout_and_success_race_settle_once(db: Database, simulat
     await check_books(db)
     await check_audit(db)
     await db.execute(DROP_AUDIT_SQL)
+
+
+PARAMS = {"prompt": "race", "duration": 5}
+
+
+async def _finished_upstream(
+    store: TaskStore, upstream: Upstream, account: Account
+) -> tuple[list[Held], list[UpstreamStatus]]:
+    """N tasks recorded and submitted (PENDING here), each already SUCCEEDED upstream."""
+    adapter = upstream.adapter("dashscope")
+    creds = {"api_key": "sk-race"}
+    billing = Billing(1, 1000, 180_000)
+    held = []
+    for _ in range(N):
+        new = NewTask(
+            owner="racer", group="default", platform="dashscope", kind="video", model=MODEL,
+            params=PARAMS, billing=billing, deadline_s=3600,
+        )  # fmt: skip
+        task = (await store.create(new)).task
+        req = UpstreamRequest(
+            task_id=task.id, platform="dashscope", model=MODEL, kind="video", params=PARAMS
+        )
+        answer = await adapter.submit(account, creds, req)
+        done = await store.submitted(
+            task.id, task.version, task.cost_held, status=TaskStatus.PENDING,
+            upstream_id=answer.upstream_id, account_id=account.id, billing=billing,
+            poll_in_s=3600,
+        )  # fmt: skip
+        assert done is not None
+        held.append(done[0])
+    statuses = []
+    for h in held:
+        assert h.snapshot.upstream_id is not None
+        with trio.fail_after(10):
+            while True:
+                status = await adapter.fetch(account, creds, h.snapshot.upstream_id)
+                if status.state is UpstreamState.SUCCEEDED:
+                    break
+                await trio.sleep(0.05)
+        statuses.append(status)
+    return held, statuses
 
 
 def _account(sim_url: str) -> AccountCreate:
