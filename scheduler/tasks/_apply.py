@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from accounts.errors import NotFound
 from accounts.model import Account
 
@@ -72,23 +74,39 @@ def proposal_from(status: UpstreamStatus, unknown_streak: int = 0) -> Proposal |
 
 
 class Accounts:
-    """Account records and decrypted credentials by id, cached for a short while."""
+    """Account records and decrypted credentials by id, cached for a short while.
+
+    One read per account at a time: when the entry expires, the first caller
+    re-reads it and every other caller waits for that read (hundreds of polls of
+    one account start together after a claim; they must not all query).
+    """
 
     def __init__(self, repository: Any, credentials: Callable[[Account], Any]) -> None:
         self._repo = repository
         self._credentials = credentials
         self._cache: dict[str, tuple[float, Account, Any]] = {}
+        self._locks: dict[str, trio.Lock] = {}
 
     async def get(self, account_id: str) -> tuple[Account, Any]:
         """The account and its credentials; NotFound when it was deleted."""
+        found = self._fresh(account_id)
+        if found is not None:
+            return found
+        lock = self._locks.setdefault(account_id, trio.Lock())
+        async with lock:
+            found = self._fresh(account_id)
+            if found is not None:
+                return found
+            account = await self._repo.get(account_id)
+            creds = self._credentials(account)
+            self._cache[account_id] = (time.monotonic() + ACCOUNT_CACHE_S, account, creds)
+            return account, creds
+
+    def _fresh(self, account_id: str) -> tuple[Account, Any] | None:
         found = self._cache.get(account_id)
-        now = time.monotonic()
-        if found is not None and found[0] > now:
+        if found is not None and found[0] > time.monotonic():
             return found[1], found[2]
-        account = await self._repo.get(account_id)
-        creds = self._credentials(account)
-        self._cache[account_id] = (now + ACCOUNT_CACHE_S, account, creds)
-        return account, creds
+        return None
 
 
 class TaskWriter:

@@ -43,7 +43,7 @@ from ..core.logs import get_logger
 from ..upstream import AuthFailed, RateLimited, Rejected, Transient, Upstream, UpstreamStatus
 from ._apply import Accounts, TaskWriter, Written, proposal_from
 from ._model import Held
-from ._states import PollSchedule
+from ._states import PollSchedule, Proposal
 from .store import TaskStore
 
 log = get_logger("tasks.poller")
@@ -109,6 +109,7 @@ class Poller:
         *,
         metrics: Any = None,
         rand: Callable[[], float] = random.random,
+        db_slots: int = 8,
     ) -> None:
         self.store = store
         self.writer = writer
@@ -126,6 +127,9 @@ class Poller:
         self._heap = _Heap()
         self._wake = trio.Event()
         self._limit = trio.Semaphore(config.poll_concurrency)
+        # Writes wait here rather than in the pool's acquire (which times out):
+        # hundreds of polls seeing a change together must queue, not fail.
+        self._db = trio.Semaphore(db_slots)
         self._buckets: dict[str, _Bucket] = {}
         self._children: dict[tuple[str, str], Any] = {}
 
@@ -266,7 +270,9 @@ class Poller:
             result = "timeout"
         except StationmasterError as exc:
             # The store or the account lookup failed: try again later, change nothing.
-            log.warning("poll failed", task_id=held.id, error=type(exc).__name__)
+            log.warning(
+                "poll failed", task_id=held.id, error=type(exc).__name__, reason=exc.message
+            )
             result = "error"
         finally:
             self._limit.release()
@@ -325,6 +331,10 @@ class Poller:
         proposal = proposal_from(status, track.unknown)
         if proposal is None:
             return "unchanged"
+        async with self._db:
+            return await self._write(track, proposal, status)
+
+    async def _write(self, track: _Track, proposal: Proposal, status: UpstreamStatus) -> str:
         written = await self.writer.write(track.held, proposal, status=status)
         if written.written is Written.LOST:
             # Someone else wrote first (a refresh, a cancel, the sweeper, another
