@@ -14,9 +14,9 @@ submitted to the simulator **directly** (its DashScope API, ``--waves`` waves
 with fixed durations of an hour plus ``step`` per wave, so every task's upstream
 completion time is known; after the steady window the simulator's clock is moved
 on so that the first wave ends ``--first-done`` seconds later and the others
-follow, ``step`` apart) and recorded in PostgreSQL in bulk as
-RUNNING rows with their holds (the simulator runs them from the submit on): this benchmark measures polling, not the submit
-path. Then the daemon claims them all.
+follow, ``step`` apart) and recorded in PostgreSQL in bulk as RUNNING rows with
+their holds (the simulator runs them from the submit on): this benchmark measures
+polling, not the submit path. Then the daemon claims them all.
 
 Figures:
 
@@ -335,7 +335,7 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
             tasks = await submit_upstream(sim, keys, args.tasks, args.waves, 3600.0, args.step)
             print(f"submitted {len(tasks)} tasks upstream in {time.time() - t0:.1f} s")
             await record(db, tasks, account_ids)
-            while metric_sum(await metrics(url), "stationmaster_tasks_held") < args.tasks:
+            while metric_sum(await metrics(url), "stationmaster_tasks_held") < args.tasks:  # noqa: ASYNC110 (polling another process)
                 await trio.sleep(0.5)
             print(f"all {args.tasks} claimed {time.time() - t0:.1f} s after the first submit")
             await trio.sleep(5)  # past the claim burst
