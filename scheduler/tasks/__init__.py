@@ -14,7 +14,7 @@ Public surface (implementation in private modules):
 from ._model import TaskView, uuid7
 from ._states import TERMINAL, Billing, PollSchedule, TaskStatus, plan, settlement
 from .errors import InsufficientCredit, TaskFinished, TooManyInFlight
-from .service import Tasks, build
+from .service import Tasks, build, standalone
 from .store import TaskStore
 
 __all__ = [
@@ -31,5 +31,6 @@ __all__ = [
     "build",
     "plan",
     "settlement",
+    "standalone",
     "uuid7",
 ]

@@ -226,3 +226,16 @@ def build(services: Any) -> tuple[Tasks, list[Any]]:
                     submitting_stale_s=cfg.submitting_stale_s, metrics=metrics)
         )  # fmt: skip
     return tasks, actors
+
+
+def standalone(
+    store: TaskStore,
+    upstream: Upstream,
+    repository: Any,
+    credentials: Callable[[Account], Any],
+    config: TasksConfig,
+) -> Tasks:
+    """Reads and cancellation without the daemon's actors (the CLI): no submits."""
+    writer = TaskWriter(store, upstream)
+    accounts = Accounts(repository, credentials)
+    return Tasks(store, writer, upstream, accounts, None, config)  # type: ignore[arg-type]
