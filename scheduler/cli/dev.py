@@ -13,7 +13,9 @@ variables, so log level and tuning still apply) with the stores, the tokens, the
 crypto key and the listen address replaced: always ``127.0.0.1``, port from
 ``--port`` (default 8080, 0 picks a free one).
 
-Lifetimes, outermost first: state-dir lock → PostgreSQL → Redis → daemon. Each
+Lifetimes, outermost first: state-dir lock → PostgreSQL → Redis → upstream
+simulator → daemon; once the daemon serves, the demo accounts (every platform,
+pointing at the simulator, see :mod:`.demo`) are seeded unless ``--no-demo``. Each
 server is stopped when its block ends, whatever ends it (SIGTERM, Ctrl-C, the
 daemon failing to start); if this process is killed outright the kernel stops
 them (see :mod:`scheduler.cli.embedded`).
@@ -33,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
+import httpx
 import msgspec
 import trio
 
@@ -41,6 +44,8 @@ from accounts.errors import ConfigError, StationmasterError
 
 from ..core.config import Config, parse_config
 from ..core.logs import get_logger
+from ..upstream.simulator import open_simulator
+from .demo import seed_demo_accounts
 from .embedded import open_postgres, open_redis_server
 
 log = get_logger("dev")
@@ -48,6 +53,8 @@ log = get_logger("dev")
 STATE_ENV = "STATIONMASTER_STATE_DIR"
 # The port the README and the quick start promise.
 DEFAULT_PORT = 8080
+# The upstream simulator's port in dev (`stationmaster simulate` uses the same default).
+DEFAULT_SIMULATOR_PORT = 8090
 SECRETS_FILE = "dev-secrets.json"
 LOCK_FILE = "dev.lock"
 _EXIT_OK, _EXIT_FAILURE = 0, 1
@@ -159,22 +166,46 @@ class _EarlySignal:
 
 
 class _Announcer:
-    """The daemon as ``run_until_signal`` sees it, printing the URL and tokens once ready."""
+    """The daemon as ``run_until_signal`` sees it, printing the URL and tokens once ready.
 
-    def __init__(self, daemon: Any, banner: str, early: _EarlySignal) -> None:
+    The upstream simulator starts first (the demo accounts point at it) and stops
+    after the daemon; the demo accounts are seeded once the daemon serves.
+    """
+
+    def __init__(
+        self, daemon: Any, banner: str, early: _EarlySignal, *, sim_port: int, demo: bool
+    ) -> None:
         self._daemon = daemon
         self._banner = banner
         self._early = early
+        self._sim_port = sim_port
+        self._demo = demo
 
     def shutdown(self) -> None:
         self._daemon.shutdown()
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
+        async with (
+            open_simulator(port=self._sim_port) as (_sim, sim_url),
+            trio.open_nursery() as nursery,
+        ):
             urls: list[str] = await nursery.start(self._daemon.run)
-            print(self._banner.format(url=urls[0]), flush=True)
+            print(self._banner.format(url=urls[0], sim=sim_url), flush=True)
             if self._early.requested:
                 self._daemon.shutdown()
+                return
+            demo = await self._seed(urls[0], sim_url) if self._demo else "skipped (--no-demo)"
+            print(f"  demo:          {demo}", flush=True)
+
+    async def _seed(self, url: str, sim_url: str) -> str:
+        admin = self._daemon.config.auth.admin_tokens[0]
+        try:
+            names = await seed_demo_accounts(url, admin, sim_url)
+        except httpx.HTTPError as exc:
+            # The daemon still serves; say why the demo is missing instead of stopping.
+            log.error("could not seed the demo accounts", reason=type(exc).__name__)
+            return "not seeded (see the log)"
+        return f"{len(names)} accounts in group `demo` ({', '.join(names)})"
 
 
 def _banner(state_dir: Path, dev_secrets: DevSecrets) -> str:
@@ -185,20 +216,22 @@ def _banner(state_dir: Path, dev_secrets: DevSecrets) -> str:
             f"  admin token:   {admin}",
             f"  gateway token: {dev_secrets.gateway_token}",
             f"  state dir:     {state_dir}  (tokens kept in {SECRETS_FILE}, mode 0600)",
+            "  simulator:     {sim}  (upstream APIs; knobs: {sim}/_sim/knobs)",
             "  try:           curl {url}/readyz",
             f"                 curl -H 'Authorization: Bearer {admin}' {{url}}/openapi.json",
-            "Ctrl-C (or SIGTERM) stops the daemon and both servers.",
+            "Ctrl-C (or SIGTERM) stops the daemon, the simulator and both servers.",
         ]
     )
 
 
-def _serve(config: Config, banner: str, early: _EarlySignal) -> int:
+def _serve(config: Config, banner: str, early: _EarlySignal, *, sim_port: int, demo: bool) -> int:
     from ..daemon import Daemon
     from .running import run_until_signal
 
     early.raising = False
     try:
-        trio.run(run_until_signal, _Announcer(Daemon(config), banner, early))
+        announcer = _Announcer(Daemon(config), banner, early, sim_port=sim_port, demo=demo)
+        trio.run(run_until_signal, announcer)
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
         if all(isinstance(e, KeyboardInterrupt) for e in leaves):
@@ -246,7 +279,11 @@ def run_dev(args: argparse.Namespace, config: Config) -> int:
             config = dev_config(
                 config, dsn=dsn, redis_url=redis_url, port=port, dev_secrets=dev_secrets
             )
-            return _serve(config, _banner(state_dir, dev_secrets), early)
+            banner = _banner(state_dir, dev_secrets)
+            sim_port = (
+                DEFAULT_SIMULATOR_PORT if args.simulator_port is None else args.simulator_port
+            )
+            return _serve(config, banner, early, sim_port=sim_port, demo=not args.no_demo)
     except KeyboardInterrupt:
         print("stationmaster dev: interrupted; servers stopped", file=sys.stderr)
         return _EXIT_OK

@@ -19,12 +19,12 @@ from accounts.errors import ConfigError, StationmasterError
 
 from ..core.config import Config, load_config
 from ..core.logs import configure_logging
-from . import accounts, buckets, explain, settings, tasks
+from . import accounts, buckets, explain, settings, simulate, tasks
 from .registry import COMMANDS, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 from .running import first_domain_error, run_daemon
 
 # Imported for their @command registrations.
-_COMMAND_MODULES = (accounts, buckets, explain, settings, tasks)
+_COMMAND_MODULES = (accounts, buckets, explain, settings, simulate, tasks)
 
 
 @command("run", "run the daemon (foreground; systemd Type=notify aware)")
@@ -70,6 +70,15 @@ def _add_dev_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--port", type=int, default=None, help="HTTP port (default 8080; 0 picks a free one)"
+    )
+    p.add_argument(
+        "--simulator-port",
+        type=int,
+        default=None,
+        help="port of the upstream simulator started beside it (default 8090; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--no-demo", action="store_true", help="do not seed the demo accounts (group `demo`)"
     )
 
 

@@ -246,7 +246,6 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
     tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
 
-
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
 
 

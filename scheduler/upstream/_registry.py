@@ -15,11 +15,13 @@ from .dashscope import DashScope
 from .errors import Rejected
 from .kling import Kling
 from .model import Adapter
+from .veo import Veo
 
 # platform -> constructor(exchange, configured prices)
 _FACTORIES: dict[str, Callable[[Exchange, dict[str, int]], Adapter]] = {
     DashScope.platform: DashScope,
     Kling.platform: Kling,
+    Veo.platform: Veo,
 }
 
 

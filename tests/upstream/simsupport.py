@@ -108,10 +108,12 @@ class SimControl:
         platform: str | None = None,
         op: str | None = None,
         count: int = 1,
+        body: Any = None,
     ) -> None:
-        """The next ``count`` matching requests answer this error in the platform's shape."""
-        body = {"status": status, "code": code, "message": message, "platform": platform}
-        self._call("POST", "inject", {**body, "op": op, "count": count})
+        """The next ``count`` matching requests answer this error in the platform's shape,
+        or exactly ``body`` (any JSON, any status: a recorded answer replayed)."""
+        doc = {"status": status, "code": code, "message": message, "platform": platform}
+        self._call("POST", "inject", {**doc, "op": op, "count": count, "body": body})
 
     def assert_each_client_submitted_once(self) -> None:
         """Every client key (our task id) created exactly one upstream task."""

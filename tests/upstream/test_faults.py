@@ -99,6 +99,7 @@ async def test_burst_of_5xx_then_recovery(sim: tuple[str, SimControl], upstream:
     assert (await adapter.fetch(acc, KEY, "x")).state is UpstreamState.UNKNOWN
 
 
+@pytest.mark.slow
 async def test_429_rate_over_1000_calls(sim: tuple[str, SimControl], upstream: Upstream) -> None:
     base_url, control = sim
     control.set(rate_429=0.3, retry_after_s=7, seed=11)

@@ -76,6 +76,7 @@ def test_simulate_cli_bad_input_exits_2(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_simulate_process_with_knobs_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "k.toml").write_text("[knobs]\nfailure_rate = 0.25\nfaults_on = ['fetch']\n")
     (tmp_path / "bad.toml").write_text("failure_rate = 'x'\n")
@@ -86,8 +87,10 @@ def test_simulate_process_with_knobs_file(tmp_path) -> None:  # type: ignore[no-
         assert control.process is not None
         assert control.knobs()["failure_rate"] == 0.0
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scheduler.upstream.simulator", "--port", "0"]
-        + ["--knobs", str(tmp_path / "k.toml"), "--set", "rate_429=0.1"],
+        [
+            *(sys.executable, "-m", "scheduler.upstream.simulator", "--port", "0"),
+            *("--knobs", str(tmp_path / "k.toml"), "--set", "rate_429=0.1"),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -41,6 +41,8 @@ def _invalid(field: str, reason: str, status: int = 422) -> Response:
 
 class _Inject(msgspec.Struct, forbid_unknown_fields=True):
     status: int
+    # A recorded answer to replay verbatim (any status); else an error in the platform's shape.
+    body: Any = None
     code: str | int | None = None
     message: str = "injected by the simulator"
     platform: str | None = None
@@ -110,8 +112,9 @@ class Control:
             item = msgspec.json.decode(req.body, type=_Inject)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return _invalid("$", str(exc))
-        if not 400 <= item.status <= 599:
-            return _invalid("status", "an HTTP error status (400-599)")
+        lowest = 200 if item.body is not None else 400
+        if not lowest <= item.status <= 599:
+            return _invalid("status", f"an HTTP status between {lowest} and 599")
         if item.count < 1:
             return _invalid("count", "at least 1")
         self.world.injections.append(msgspec.to_builtins(item))

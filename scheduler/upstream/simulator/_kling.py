@@ -40,6 +40,8 @@ _STATUS_OF_CODE = {
     5002: 504,
 }
 ENDPOINTS = ("text2video", "image2video")
+# Verified tokens remembered; beyond this many the cache starts over.
+_VERIFIED_MAX = 10_000
 
 
 def default_secret(access_key: str) -> str:
@@ -56,6 +58,9 @@ class KlingSim:
 
     def __init__(self, world: World) -> None:
         self.world = world
+        # token -> (access key, exp, nbf, secret it verified with): a client reuses a
+        # token for its whole life, and HS256 verification is most of a fetch's cost.
+        self._verified: dict[str, tuple[str, float, float, str]] = {}
 
     def match(self, method: str, path: str) -> Match | None:
         parts = split(path)
@@ -72,26 +77,38 @@ class KlingSim:
         token = bearer(req)
         if token is None:
             return None
+        claims = self._verified.get(token)
+        if claims is None or secret_for(self.world, claims[0]) != claims[3]:
+            claims = self._verify(token)
+            if claims is None:
+                return None
+            if len(self._verified) >= _VERIFIED_MAX:
+                self._verified.clear()
+            self._verified[token] = claims
+        access_key, exp, nbf, _secret = claims
+        now = self.world.wall()
+        # Times against the simulator's clock on every request, cached or not.
+        return access_key if nbf <= now < exp else None
+
+    def _verify(self, token: str) -> tuple[str, float, float, str] | None:
         try:
-            claims = jwt.decode(token, options={"verify_signature": False})
-            access_key = claims.get("iss")
+            unverified = jwt.decode(token, options={"verify_signature": False})
+            access_key = unverified.get("iss")
             if not isinstance(access_key, str):
                 return None
-            jwt.decode(
+            secret = secret_for(self.world, access_key)
+            claims = jwt.decode(
                 token,
-                secret_for(self.world, access_key),
+                secret,
                 algorithms=["HS256"],
                 options={"verify_exp": False, "verify_nbf": False, "require": ["exp", "nbf"]},
             )
         except jwt.PyJWTError:
             return None
-        now = self.world.wall()
         exp, nbf = claims.get("exp"), claims.get("nbf")
         if not isinstance(exp, int | float) or not isinstance(nbf, int | float):
             return None
-        if now >= exp or now < nbf:
-            return None
-        return access_key
+        return access_key, float(exp), float(nbf), secret
 
     def error(
         self, world: World, status: int, code: Any, message: str, *, account: str | None

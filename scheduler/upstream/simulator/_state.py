@@ -102,6 +102,8 @@ class World:
         self.accounts: dict[str, AccountStats] = {}
         self.injections: list[dict[str, Any]] = []
         self.totals: dict[str, int] = {}
+        # Chat usage windows per account (see _chat.py): account -> (5h, 7d).
+        self.usage_windows: dict[str, Any] = {}
 
     # --- clock ---------------------------------------------------------------
     def now(self) -> float:

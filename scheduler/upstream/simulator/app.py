@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import msgspec
 import trio
 
+from ._chat import AnthropicSim, OpenAISim
 from ._common import Match, PlatformSim
 from ._control import Control
 from ._dashscope import DashScopeSim
 from ._kling import KlingSim
 from ._server import Request, Response, serve_http
 from ._state import Fault, World
+from ._veo import VeoSim
 from .knobs import Knobs
 
 # A body cut mid-document: what a crashing proxy or a half-written buffer sends.
@@ -24,7 +27,13 @@ class Simulator:
 
     def __init__(self, knobs: Knobs | None = None) -> None:
         self.world = World(knobs or Knobs())
-        self.platforms: list[PlatformSim] = [DashScopeSim(self.world), KlingSim(self.world)]
+        self.platforms: list[PlatformSim] = [
+            DashScopeSim(self.world),
+            KlingSim(self.world),
+            VeoSim(self.world),
+            OpenAISim(self.world),
+            AnthropicSim(self.world),
+        ]
         self.control = Control(self.world, [p.name for p in self.platforms])
 
     async def handle(self, req: Request) -> Response:
@@ -72,6 +81,11 @@ class Simulator:
         injected = world.take_injection(platform.name, op)
         if injected is not None:
             status, code, message = injected["status"], injected["code"], injected["message"]
+            if injected.get("body") is not None:
+                headers = (
+                    [("retry-after", f"{world.knobs.retry_after_s:g}")] if status == 429 else []
+                )
+                return Response(status, msgspec.json.encode(injected["body"]), headers)
             return platform.error(world, status, code, message, account=account)
         if fault == "hang":
             return Response(hang=True)

@@ -68,7 +68,8 @@ async def _dev(
     state_dir: Path, port: int = 0, config: dict[str, dict[str, object]] | None = None
 ) -> AsyncIterator[DaemonProcess]:
     """The dev subprocess; killed if still running at the end, its pipe always closed."""
-    args = ("dev", "--state-dir", str(state_dir), "--port", str(port))
+    # --simulator-port 0: the default 8090 may be taken by another run on this machine.
+    args = ("dev", "--state-dir", str(state_dir), "--port", str(port), "--simulator-port", "0")
     proc = DaemonProcess(config or {}, args=args)
     try:
         yield proc
@@ -119,10 +120,29 @@ async def test_dev_serves_then_stops_both_servers_and_reuses_tokens(state_dir: P
         assert (stored["admin_token"], stored["gateway_token"]) == tokens
 
         async with _dev(state_dir) as second:
-            await _wait_ready(second)
+            url = await _wait_ready(second)
             again = (_banner_value(second, "admin token"), _banner_value(second, "gateway token"))
             assert again == tokens
+            await _check_demo(second, url, tokens[0])
             await _stop(second, state_dir)
+
+
+async def _check_demo(proc: DaemonProcess, url: str, admin_token: str) -> None:
+    """The demo accounts exist (seeded by the first run) and point at THIS run's simulator."""
+    sim_url = _banner_value(proc, "simulator").split()[0]
+    while not any(r.get("raw", "").strip().startswith("demo:") for r in proc.log_lines):
+        await trio.sleep(0.05)  # the line comes once seeding is done (under fail_after)
+    assert "6 accounts" in _banner_value(proc, "demo")
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        assert (await client.get(sim_url + "/_sim/health")).json()["ok"] is True
+        listed = await client.get(
+            url + "/v1/admin/accounts",
+            params={"group": "demo"},
+            headers={"authorization": f"Bearer {admin_token}"},
+        )
+    items = listed.json()["items"]
+    assert {a["platform"] for a in items} == {"dashscope", "kling", "openai", "anthropic"}
+    assert len(items) == 6 and all(a["base_url"] == sim_url for a in items)
 
 
 async def test_dev_daemon_failing_to_start_leaves_no_servers(state_dir: Path) -> None:
