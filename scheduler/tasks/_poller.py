@@ -13,8 +13,9 @@ A held task stays in memory between polls: an unchanged poll writes nothing
 (not even its next poll time), the lease is renewed for all held tasks by one
 ``UPDATE`` of ``task_leases``, and tasks are handed back with their planned next
 poll time on shutdown. If the lease is lost (this process stalled past its
-expiry and another instance reaped it) every held task is dropped at once and a
-fresh lease is taken; a poll already running may still write, which is safe: every
+expiry and it was reaped) every held task is dropped at once and a fresh lease
+is taken (an expired lease not yet reaped is simply renewed: nobody took its
+tasks); a poll already running may still write, which is safe: every
 write is a compare-and-set on the version.
 
 Rate-limited and failed polls never change a task: they only push its next poll
@@ -163,14 +164,19 @@ class Poller:
     # --- lease -----------------------------------------------------------------------
 
     async def _renew_loop(self) -> None:
+        delay = self.cfg.renew_every_s
         while True:
-            await trio.sleep(self.cfg.renew_every_s)
+            await trio.sleep(delay)
+            delay = self.cfg.renew_every_s
             try:
                 if await self.store.renew_lease(self.token, self.cfg.lease_s):
                     continue
             except StationmasterError:
-                continue  # an outage: the lease may still hold; try again next period
-            # Expired (and maybe reaped): other instances may poll these tasks now.
+                # The lease may still hold (and an expired one is revived while its
+                # row exists): try again soon rather than a whole period later.
+                delay = min(1.0, self.cfg.renew_every_s)
+                continue
+            # Reaped: other instances may poll these tasks now.
             log.warning("task lease lost; dropping held tasks", tasks=len(self._tracks))
             self._tracks.clear()
             self._heap = _Heap()
@@ -183,7 +189,7 @@ class Poller:
         while True:
             full = False
             try:
-                await self.store.reap()
+                await self.store.reap(self.token)
                 room = self.cfg.max_held - len(self._tracks)
                 if room > 0:
                     full = await self._claim(min(room, self.cfg.claim_batch))

@@ -98,9 +98,12 @@ INSERT INTO task_leases (token, instance_id, expires_at)
 VALUES ($1, $2, now() + make_interval(secs => $3))
 """
 # Renewing a poller's lease renews every task it holds: one row, not one per task.
+# A lease past its expiry is still ours as long as its row exists: the reaper
+# deletes the row and frees its tasks in one statement, so a surviving row means
+# no task of it was handed to anyone.
 LEASE_RENEW = """
 UPDATE task_leases SET expires_at = now() + make_interval(secs => $2)
-WHERE token = $1 AND expires_at > now()
+WHERE token = $1
 RETURNING expires_at
 """
 # Tasks handed back on shutdown keep the next poll time their holder planned.
@@ -112,10 +115,11 @@ WHERE t.id = g.id AND t.lease_owner = $1
 GIVE_BACK_ALL = "UPDATE tasks SET lease_owner = NULL WHERE lease_owner = $1"
 LEASE_DROP = "DELETE FROM task_leases WHERE token = $1"
 # Expired pollers' tasks become claimable: delete the lease and free its tasks in
-# one statement, so no task is left pointing at a vanished lease.
+# one statement, so no task is left pointing at a vanished lease. A poller never
+# reaps its own lease ($1): late, it renews it instead (see LEASE_RENEW).
 REAP = """
 WITH dead AS (
-    DELETE FROM task_leases WHERE expires_at <= now() RETURNING token
+    DELETE FROM task_leases WHERE expires_at <= now() AND token <> $1 RETURNING token
 )
 UPDATE tasks SET lease_owner = NULL
 WHERE lease_owner IN (SELECT token FROM dead)

@@ -233,7 +233,7 @@ class TaskStore:
         await self.db.execute(q.LEASE_REGISTER, token, instance_id, lease_s)
 
     async def renew_lease(self, token: str, lease_s: float) -> bool:
-        """Extend every task ``token`` holds; False if the lease had expired (tasks lost)."""
+        """Extend every task ``token`` holds; False if the lease was reaped (tasks lost)."""
         return await self.db.fetchval(q.LEASE_RENEW, token, lease_s) is not None
 
     async def claim(self, token: str, limit: int) -> list[Held]:
@@ -241,9 +241,9 @@ class TaskStore:
         rows = await self.db.fetch(q.CLAIM, token, limit)
         return [Held.from_row(r) for r in rows]
 
-    async def reap(self) -> int:
-        """Free the tasks of every expired lease; returns how many tasks were freed."""
-        return _count(await self.db.execute(q.REAP))
+    async def reap(self, own_token: str = "") -> int:
+        """Free the tasks of every expired lease but ``own_token``; how many were freed."""
+        return _count(await self.db.execute(q.REAP, own_token))
 
     async def free_orphans(self) -> int:
         return _count(await self.db.execute(q.ORPHANS))
