@@ -209,3 +209,29 @@ async def test_topup_is_idempotent_per_key(db: Database) -> None:
     with pytest.raises(ValueError):
         await store.topup("bob", 60, "k")
     assert (await store.credit("bob")).balance == 50
+
+
+async def test_claim_leases_a_batch_and_reaping_frees_an_expired_lease(db: Database) -> None:
+    store = TaskStore(db, max_in_flight=100)
+    await store.topup("alice", 10**6, "t1")
+    for _ in range(5):
+        await _pending(store)
+    await store.register_lease("a/1", "a", 0.2)
+    await store.register_lease("b/1", "b", 30.0)
+    claimed = await store.claim("a/1", 3)
+    assert len(claimed) == 3
+    assert len(await store.claim("b/1", 10)) == 2  # SKIP LOCKED / leased: only the rest
+    assert await store.claim("b/1", 10) == []
+    with trio.fail_after(5):
+        while await db.fetchval("SELECT expires_at > now() FROM task_leases WHERE token = 'a/1'"):
+            await trio.sleep(0.05)
+    # Expired but not reaped: nobody took its tasks, so its holder may renew it.
+    assert await store.reap("a/1") == 0
+    assert await store.renew_lease("a/1", 0.2)
+    with trio.fail_after(5):
+        while await db.fetchval("SELECT expires_at > now() FROM task_leases WHERE token = 'a/1'"):
+            await trio.sleep(0.05)
+    # Reaped by another poller: its tasks are free again and the lease is gone for good.
+    assert await store.reap("b/1") == 3
+    assert not await store.renew_lease("a/1", 30.0)
+    assert len(await store.claim("b/1", 10)) == 3
