@@ -19,12 +19,12 @@ from accounts.errors import ConfigError, StationmasterError
 
 from ..core.config import Config, load_config
 from ..core.logs import configure_logging
-from . import accounts, buckets, explain, settings, simulate, tasks
+from . import accounts, buckets, explain, outbox, settings, simulate, tasks
 from .registry import COMMANDS, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 from .running import first_domain_error, run_daemon
 
 # Imported for their @command registrations.
-_COMMAND_MODULES = (accounts, buckets, explain, settings, simulate, tasks)
+_COMMAND_MODULES = (accounts, buckets, explain, outbox, settings, simulate, tasks)
 
 
 @command("run", "run the daemon (foreground; systemd Type=notify aware)")

@@ -47,6 +47,7 @@ from ._delivery import Answer, Signer, deliver
 from ._metrics import OutboxMetrics
 from ._rules import Status, Verdict, classify, display_url, origin, retry_delay_s, settle
 from ._store import Claim, OutboxStore, Outcome
+from ._transport import TrioTransport, WebhookClient
 
 log = get_logger("outbox")
 
@@ -101,8 +102,13 @@ class Dispatcher:
         self._held: dict[int, Claim] = {}
         self._per_origin: Counter[str] = Counter()
         self._wake = trio.Event()
+        # Set with _wake when there is work now (not just an earlier retry to wait for).
+        self._work = False
         # True when the last claim filled the free capacity: more may be due.
         self._starved = False
+        # Origins the last claim left alone or handed back (at their limit): a slot
+        # freeing up for one of them is a reason to claim again, not to wait a poll.
+        self._deferred: set[str] = set()
         # Earliest retry we scheduled (trio clock), so short backoffs do not wait a poll.
         self._next_due = math.inf
         self._send, self._recv = trio.open_memory_channel[Outcome](math.inf)
@@ -111,16 +117,14 @@ class Dispatcher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self._cfg
-        limits = httpx.Limits(
-            max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
-        )
+        transport = self._transport or TrioTransport()
         try:
             # trust_env=False: deliveries go where the row says, not via a proxy
-            # some environment variable happens to name. The client's per-phase
-            # timeout is a second net under deliver()'s bound on the whole attempt.
+            # some environment variable happens to name. deliver() bounds each
+            # attempt as a whole with a trio deadline.
             async with (
-                httpx.AsyncClient(
-                    limits=limits, transport=self._transport, trust_env=False, timeout=cfg.timeout_s
+                WebhookClient(
+                    transport=transport, trust_env=False, timeout=cfg.timeout_s
                 ) as client,
                 trio.open_nursery() as nursery,
             ):
@@ -150,8 +154,11 @@ class Dispatcher:
                         self._owner, limit=limit, lease_s=cfg.lease_s, exclude=saturated
                     )
                     overflow = self._start(nursery, client, claims)
+                    self._deferred = set(saturated) | {origin(c.destination) for c in overflow}
                     if overflow:
-                        await self._store.release(self._owner, overflow, refund=True)
+                        await self._store.release(
+                            self._owner, [c.id for c in overflow], refund=True
+                        )
             except (StoreUnavailable, trio.TooSlowError) as exc:
                 log.warning("outbox claim failed", error=type(exc).__name__)
                 claims = []
@@ -161,9 +168,9 @@ class Dispatcher:
 
     def _start(
         self, nursery: trio.Nursery, client: httpx.AsyncClient, claims: Sequence[Claim]
-    ) -> list[int]:
-        """Start a delivery per claim within the per-origin limit; the ids over it."""
-        overflow: list[int] = []
+    ) -> list[Claim]:
+        """Start a delivery per claim within the per-origin limit; the claims over it."""
+        overflow: list[Claim] = []
         for claim in claims:
             if claim.id in self._held:
                 # Our own lapsed lease, taken again: the delivery under way records it.
@@ -171,7 +178,7 @@ class Dispatcher:
                 continue
             key = origin(claim.destination)
             if self._per_origin[key] >= self._cfg.per_destination:
-                overflow.append(claim.id)
+                overflow.append(claim)
                 continue
             self._held[claim.id] = claim
             self._per_origin[key] += 1
@@ -179,20 +186,30 @@ class Dispatcher:
         return overflow
 
     async def _sleep(self) -> None:
-        """Until woken (NOTIFY, freed capacity, a known retry due) or the poll interval."""
-        timeout = min(self._cfg.poll_interval_s, max(self._next_due - trio.current_time(), 0))
-        with trio.move_on_after(timeout):
-            await self._wake.wait()
-        self._wake = trio.Event()
+        """Until woken (NOTIFY, freed capacity), a known retry is due, or the poll interval."""
+        poll_at = trio.current_time() + self._cfg.poll_interval_s
+        while True:
+            deadline = min(poll_at, self._next_due)
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            # Woken only because an earlier retry was scheduled: sleep on to it.
+            if self._work or trio.current_time() >= min(poll_at, self._next_due):
+                break
+        self._work = False
         if self._next_due <= trio.current_time():
             self._next_due = math.inf
+
+    def _kick(self, *, work: bool = True) -> None:
+        self._work = self._work or work
+        self._wake.set()
 
     async def _listen_loop(self) -> None:
         while True:
             try:
                 async with self._listen(q.CHANNEL, self._on_notify) as lost:
                     # Anything sent while we were not listening is covered by one claim now.
-                    self._wake.set()
+                    self._kick()
                     await lost.wait()
                 log.warning("outbox listener lost its connection; listening again")
             except StoreUnavailable as exc:
@@ -201,7 +218,7 @@ class Dispatcher:
             await trio.sleep(self._cfg.poll_interval_s)
 
     def _on_notify(self, _payload: str) -> None:
-        self._wake.set()
+        self._kick()
 
     # --- delivering -----------------------------------------------------------------
 
@@ -256,19 +273,25 @@ class Dispatcher:
 
     def _settle(self, batch: Sequence[Outcome], recorded: set[int]) -> None:
         """Free the slots of a written batch; count and log what it decided."""
+        freed_deferred = False
         for outcome in batch:
             claim = outcome.claim
             if self._held.pop(claim.id, None) is not None:
                 key = origin(claim.destination)
+                freed_deferred = freed_deferred or key in self._deferred
                 self._per_origin[key] -= 1
                 if self._per_origin[key] <= 0:
                     del self._per_origin[key]
             self._count(outcome, claim.id in recorded)
             if outcome.status is Status.PENDING and claim.id in recorded:
                 # Due at the database's commit time + delay, which is before now + delay.
-                self._next_due = min(self._next_due, trio.current_time() + outcome.delay_s)
-        if self._starved and self._cfg.concurrency - len(self._held) >= self._refill_at():
-            self._wake.set()
+                due = trio.current_time() + outcome.delay_s
+                if due < self._next_due:
+                    self._next_due = due
+                    self._kick(work=False)
+        free = self._cfg.concurrency - len(self._held)
+        if (self._starved and free >= self._refill_at()) or (freed_deferred and free > 0):
+            self._kick()
         if self._observer is not None:
             self._observer(batch, recorded)
 
@@ -295,7 +318,11 @@ class Dispatcher:
             self._metrics.attempts.observe(outcome.claim.attempts)
 
     async def _stop_cleanly(self) -> None:
-        """Record what finished, hand back what did not (called shielded, bounded)."""
+        """Record what finished, hand back what did not (called shielded, bounded).
+
+        Whatever happens, this instance forgets its claims: a restarted run starts
+        empty, and any claim not handed back here lapses with its lease.
+        """
         finished = list(self._recording)
         while True:
             try:
@@ -307,13 +334,16 @@ class Dispatcher:
             self._settle(finished, recorded)
             # Sent or not, we cannot tell: the attempt stays counted.
             released = await self._store.release(self._owner, list(self._held), refund=False)
+            if released:
+                log.info("outbox stop: claims handed back", n=len(released))
         except StoreUnavailable as exc:
             log.warning("outbox stop: claims left to their leases", error=exc.message)
-            return
-        if released:
-            log.info("outbox stop: claims handed back", n=len(released))
-        self._held.clear()
-        self._per_origin.clear()
+        finally:
+            self._recording = []
+            self._held.clear()
+            self._per_origin.clear()
+            self._deferred.clear()
+            self._starved = False
 
     # For tests and /readyz-style introspection.
     def held(self) -> int:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from accounts.db import Connection
 
 from . import _queries as q
+
+_TOKEN = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 async def enqueue(
@@ -27,10 +30,12 @@ async def enqueue(
     pull-only event. ``max_attempts`` (default: the column's, 8) bounds deliveries
     before the event goes dead. A repeated ``event_key`` is a no-op returning
     False, so a retried transition cannot announce itself twice. Raises
-    ValueError for an empty key or type, or a destination that is not http(s).
+    ValueError for a key or type that is empty or not visible ASCII, or a
+    destination that is not http(s).
     """
-    if not event_key or not type:
-        raise ValueError("event_key and type must be non-empty")
+    if not _TOKEN.fullmatch(event_key) or not _TOKEN.fullmatch(type):
+        # The key travels as the webhook-id header: visible ASCII only.
+        raise ValueError("event_key and type must be 1-200 visible ASCII characters")
     if destination is not None and not destination.startswith(("http://", "https://")):
         raise ValueError("destination must be an http:// or https:// URL")
     if max_attempts is not None and max_attempts < 1:

@@ -32,7 +32,7 @@ SELECT EXISTS (SELECT FROM ins) AS inserted, (SELECT count(*) FROM wake) AS woke
 # commit), each arm served by its own partial index, locked with SKIP LOCKED so
 # instances never wait on each other, then marked published under our lease. The
 # attempt is counted here, so a crash mid-delivery still uses one up.
-# $1 limit per arm, $2 lease owner, $3 lease seconds, $4 origins to leave alone
+# $1 limit, $2 lease owner, $3 lease seconds, $4 origins to leave alone
 # (at their per-destination limit here).
 CLAIM = """
 WITH due AS MATERIALIZED (
@@ -49,7 +49,9 @@ WITH due AS MATERIALIZED (
      LIMIT $1
      FOR UPDATE SKIP LOCKED
 ), picked AS (
-    SELECT id FROM due UNION ALL SELECT id FROM lapsed
+    -- At most $1 in all, lapsed first (they are the oldest work). Rows locked but
+    -- not picked are unlocked at the end of this statement's transaction.
+    (SELECT id FROM lapsed) UNION ALL (SELECT id FROM due) LIMIT $1
 )
 UPDATE outbox o
    SET status = 'published',

@@ -151,7 +151,11 @@ def display_url(url: str) -> str:
     """A URL fit for logs and admin reads: no userinfo, no query values (tokens live there)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:  # not a number or out of range: show none rather than fail a read
+        port = None
+    if port is not None:
+        host = f"{host}:{port}"
     shown = f"{parts.scheme}://{host}{parts.path}"
     return shown + ("?…" if parts.query else "")

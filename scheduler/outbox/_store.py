@@ -151,7 +151,7 @@ class OutboxStore:
     async def claim(
         self, owner: str, *, limit: int, lease_s: float, exclude: Sequence[str] = ()
     ) -> list[Claim]:
-        """Claim up to ``limit`` due rows (plus up to ``limit`` with a lapsed lease) for ``owner``.
+        """Claim up to ``limit`` rows for ``owner``: lapsed leases first, then due pending rows.
 
         ``exclude`` lists origins not to take new rows for (see ``_rules.origin``).
         """

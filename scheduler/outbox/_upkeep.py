@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import trio
 
 from accounts.errors import StoreUnavailable
@@ -20,7 +22,8 @@ class Purger:
     A pass deletes at most ``purge_max_batches`` batches of ``purge_batch`` rows,
     each its own short statement (row locks for one batch, never the table), and
     stops early once a batch comes back short. Only ``consumed`` rows are ever
-    selected, and the status is checked again at delete time. ``started()`` at once.
+    selected, and the status is checked again at delete time. ``started()`` at
+    once; the first pass comes 0.5-1.5 intervals later (then every such spread).
     """
 
     name = "outbox-purger"
@@ -48,6 +51,10 @@ class Purger:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
+            # Sleep first: start-up is busy enough (the store prober's first pings
+            # must not queue behind upkeep for a pool connection), and the spread
+            # keeps instances started together from purging in step.
+            await trio.sleep(self._cfg.purge_interval_s * (0.5 + random.random()))
             try:
                 with trio.fail_after(max(self._cfg.purge_interval_s, 30.0)):
                     deleted = await self.purge_once()
@@ -55,7 +62,6 @@ class Purger:
                     log.info("outbox purged", n=deleted)
             except (StoreUnavailable, trio.TooSlowError) as exc:
                 log.warning("outbox purge failed", error=type(exc).__name__)
-            await trio.sleep(self._cfg.purge_interval_s)
 
 
 class BacklogMonitor:
@@ -72,9 +78,10 @@ class BacklogMonitor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
+            # First refresh after one interval, for the same reason as the purger's.
+            await trio.sleep(self._cfg.stats_interval_s)
             try:
                 with trio.fail_after(self._cfg.stats_interval_s + 5.0):
                     self._metrics.set_backlog(await self._store.stats())
             except (StoreUnavailable, trio.TooSlowError) as exc:
                 log.warning("outbox stats failed", error=type(exc).__name__)
-            await trio.sleep(self._cfg.stats_interval_s)

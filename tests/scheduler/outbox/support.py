@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from accounts.db import Database
 from scheduler.core.config import OutboxConfig
+from scheduler.outbox import Dispatcher, OutboxStore, Outcome, Status
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -60,7 +63,9 @@ class Receiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:
@@ -98,7 +103,8 @@ class Receiver:
             n = self.counts[wid]
             self.deliveries.append(Delivery(handler.path, wid, headers, body, verified))
             self._cond.notify_all()
-        answer = self._scripts.get(handler.path, lambda _n: 200)(n)
+        path = urlsplit(handler.path).path
+        answer = self._scripts.get(path, lambda _n: 200)(n)
         status, extra = answer if isinstance(answer, tuple) else (answer, {})
         if status == HANG:
             self._closing.wait(60)
@@ -178,3 +184,45 @@ async def force_status(db: Database, prefix: str, status: str, *, age_s: float =
 async def statuses(db: Database) -> dict[str, str]:
     rows = await db.fetch("SELECT event_key, status FROM outbox")
     return {r["event_key"]: r["status"] for r in rows}
+
+
+class Journal:
+    """The dispatcher's observer: every outcome written, and a way to wait on them."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[tuple[Outcome, bool]] = []
+        self._changed = trio.Event()
+
+    def __call__(self, batch: Sequence[Outcome], recorded: set[int]) -> None:
+        self.outcomes.extend((o, o.claim.id in recorded) for o in batch)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def of(self, event_key: str) -> list[Outcome]:
+        return [o for o, ok in self.outcomes if ok and o.claim.event_key == event_key]
+
+    def final(self, event_key: str) -> Outcome | None:
+        done = [o for o in self.of(event_key) if o.status in (Status.CONSUMED, Status.DEAD)]
+        return done[-1] if done else None
+
+    async def wait_for(self, predicate: Callable[[Journal], bool], timeout: float = 20) -> None:
+        with trio.fail_after(timeout):
+            while not predicate(self):
+                await self._changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def dispatching(
+    db: Database, config: OutboxConfig, journal: Journal | None = None, **kwargs: Any
+) -> AsyncIterator[Dispatcher]:
+    """A Dispatcher running in this test (LISTEN on its own connection); stopped on exit."""
+    kwargs.setdefault("listen", db.listen)
+    dispatcher = Dispatcher(
+        OutboxStore(db), config, owner=kwargs.pop("owner", "test"), observer=journal, **kwargs
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(dispatcher.run)
+        try:
+            yield dispatcher
+        finally:
+            nursery.cancel_scope.cancel()

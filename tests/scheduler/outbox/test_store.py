@@ -211,3 +211,18 @@ async def test_stats_count_the_backlog(db):
     stats = await store.stats()
     assert (stats.pending, stats.published, stats.dead) == (4, 0, 2)
     assert stats.oldest_pending_s is not None and stats.oldest_pending_s >= 120
+
+
+async def test_claim_takes_lapsed_leases_first_and_never_more_than_the_limit(db):
+    store = OutboxStore(db)
+    await insert_events(db, 3, DEST, prefix="lapsed")
+    await store.claim("gone", limit=3, lease_s=30)
+    await db.execute(
+        "UPDATE outbox SET lease_expires_at = now() - interval '1 s' WHERE status = 'published'"
+    )
+    await insert_events(db, 5, DEST, prefix="due")
+    claims = await store.claim("a", limit=4, lease_s=30)
+    assert len(claims) == 4
+    assert {"lapsed1", "lapsed2", "lapsed3"} <= {c.event_key for c in claims}
+    left = await db.fetchval("SELECT count(*) FROM outbox WHERE status = 'pending'")
+    assert left == 4  # the rows locked but not picked were left as they were
