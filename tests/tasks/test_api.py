@@ -93,3 +93,24 @@ async def test_bad_input_402_and_429_record_nothing(db, pg_dsn, redis_url, redis
                 r = await gw.post("/v1/tasks", json=task_body("bob"))
                 assert r.status_code == 429, r.text
                 assert await counts(db) == (1, 1)
+
+
+async def test_a_task_with_an_origin_goes_to_the_origins_account(
+    db, pg_dsn, redis_url, redis_prefix, simulator
+):
+    sim_url, _sim = simulator(seed=2, duration_min_s=30, duration_max_s=30)
+    config = make_config(pg_dsn, redis_url, redis_prefix, tasks=tasks_config())
+    with trio.fail_after(60):
+        async with open_daemon(config) as (_d, url):
+            await create_accounts(url, sim_url, 4)
+            await topup(url, "alice", 10**9)
+            async with gateway(url) as gw:
+                for _ in range(3):
+                    r = await gw.post("/v1/tasks", json=task_body())
+                    origin = r.json()
+                    r = await gw.post("/v1/tasks", json=task_body(origin_task_id=origin["id"]))
+                    assert r.status_code == 202, r.text
+                    extend = r.json()
+                    assert extend["origin_task_id"] == origin["id"]
+                    # 4 accounts, 3 rounds: chance alone would agree 1 time in 64.
+                    assert extend["account_id"] == origin["account_id"]
