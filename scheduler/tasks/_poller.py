@@ -170,6 +170,7 @@ class Poller:
             delay = self.cfg.renew_every_s
             try:
                 if await self.store.renew_lease(self.token, self.cfg.lease_s):
+                    await self._forget_ended()
                     continue
             except StationmasterError:
                 # The lease may still hold (and an expired one is revived while its
@@ -182,6 +183,18 @@ class Poller:
             self._heap = _Heap()
             self._gauge()
             await self._new_lease()
+
+    async def _forget_ended(self) -> None:
+        """Drop held tasks that are no longer ours (ended elsewhere: cancelled, timed out).
+
+        A terminal row has no lease owner, so a count below what we hold means some
+        ended by another writer while their upstream answer had not changed yet.
+        """
+        if not self._tracks or await self.store.count_leased(self.token) >= len(self._tracks):
+            return
+        ours = set(await self.store.leased_ids(self.token))
+        for task_id in [t for t in self._tracks if t not in ours]:
+            self._drop(task_id)
 
     # --- claim -------------------------------------------------------------------------
 
@@ -280,6 +293,10 @@ class Poller:
                 "poll failed", task_id=held.id, error=type(exc).__name__, reason=exc.message
             )
             result = "error"
+        except Exception:
+            # An adapter bug must cost this poll, not the poller (and every task it holds).
+            log.exception("poll crashed", task_id=held.id)
+            result = "error"
         finally:
             self._limit.release()
             bucket = self._buckets.get(held.account_id or "")
@@ -287,18 +304,25 @@ class Poller:
                 bucket.in_flight -= 1
             track.polling = False
         self._count(result)
+        self._reschedule(track, result, interval, retry_after)
+
+    def _reschedule(
+        self, track: _Track, result: str, interval: float | None, retry_after: float | None
+    ) -> None:
+        held = track.held
         if held.id not in self._tracks:
+            return
+        if time.time() >= held.deadline:
+            # The sweeper ends it (TIMED_OUT, hold released); polling it on is waste.
+            self._drop(held.id)
             return
         if result in ("unchanged", "changed"):
             track.errors = 0
-        elif result not in ("lost",):
+        elif result != "lost":
             track.errors += 1
-        age = time.time() - held.created_at
-        if not self.cfg.honour_platform_interval:
-            interval = None
         delay = self.schedule.delay(
-            age,
-            platform_interval_s=interval,
+            time.time() - held.created_at,
+            platform_interval_s=interval if self.cfg.honour_platform_interval else None,
             retry_after_s=retry_after,
             errors=track.errors,
             rand=self.rand,

@@ -112,6 +112,8 @@ UPDATE tasks t SET lease_owner = NULL, next_poll_at = g.next_poll_at
 FROM unnest($2::uuid[], $3::timestamptz[]) AS g (id, next_poll_at)
 WHERE t.id = g.id AND t.lease_owner = $1
 """
+COUNT_LEASED = "SELECT count(*) FROM tasks WHERE lease_owner = $1"
+LEASED_IDS = "SELECT id FROM tasks WHERE lease_owner = $1"
 GIVE_BACK_ALL = "UPDATE tasks SET lease_owner = NULL WHERE lease_owner = $1"
 LEASE_DROP = "DELETE FROM task_leases WHERE token = $1"
 # Expired pollers' tasks become claimable: delete the lease and free its tasks in

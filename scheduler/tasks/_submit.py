@@ -139,6 +139,11 @@ class Submitter:
             # the sweeper, which is exactly the crash case it exists for.
             log.warning("submit left for the sweeper", task_id=task.id, error=type(exc).__name__)
             self._count("error")
+        except Exception:
+            # A bug in an adapter must not take the submitter (and every submit in
+            # flight) down with it; the sweeper resolves the row.
+            log.exception("submit crashed; left for the sweeper", task_id=task.id)
+            self._count("error")
 
     async def _attempts(self, job: _Job) -> None:
         task = job.task

@@ -241,6 +241,12 @@ class TaskStore:
         rows = await self.db.fetch(q.CLAIM, token, limit)
         return [Held.from_row(r) for r in rows]
 
+    async def count_leased(self, token: str) -> int:
+        return int(await self.db.fetchval(q.COUNT_LEASED, token))
+
+    async def leased_ids(self, token: str) -> list[str]:
+        return [str(r["id"]) for r in await self.db.fetch(q.LEASED_IDS, token)]
+
     async def reap(self, own_token: str = "") -> int:
         """Free the tasks of every expired lease but ``own_token``; how many were freed."""
         return _count(await self.db.execute(q.REAP, own_token))

@@ -227,3 +227,34 @@ async def test_backlog_of_overdue_tasks_times_out_in_one_pass(
             assert d.services is not None
     assert await db.fetchval("SELECT count(*) FROM tasks WHERE status = 'timed_out'") == n
     await check_books(db)
+
+
+async def test_a_task_ended_elsewhere_is_let_go(
+    db: Database, pg_dsn, redis_url, redis_prefix, simulator
+):
+    """Timed out by the sweeper while running forever upstream: the poller stops holding it."""
+    sim_url, sim = simulator(seed=10, duration_min_s=0.2, duration_max_s=0.2, never_finish_rate=1.0)
+    config = make_config(pg_dsn, redis_url, redis_prefix, tasks=tasks_config())
+    with trio.fail_after(60):
+        async with open_daemon(config) as (_d, url):
+            await create_accounts(url, sim_url, 1)
+            await topup(url, "alice", 10**9)
+            async with gateway(url) as gw:
+                for _ in range(3):
+                    assert (await gw.post("/v1/tasks", json=task_body())).status_code == 202
+            await _wait_fetches(sim, 3, 2)
+            assert await _held(url) == 3
+            await db.execute("UPDATE tasks SET deadline = now() - interval '1 second'")
+            await wait_all_terminal(db, timeout=30)
+            while await _held(url):
+                await trio.sleep(0.1)
+    statuses = {r["status"] for r in await db.fetch("SELECT status FROM tasks")}
+    assert statuses == {"timed_out"}
+    await check_books(db)
+
+
+async def _held(url: str) -> float:
+    async with httpx.AsyncClient(base_url=url) as plain:
+        text = (await plain.get("/metrics")).text
+    line = next(x for x in text.splitlines() if x.startswith("stationmaster_tasks_held "))
+    return float(line.split()[1])
