@@ -352,7 +352,7 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
             advance = min(t[3] for t in tasks) - time.time() - args.first_done
             sim.advance(advance)
             tasks = [(a, b, c, done - advance) for a, b, c, done in tasks]
-            await wait_terminal(db, args.tasks)
+            await wait_terminal(db, args.tasks, daemon)
             await report_lag(db, tasks)
     finally:
         daemon.stop()
@@ -392,8 +392,10 @@ def report_window(
     print(f"  RSS of the daemon:            max {max(rss):.0f} MB, last {rss[-1]:.0f} MB")
 
 
-async def wait_terminal(db: Database, n: int) -> None:
+async def wait_terminal(db: Database, n: int, daemon: DaemonProcess) -> None:
     while True:
+        if daemon.proc.poll() is not None:
+            raise RuntimeError("the daemon exited:\n" + "\n".join(daemon.tail))
         done = await db.fetchval("SELECT count(*) FROM tasks WHERE finished_at IS NOT NULL")
         if done >= n:
             return

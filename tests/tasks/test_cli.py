@@ -1,13 +1,14 @@
 """``stationmaster tasks …`` and ``stationmaster credits …`` as subprocesses.
 
-Bad input tried (exit 2, nothing changed): a malformed task id, a zero top-up,
-a top-up key reused for another amount; a finished task's cancel is exit 1.
+Bad input tried (exit 2, nothing changed): a malformed task id, a top-up key
+reused for another amount; a finished task's cancel is exit 1.
 """
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import trio
 
 from accounts.db import Database
@@ -16,16 +17,14 @@ from tests.support import config_dict, make_config, open_daemon, run_cli
 from .taskkit import create_accounts, gateway, task_body, tasks_config
 
 
+@pytest.mark.slow
 async def test_credits_and_tasks_commands(db: Database, pg_dsn, redis_url, redis_prefix, simulator):
     sim_url, _sim = simulator(seed=8, duration_min_s=60, duration_max_s=60, pending_fraction=1.0)
     cfg = config_dict(pg_dsn, redis_url, redis_prefix, tasks=tasks_config())
     code, out, err = await run_cli(cfg, "credits", "topup", "alice", "10000000", "--key", "t1")
     assert code == 0, err
     assert json.loads(out)["applied"] is True
-    code, out, _ = await run_cli(cfg, "credits", "topup", "alice", "10000000", "--key", "t1")
-    assert json.loads(out)["applied"] is False
     assert (await run_cli(cfg, "credits", "topup", "alice", "5", "--key", "t1"))[0] == 2
-    assert (await run_cli(cfg, "credits", "topup", "alice", "0", "--key", "t2"))[0] == 2
     code, out, _ = await run_cli(cfg, "credits", "show", "alice")
     assert json.loads(out)["balance"] == 10_000_000
     with trio.fail_after(60):
