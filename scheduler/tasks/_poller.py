@@ -129,7 +129,8 @@ class Poller:
         self._wake = trio.Event()
         self._limit = trio.Semaphore(config.poll_concurrency)
         # Writes wait here rather than in the pool's acquire (which times out):
-        # hundreds of polls seeing a change together must queue, not fail.
+        # hundreds of polls seeing a change together must queue, not fail, and must
+        # leave half the pool to the rest of the daemon (settings, claims, the API).
         self._db = trio.Semaphore(db_slots)
         self._buckets: dict[str, _Bucket] = {}
         self._children: dict[tuple[str, str], Any] = {}

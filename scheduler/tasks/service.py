@@ -219,7 +219,7 @@ def build(services: Any) -> tuple[Tasks, list[Any]]:
     if cfg.pollers:
         actors.append(
             Poller(store, writer, services.upstream, accounts, services.instance_id, cfg,
-                   metrics=metrics, db_slots=max(1, services.config.database.pool_max - 2))
+                   metrics=metrics, db_slots=max(1, services.config.database.pool_max // 2))
         )  # fmt: skip
         actors.append(
             Sweeper(store, writer, services.upstream, accounts, interval_s=cfg.sweep_interval_s,
