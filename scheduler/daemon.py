@@ -39,6 +39,7 @@ from .selection.schedule import build_schedule
 from .services import Services
 from .tasks import build as build_tasks
 from .upstream import open_upstream
+from .usage import install as install_usage
 
 log = get_logger("daemon")
 
@@ -184,6 +185,8 @@ class Daemon:
             *install_selection(services),
             # Tasks use selection (submit) and the account repository.
             *self._tasks(services),
+            # The usage prober writes through selection's runtime store (installed just above).
+            *install_usage(services),
             *outbox.actors,
             Watchdog(self.notifier, self.health, watchdog_interval_s(self.env)),
         ]

@@ -42,6 +42,8 @@ class Services:
     selector: Any = None
     reporter: Any = None
     credentials: Any = None
+    # The usage probe service (scheduler/usage): the admin probe endpoint calls it.
+    usage: Any = None
     # The outbox table (scheduler/outbox): the pull feed and the operators' view.
     outbox: OutboxStore | None = None
     # Upstream adapters (scheduler/upstream) and async tasks (scheduler/tasks).

@@ -21,12 +21,15 @@ from accounts.validation import convert
 
 from ..selection.model import ModelName, SessionHash
 from ..tasks import TaskStatus, TaskView
-from .endpoints import Call, Endpoint, Scope, json_response
+from .endpoints import Call, Endpoint, Header, Scope, json_response
 
 MAX_PAGE = 500
 Owner = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
-TaskId = Annotated[str, msgspec.Meta(min_length=36, max_length=36)]
+TaskId = Annotated[
+    str, msgspec.Meta(min_length=36, max_length=36, extra_json_schema={"format": "uuid"})
+]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)]
 
 
 class TaskRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -53,11 +56,40 @@ class TaskList(msgspec.Struct, frozen=True):
 
 
 class ListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Admin list filters (every one optional)."""
+
     owner: Owner | None = None
     status: TaskStatus | None = None
-    platform: str | None = None
-    cursor: str | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)] = 50
+    platform: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    cursor: TaskId | None = None
+    limit: Limit = 50
+
+
+class OwnerListQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A gateway lists one owner's tasks."""
+
+    owner: Owner
+    status: TaskStatus | None = None
+    platform: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    cursor: TaskId | None = None
+    limit: Limit = 50
+
+
+class GetQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Only if the task is this owner's (404 otherwise).
+    owner: Owner | None = None
+    # Read the upstream now when the stored status is older than tasks.refresh_after_s.
+    refresh: bool = False
+
+
+class OwnerQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    owner: Owner | None = None
+
+
+class CreditsQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # next_cursor of the previous page (owners in order).
+    cursor: Owner | None = None
+    limit: Limit = 100
 
 
 class LedgerEntry(msgspec.Struct, frozen=True):
@@ -116,27 +148,12 @@ def _task_id(call: Call) -> str:
     return _uuid("task_id", call.request.path_params["task_id"])
 
 
-def _query(call: Call, *, owner_required: bool) -> ListQuery:
-    params: dict[str, Any] = dict(call.request.query_params)
-    if "limit" in params:
-        try:
-            params["limit"] = int(params["limit"])
-        except ValueError:
-            raise ValidationFailed.one("limit", "must be an integer") from None
-    q = convert(params, ListQuery)
-    if owner_required and q.owner is None:
-        raise ValidationFailed.one("owner", "required")
-    if q.cursor is not None:
-        _uuid("cursor", q.cursor)
-    return q
-
-
-async def _page(call: Call, q: ListQuery) -> TaskList:
+async def _page(call: Call, q: ListQuery | OwnerListQuery) -> TaskList:
     items = await _tasks(call).store.list_tasks(
         owner=q.owner,
         status=q.status.value if q.status else None,
         platform=q.platform,
-        before=q.cursor,
+        before=_uuid("cursor", q.cursor) if q.cursor else None,
         limit=q.limit,
     )
     cursor = items[-1].id if len(items) == q.limit else None
@@ -155,19 +172,18 @@ async def submit(call: Call) -> Response:
 
 
 async def get_task(call: Call) -> TaskView:
-    q = call.request.query_params
-    refresh = q.get("refresh", "false").lower() in ("1", "true", "yes")
-    task: TaskView = await _tasks(call).get(_task_id(call), owner=q.get("owner"), refresh=refresh)
+    q: GetQuery = call.query
+    task: TaskView = await _tasks(call).get(_task_id(call), owner=q.owner, refresh=q.refresh)
     return task
 
 
 async def list_tasks(call: Call) -> TaskList:
-    return await _page(call, _query(call, owner_required=True))
+    return await _page(call, call.query)
 
 
 async def cancel(call: Call) -> TaskView:
-    owner = call.request.query_params.get("owner")
-    task: TaskView = await _tasks(call).cancel(_task_id(call), owner=owner)
+    q: OwnerQuery = call.query
+    task: TaskView = await _tasks(call).cancel(_task_id(call), owner=q.owner)
     return task
 
 
@@ -175,7 +191,7 @@ async def cancel(call: Call) -> TaskView:
 
 
 async def admin_list(call: Call) -> TaskList:
-    return await _page(call, _query(call, owner_required=False))
+    return await _page(call, call.query)
 
 
 async def admin_get(call: Call) -> TaskDetail:
@@ -206,73 +222,78 @@ async def topup(call: Call) -> TopUpAnswer:
     return TopUpAnswer(applied, _credit(await store.credit(body.owner)))
 
 
-async def credits(call: Call) -> Any:
+async def credit(call: Call) -> Credit:
+    owner = convert(call.request.path_params["owner"], Owner)  # type: ignore[arg-type]
+    return _credit(await _tasks(call).store.credit(owner))
+
+
+async def credits(call: Call) -> Balances:
     store = _tasks(call).store
-    q = call.request.query_params
-    owner = q.get("owner")
-    if owner:
-        return _credit(await store.credit(convert(owner, Owner)))  # type: ignore[arg-type]
-    try:
-        limit = min(MAX_PAGE, max(1, int(q.get("limit", "100"))))
-    except ValueError:
-        raise ValidationFailed.one("limit", "must be an integer") from None
-    rows = await store.balances(after=q.get("cursor"), limit=limit)
+    q: CreditsQuery = call.query
+    rows = await store.balances(after=q.cursor, limit=q.limit)
     items = [_credit(await store.credit(o)) for o, _ in rows]
-    return Balances(items, rows[-1][0] if len(rows) == limit else None)
+    return Balances(items, rows[-1][0] if len(rows) == q.limit else None)
 
 
-_LIST_QUERY = {
-    "owner": "the owner (required on the gateway route)",
-    "status": "one status (submitting, pending, running, succeeded, failed, ...)",
-    "platform": "one platform",
-    "cursor": "next_cursor of the previous page",
-    "limit": f"page size, 1..{MAX_PAGE} (default 50)",
-}
+_TASK_ID = {"task_id": TaskId}
+_IDEMPOTENCY = Header(
+    "idempotency-key",
+    IdempotencyKey,
+    "the same key (per owner) answers the same task: never a second one or a second hold",
+)
 
 ENDPOINTS = [
     Endpoint(
         "POST", "/v1/tasks", submit,
         "Record a task and its credit hold, then submit it upstream (Idempotency-Key header)",
         scope=Scope.GATEWAY, body=TaskRequest, response=TaskView, status=202,
-        errors=(402, 422, 429, 503), tags=("tasks",),
+        errors=(402, 422, 429, 503), tags=("tasks",), headers=(_IDEMPOTENCY,),
     ),
     Endpoint(
         "GET", "/v1/tasks", list_tasks, "An owner's tasks, newest first (keyset pages)",
-        scope=Scope.GATEWAY, response=TaskList, errors=(422,), tags=("tasks",), query=_LIST_QUERY,
+        scope=Scope.GATEWAY, response=TaskList, errors=(422,), tags=("tasks",),
+        query=OwnerListQuery,
     ),
     Endpoint(
         "GET", "/v1/tasks/{task_id}", get_task,
         "A task: status, progress, results, costs (refresh=true reads the upstream when stale)",
         scope=Scope.GATEWAY, response=TaskView, errors=(404, 422), tags=("tasks",),
-        query={"owner": "only if the task is this owner's", "refresh": "true: re-read upstream"},
+        query=GetQuery, path_types=_TASK_ID,
     ),
     Endpoint(
         "POST", "/v1/tasks/{task_id}/cancel", cancel,
         "Cancel a live task (upstream too where supported); 409 if it has ended",
         scope=Scope.GATEWAY, response=TaskView, errors=(404, 409, 422), tags=("tasks",),
-        query={"owner": "only if the task is this owner's"},
+        query=OwnerQuery, path_types=_TASK_ID,
     ),
     Endpoint(
         "GET", "/v1/admin/tasks", admin_list, "Tasks with filters (keyset pages)",
-        scope=Scope.ADMIN, response=TaskList, errors=(422,), tags=("tasks",), query=_LIST_QUERY,
+        scope=Scope.ADMIN, response=TaskList, errors=(422,), tags=("tasks",), query=ListQuery,
     ),
     Endpoint(
         "GET", "/v1/admin/tasks/{task_id}", admin_get, "A task and its ledger entries",
         scope=Scope.ADMIN, response=TaskDetail, errors=(404, 422), tags=("tasks",),
+        path_types=_TASK_ID,
     ),
     Endpoint(
         "POST", "/v1/admin/tasks/{task_id}/cancel", admin_cancel, "Cancel a live task",
         scope=Scope.ADMIN, response=TaskView, errors=(404, 409, 422), tags=("tasks",),
+        path_types=_TASK_ID,
     ),
     Endpoint(
         "POST", "/v1/admin/credits", topup, "Top up an owner's credit (idempotent per key)",
         scope=Scope.ADMIN, body=TopUp, response=TopUpAnswer, errors=(422,), tags=("credits",),
     ),
     Endpoint(
-        "GET", "/v1/admin/credits", credits,
-        "One owner's credit (owner=...) or every owner's balance (cursor pages)",
+        "GET", "/v1/admin/credits", credits, "Every owner's credit (cursor pages)",
         scope=Scope.ADMIN, response=Balances, errors=(422,), tags=("credits",),
-        query={"owner": "one owner", "cursor": "next_cursor", "limit": "page size"},
+        query=CreditsQuery,
+    ),
+    Endpoint(
+        "GET", "/v1/admin/credits/{owner}", credit,
+        "One owner's credit: balance (the sum of its ledger), top-ups, captured, held",
+        scope=Scope.ADMIN, response=Credit, errors=(422,), tags=("credits",),
+        path_types={"owner": Owner},
     ),
 ]  # fmt: skip
 

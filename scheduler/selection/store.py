@@ -14,13 +14,17 @@ the acquire script must touch the bucket's session binding in the same call. A
 platform tag is the finest one under which both always share a Redis Cluster
 slot. The cost: on a cluster, one platform's runtime state lives on one shard.
 
-Lease ids are self-describing (``platform~group~account~random``), so releasing
-or renewing needs no lookup key and costs one script call.
+Lease ids are self-describing (``platform~group~account~<random>-<grant ms>``,
+the grant time in Redis server time appended by the acquire script), so
+releasing or renewing needs no lookup key and costs one script call, and renew
+can cap a lease's total lifetime. Changing any part of an id makes it an
+unknown lease.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,8 +42,16 @@ ACQUIRE_LUA = _HERE / "acquire.lua"
 RELEASE_LUA = _HERE / "release.lua"
 RENEW_LUA = _HERE / "renew.lua"
 READ_LUA = _HERE / "runtime_read.lua"
+READINGS_LUA = _HERE / "readings.lua"
 
 _SEP = "~"  # not allowed in group names, platforms, uuids or hex: splits lease ids safely
+# Every lease id this service issues matches this (published in the API schema as well);
+# the grant time is absent only from ids issued before it was added.
+LEASE_ID_PATTERN = (
+    r"^(?:" + "|".join(p.value for p in Platform) + r")~[A-Za-z0-9_.-]{1,64}~[A-Za-z0-9-]{1,64}"
+    r"~[0-9a-f]{1,32}(?:-[0-9]{1,15})?$"
+)
+_LEASE_ID = re.compile(LEASE_ID_PATTERN)
 
 
 class Keys:
@@ -68,14 +80,19 @@ class Keys:
         """Pub/sub channel of ``platform``'s releases: ``"<account_id> <origin>"`` each."""
         return self._redis.key("rt", "released", platform)
 
+    def readings_channel(self, platform: str) -> str:
+        """Pub/sub channel of readings written outside releases: ``"<account_id> <origin>"``."""
+        return self._redis.key("rt", "readings", platform)
+
 
 class LeaseRef(msgspec.Struct, frozen=True):
-    """What a lease id encodes."""
+    """What a lease id encodes; ``granted_ms`` is None for ids issued before it was added."""
 
     platform: Platform
     group: str
     account_id: str
     lease_id: str
+    granted_ms: int | None = None
 
 
 def new_lease_id(platform: str, group: str, account_id: str) -> str:
@@ -83,15 +100,14 @@ def new_lease_id(platform: str, group: str, account_id: str) -> str:
 
 
 def parse_lease_id(lease_id: str) -> LeaseRef:
-    """Decode a lease id; ValidationFailed (422) on a malformed one."""
-    parts = lease_id.split(_SEP)
-    if len(parts) != 4 or not all(parts) or len(lease_id) > 200:
+    """Decode a lease id; ValidationFailed (422) on one this service cannot have issued."""
+    if len(lease_id) > 200 or _LEASE_ID.fullmatch(lease_id) is None:
         raise ValidationFailed.one("lease_id", "not a lease id issued by this service")
-    try:
-        platform = Platform(parts[0])
-    except ValueError:
-        raise ValidationFailed.one("lease_id", "not a lease id issued by this service") from None
-    return LeaseRef(platform, parts[1], parts[2], lease_id)
+    platform, group, account_id, tail = lease_id.split(_SEP)
+    _random, _, granted = tail.partition("-")
+    return LeaseRef(
+        Platform(platform), group, account_id, lease_id, int(granted) if granted else None
+    )
 
 
 class RuntimeState(AccountRuntime, frozen=True, kw_only=True):
@@ -105,6 +121,10 @@ class RuntimeState(AccountRuntime, frozen=True, kw_only=True):
     error_rate: float = 0.0
     latency_ms: float | None = None
     ttft_ms: float | None = None
+    # What is left of the tightest upstream rate limit (0..1, OpenAI x-ratelimit-*),
+    # and until when that reading holds.
+    ratelimit_room: float | None = None
+    ratelimit_room_until: float | None = None
 
 
 EMPTY = RuntimeState()
@@ -114,6 +134,13 @@ _window_decoder = msgspec.json.Decoder(QuotaWindow)
 
 def _ms(value: str | None) -> float | None:
     return float(value) / 1000.0 if value else None
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def parse_state(leases: int, flat: Sequence[str]) -> RuntimeState:
@@ -136,6 +163,8 @@ def parse_state(leases: int, flat: Sequence[str]) -> RuntimeState:
         error_rate=float(h.get("ewma_err") or 0.0),
         latency_ms=float(h["ewma_lat"]) if h.get("ewma_lat") else None,
         ttft_ms=float(h["ewma_ttft"]) if h.get("ewma_ttft") else None,
+        ratelimit_room=_float(h.get("rl_room")),
+        ratelimit_room_until=_ms(h.get("rl_room_until")),
         windows=tuple(windows),
     )
 
@@ -152,6 +181,14 @@ class Acquired(msgspec.Struct, frozen=True):
     expires_at: float
     state: RuntimeState
     bound: str | None = None
+
+
+class RenewReply(msgspec.Struct, frozen=True):
+    """What renew.lua did (epoch seconds, Redis server time)."""
+
+    expires_at: float
+    now: float
+    previous: float
 
 
 class Refused(msgspec.Struct, frozen=True):
@@ -208,7 +245,9 @@ class RuntimeStore:
         if code == 1:
             bound = reply[5] if len(reply) > 5 and reply[5] else None
             state = parse_state(int(reply[1]), reply[4])
-            return Acquired(lease_id, int(reply[2]) / 1000.0, state, bound)
+            # The script appends the grant time to the id (older scripts did not).
+            issued = str(reply[6]) if len(reply) > 6 else lease_id
+            return Acquired(issued, int(reply[2]) / 1000.0, state, bound)
         if code == -1:
             return Refused(_DEADLINE_KIND[int(reply[1])], until=int(reply[2]) / 1000.0)
         if code == -2:
@@ -253,14 +292,25 @@ class RuntimeStore:
             return None
         return parse_state(int(done[1]), done[2])
 
-    async def renew(self, ref: LeaseRef, ttl_s: float) -> float | None:
-        """New expiry (epoch s, server time) or None if the lease is gone or expired."""
+    async def renew(
+        self, ref: LeaseRef, ttl_s: float, *, max_lifetime_s: float | None = None
+    ) -> RenewReply | None:
+        """Extend to now + ttl_s, never past grant + ``max_lifetime_s``, never shorter.
+
+        None if the lease is gone or expired.
+        """
+        end_ms = 0
+        if max_lifetime_s is not None and ref.granted_ms is not None:
+            end_ms = ref.granted_ms + int(max_lifetime_s * 1000)
         self.round_trips += 1
         reply = await self.redis.script(RENEW_LUA)(
             keys=[self.keys.leases(ref.platform, ref.account_id)],
-            args=[ref.lease_id, int(ttl_s * 1000)],
+            args=[ref.lease_id, int(ttl_s * 1000), end_ms],
         )
-        return int(reply) / 1000.0 if int(reply) else None
+        new, now, old = (int(x) for x in reply)
+        if not new:
+            return None
+        return RenewReply(new / 1000.0, now / 1000.0, old / 1000.0)
 
     async def read_many(self, platform: str, account_ids: Sequence[str]) -> dict[str, RuntimeState]:
         """Runtime state of many accounts of one platform: one script call."""
@@ -282,3 +332,33 @@ class RuntimeStore:
     async def delete(self, *keys: str) -> None:
         self.round_trips += 1
         await self.redis.client.delete(list(keys))
+
+    async def write_readings(
+        self, platform: str, account_id: str, windows: Sequence[QuotaWindow]
+    ) -> RuntimeState | None:
+        """Store quota readings the way a release stores those of its usage headers.
+
+        The same fields (:func:`window_field`: ``q:5h`` / ``q:7d``, the reading as
+        JSON) in the same hash, so the rules and every instance read them alike;
+        the freshness stamp is the readings' own ``observed_at``, which the caller
+        takes from the clock the release path uses (``time.time()`` when the
+        answer arrived). Every other instance is told on
+        :meth:`Keys.readings_channel` (its release watcher re-reads the account), so
+        an account the readings unpause is schedulable everywhere at once. Returns
+        the account's state after the write (None when there was nothing to
+        write). One script call.
+        """
+        if not windows:
+            return None
+        flat = [x for w in windows for x in window_field(w)]
+        self.round_trips += 1
+        reply = await self.redis.script(READINGS_LUA)(
+            keys=[self.keys.leases(platform, account_id), self.keys.state(platform, account_id)],
+            args=[self.keys.readings_channel(platform), account_id, self.origin, *flat],
+        )
+        return parse_state(int(reply[0]), reply[1])
+
+    async def set_state(self, platform: str, account_id: str, fields: dict[str, str]) -> None:
+        """HSET fields on one account's state hash (the account-error path outside a release)."""
+        self.round_trips += 1
+        await self.redis.client.hset(self.keys.state(platform, account_id), fields)

@@ -15,6 +15,7 @@ from ._dashscope import DashScopeSim
 from ._kling import KlingSim
 from ._server import Request, Response, serve_http
 from ._state import Fault, World
+from ._usage import UsageControl
 from ._veo import VeoSim
 from .knobs import Knobs
 
@@ -35,9 +36,14 @@ class Simulator:
             AnthropicSim(self.world),
         ]
         self.control = Control(self.world, [p.name for p in self.platforms])
+        self.usage = UsageControl(self.world)
 
     async def handle(self, req: Request) -> Response:
+        if req.path == "/_sim/usage" or req.path.startswith("/_sim/usage/"):
+            return self.usage.handle(req)
         if req.path.startswith("/_sim/"):
+            if req.method == "POST" and req.path.rstrip("/") == "/_sim/reset":
+                self.usage.reset()
             return self.control.handle(req)
         for platform in self.platforms:
             found = platform.match(req.method, req.path)
@@ -49,6 +55,8 @@ class Simulator:
     async def _platform_call(self, platform: PlatformSim, found: Match, req: Request) -> Response:
         op, endpoint, args = found
         world = self.world
+        if op == "usage":
+            self.usage.arrive(platform.name)
         account = platform.account(req)
         if account is None or account in world.knobs.refused_accounts:
             return platform.error(world, 401, None, "Invalid API-key provided.", account=account)

@@ -43,7 +43,9 @@ async def snapshot(db) -> list:
     return [tuple(r.values()) for r in await db.fetch("SELECT * FROM outbox ORDER BY id")]
 
 
-async def test_dead_letter_retry_by_an_operator_and_metrics(pg_dsn, redis_url, redis_prefix, db):
+async def test_dead_letter_retry_by_an_operator_and_metrics(
+    pg_dsn, redis_url, redis_prefix, db, capsys
+):
     config = outbox_config(pg_dsn, redis_url, redis_prefix)
     with Receiver() as rx, trio.fail_after(60):
         rx.script("/gone", lambda n: 410 if n == 1 else 200)
@@ -89,6 +91,10 @@ async def test_dead_letter_retry_by_an_operator_and_metrics(pg_dsn, redis_url, r
 
             await eventually(metrics_show)
         assert rx.counts["task:7:1"] == 2 and all(d.verified for d in rx.deliveries)
+    # The dead event was logged, without the URL's token or the signing secret.
+    logged = capsys.readouterr().out
+    assert "outbox event dead" in logged and "task:7:1" in logged
+    assert "s3cret" not in logged and SECRET.removeprefix("whsec_") not in logged
 
 
 async def _has(items: Awaitable[list]) -> bool:

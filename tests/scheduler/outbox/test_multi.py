@@ -2,9 +2,9 @@
 
 The receiver counts deliveries per ``webhook-id`` at arrival (before it answers),
 so "delivered" means the customer got it. Guards checked (broken once, seen red):
-SKIP LOCKED removed from CLAIM (two instances delivered the same events), the
-lapsed-lease arm of CLAIM removed (the killed instance's events never arrived
-again and the test timed out).
+``FOR UPDATE SKIP LOCKED`` removed from CLAIM's due arm (216 of 2,000 events
+delivered twice), the lapsed-lease arm of CLAIM disabled (the killed instance's
+events never arrived again; the test timed out).
 """
 
 from __future__ import annotations
