@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import msgspec
 from starlette.responses import Response
 
-from accounts.errors import NotFound, StoreUnavailable, ValidationFailed
+from accounts.errors import Conflict, NotFound, StoreUnavailable, ValidationFailed
 from accounts.model import GroupName
 from accounts.validation import convert
 
@@ -216,9 +216,9 @@ async def topup(call: Call) -> TopUpAnswer:
     store = _tasks(call).store
     try:
         applied = await store.topup(body.owner, body.amount, body.key, body.note)
-    except ValueError as exc:
-        field, _, reason = str(exc).partition(": ")
-        raise ValidationFailed.one(field, reason) from None
+    except ValueError:
+        # The key names another top-up: a retry must be the very same top-up.
+        raise Conflict("key: already used for a different top-up (owner or amount)") from None
     return TopUpAnswer(applied, _credit(await store.credit(body.owner)))
 
 
@@ -282,7 +282,7 @@ ENDPOINTS = [
     ),
     Endpoint(
         "POST", "/v1/admin/credits", topup, "Top up an owner's credit (idempotent per key)",
-        scope=Scope.ADMIN, body=TopUp, response=TopUpAnswer, errors=(422,), tags=("credits",),
+        scope=Scope.ADMIN, body=TopUp, response=TopUpAnswer, errors=(409, 422), tags=("credits",),
     ),
     Endpoint(
         "GET", "/v1/admin/credits", credits, "Every owner's credit (cursor pages)",

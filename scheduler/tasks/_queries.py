@@ -176,10 +176,11 @@ TOPUP_BY_KEY = "SELECT owner, amount FROM ledger WHERE topup_key = $1"
 OWNER_CREDIT = f"""
 SELECT
     coalesce((SELECT balance FROM credit_balances WHERE owner = $1), 0) AS balance,
-    coalesce((SELECT sum(amount) FROM ledger WHERE owner = $1 AND kind = 'topup'), 0) AS topups,
-    coalesce((SELECT -sum(amount) FROM ledger WHERE owner = $1 AND kind = 'capture'), 0)
+    coalesce((SELECT sum(amount) FROM ledger WHERE owner = $1 AND kind = 'topup'), 0)::bigint
+        AS topups,
+    coalesce((SELECT -sum(amount) FROM ledger WHERE owner = $1 AND kind = 'capture'), 0)::bigint
         AS captured,
-    coalesce((SELECT sum(cost_held) FROM tasks WHERE owner = $1 AND status IN {LIVE}), 0)
+    coalesce((SELECT sum(cost_held) FROM tasks WHERE owner = $1 AND status IN {LIVE}), 0)::bigint
         AS held
 """
 BALANCES = """
