@@ -37,6 +37,8 @@ from .outbox import build_outbox
 from .selection.install import install as install_selection
 from .selection.schedule import build_schedule
 from .services import Services
+from .tasks import build as build_tasks
+from .upstream import open_upstream
 from .usage import install as install_usage
 
 log = get_logger("daemon")
@@ -97,11 +99,12 @@ class Daemon:
                 cipher = Cipher(cfg.crypto)
                 # Refuse to start when stored credentials exist that no key opens.
                 await check_credentials_key(db, cipher)
-                async with open_redis(cfg.redis) as redis:
+                async with open_redis(cfg.redis) as redis, open_upstream(cfg.upstream) as up:
                     self.services = Services(
                         cfg, self.health, self.metrics, db, redis, self.instance_id
                     )
                     self.services.accounts = AccountRepository(db, cipher)
+                    self.services.upstream = up
                     await self._serve(self.services, task_status)
         finally:
             self.health.set_phase(Phase.STOPPED)
@@ -149,6 +152,10 @@ class Daemon:
         self.metrics.settings_events.labels(event).inc()
         self.metrics.settings_version.set(version)
 
+    def _tasks(self, services: Services) -> list[Any]:
+        services.tasks, actors = build_tasks(services)
+        return actors
+
     def _actors(self, services: Services) -> list[Any]:
         """Actors in start order (dependencies first); the HTTP server is started last."""
         cfg = self.config
@@ -176,6 +183,8 @@ class Daemon:
             InstanceRegistry(services.db, self.instance_id, __version__, os.getpid()),
             # Selection last: it reads the settings and the schedule view built above.
             *install_selection(services),
+            # Tasks use selection (submit) and the account repository.
+            *self._tasks(services),
             # The usage prober writes through selection's runtime store (installed just above).
             *install_usage(services),
             *outbox.actors,

@@ -46,3 +46,6 @@ class Services:
     usage: Any = None
     # The outbox table (scheduler/outbox): the pull feed and the operators' view.
     outbox: OutboxStore | None = None
+    # Upstream adapters (scheduler/upstream) and async tasks (scheduler/tasks).
+    upstream: Any = None
+    tasks: Any = None

@@ -17,6 +17,9 @@ import httpx
 from ..upstream.simulator import kling_default_secret
 
 GROUP = "demo"
+# The demo owner of async tasks and its credit (a top-up keyed once: restarts add nothing).
+OWNER = "demo-user"
+CREDIT = 100_000_000
 
 
 def demo_accounts() -> list[dict[str, Any]]:
@@ -89,3 +92,17 @@ async def seed_demo_accounts(daemon_url: str, admin_token: str, simulator_url: s
             answer.raise_for_status()
             names.append(account["name"])
         return names
+
+
+async def seed_demo_credit(daemon_url: str, admin_token: str) -> int:
+    """Top up the demo owner once (idempotent by key); its balance now."""
+    headers = {"authorization": f"Bearer {admin_token}"}
+    async with httpx.AsyncClient(
+        base_url=daemon_url, headers=headers, trust_env=False, timeout=10
+    ) as client:
+        answer = await client.post(
+            "/v1/admin/credits", json={"owner": OWNER, "amount": CREDIT, "key": "demo-credit"}
+        )
+        answer.raise_for_status()
+        balance: int = answer.json()["credit"]["balance"]
+        return balance

@@ -47,7 +47,8 @@ from accounts.errors import ConfigError, StationmasterError
 from ..core.config import Config, parse_config
 from ..core.logs import get_logger
 from ..upstream.simulator import open_simulator
-from .demo import seed_demo_accounts
+from .demo import OWNER as DEMO_OWNER
+from .demo import seed_demo_accounts, seed_demo_credit
 from .embedded import open_postgres, open_redis_server
 from .profile import PROFILE_FILE, default_state_dir, write_profile
 
@@ -208,11 +209,15 @@ class _Announcer:
         admin = self._daemon.config.auth.admin_tokens[0]
         try:
             names = await seed_demo_accounts(url, admin, sim_url)
+            balance = await seed_demo_credit(url, admin)
         except httpx.HTTPError as exc:
             # The daemon still serves; say why the demo is missing instead of stopping.
             log.error("could not seed the demo accounts", reason=type(exc).__name__)
             return "not seeded (see the log)"
-        return f"{len(names)} accounts in group `demo` ({', '.join(names)})"
+        return (
+            f"{len(names)} accounts in group `demo` ({', '.join(names)});"
+            f" owner `{DEMO_OWNER}` has {balance:,} credits"
+        )
 
 
 def _profile_hint(state_dir: Path) -> str:

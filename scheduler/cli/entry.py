@@ -20,13 +20,13 @@ from accounts.errors import ConfigError, StationmasterError
 
 from ..core.config import Config, find_config_file, load_config
 from ..core.logs import configure_logging
-from . import accounts, buckets, explain, outbox, settings, simulate
+from . import accounts, buckets, explain, outbox, settings, simulate, tasks
 from .profile import find_profile, profile_note
 from .registry import COMMANDS, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 from .running import first_domain_error, run_daemon
 
 # Imported for their @command registrations.
-_COMMAND_MODULES = (accounts, buckets, explain, outbox, settings, simulate)
+_COMMAND_MODULES = (accounts, buckets, explain, outbox, settings, simulate, tasks)
 # Commands that never read the `dev` profile: `run` and `dev` start a daemon of their
 # own (on dev's stores and port they would only collide), `simulate` is a server of
 # its own, keygen needs no config.

@@ -191,6 +191,55 @@ class UpstreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     platforms: dict[str, UpstreamPlatformConfig] = msgspec.field(default_factory=dict)
 
 
+class TasksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Async tasks (``scheduler/tasks``): limits, leases, polling, sweeping."""
+
+    # Pollers, claimer and sweeper run on this instance (the API works either way).
+    pollers: bool = True
+    # Tasks one owner may have in flight (submitting, pending, running): 429 past it.
+    max_in_flight_per_owner: PositiveInt = 1000
+    # A task still live this long after it was recorded ends TIMED_OUT.
+    deadline_s: PositiveFloat = 6 * 3600.0
+    # Parameters larger than this (JSON bytes) are refused before anything is recorded.
+    max_params_bytes: Annotated[int, msgspec.Meta(ge=256, le=1024 * 1024)] = 64 * 1024
+    # A Transient submit retries on another account this many times.
+    submit_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    # How long a submit may wait for a free account slot.
+    submit_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 2000
+    # A SUBMITTING row older than this is resolved by the sweeper (looked up, or
+    # FAILED submit_outcome_unknown). Must exceed upstream.submit_timeout_s.
+    submitting_stale_s: PositiveFloat = 300.0
+    # A poller's lease on its tasks; renewed every renew_every_s (one row per instance).
+    lease_s: PositiveFloat = 30.0
+    renew_every_s: PositiveFloat = 10.0
+    # Claim up to claim_batch due tasks per round, a round every claim_interval_s
+    # (at once again when a round came back full), holding at most max_held.
+    claim_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    claim_interval_s: PositiveFloat = 0.5
+    max_held: PositiveInt = 20_000
+    # Polls in flight on this instance, and per upstream account.
+    poll_concurrency: PositiveInt = 256
+    per_account_concurrency: PositiveInt = 32
+    # Backoff by age: base interval (or the platform's, when larger) up to the max.
+    poll_base_interval_s: PositiveFloat = 2.0
+    poll_max_interval_s: PositiveFloat = 60.0
+    poll_timeout_s: PositiveFloat = 30.0
+    # Poll no more often than the platform recommends (its poll interval, or the
+    # delay a status answer names). Off only for tests and benchmarks.
+    honour_platform_interval: bool = True
+    sweep_interval_s: PositiveFloat = 5.0
+    # GET /v1/tasks/{id}?refresh=true reads the upstream when the row is older than this.
+    refresh_after_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    # Price ratio per group, in permille (1000 = list price); groups not named pay 1000.
+    group_ratios: dict[str, Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]] = msgspec.field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        if self.renew_every_s >= self.lease_s:
+            raise ValueError("renew_every_s: must be shorter than lease_s")
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration, built once at start and passed down."""
 
@@ -204,6 +253,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
+    tasks: TasksConfig = msgspec.field(default_factory=TasksConfig)
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {

@@ -136,6 +136,54 @@ class Metrics:
             registry=r,
         )
 
+        # Async tasks (scheduler/tasks).
+        self.tasks_by_status = Gauge(
+            "stationmaster_tasks",
+            "Tasks by status (all instances; counted by the sweeper each pass).",
+            ["status"],
+            registry=r,
+        )
+        self.task_polls = Counter(
+            "stationmaster_task_polls_total",
+            "Upstream polls by result (unchanged, changed, finished, lost, rate_limited,"
+            " transient, auth_failed, rejected, no_account).",
+            ["result"],
+            registry=r,
+        )
+        self.task_poll_lag = Histogram(
+            "stationmaster_task_poll_lag_seconds",
+            "How late a poll started after its task was due.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.task_claim_batch = Histogram(
+            "stationmaster_task_claim_batch_size",
+            "Tasks leased per claim round.",
+            buckets=(0, 1, 5, 10, 50, 100, 250, 500, 1000, 5000),
+            registry=r,
+        )
+        self.task_settlements = Counter(
+            "stationmaster_task_settlements_total",
+            "Terminal transitions settled by this instance, by terminal status.",
+            ["kind"],
+            registry=r,
+        )
+        self.task_submits = Counter(
+            "stationmaster_task_submits_total",
+            "Upstream submit attempts by result (accepted, rejected, transient,"
+            " rate_limited, auth_failed, ambiguous, no_account, lost).",
+            ["result"],
+            registry=r,
+        )
+        self.task_submit_unknown = Counter(
+            "stationmaster_task_submit_outcome_unknown_total",
+            "SUBMITTING tasks the sweeper failed as submit_outcome_unknown (or found upstream).",
+            ["outcome"],
+            registry=r,
+        )
+        self.task_held = Gauge(
+            "stationmaster_tasks_held", "Tasks this instance's pollers hold a lease on.", registry=r
+        )
         # Usage prober (scheduler/usage).
         self.usage_probes = Counter(
             "stationmaster_usage_probes_total",

@@ -21,6 +21,7 @@ from . import (
     outbox_api,
     select_api,
     settings_api,
+    tasks_api,
     usage_api,
 )
 from .endpoints import Endpoint, TokenTable, error_response, wrap
@@ -37,6 +38,7 @@ def all_endpoints() -> list[Endpoint]:
         *select_api.ENDPOINTS,
         *explain_api.ENDPOINTS,
         *buckets_api.ENDPOINTS,
+        *tasks_api.ENDPOINTS,
         *outbox_api.ENDPOINTS,
     ]
 

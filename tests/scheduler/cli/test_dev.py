@@ -134,6 +134,7 @@ async def test_dev_serves_then_stops_both_servers_and_reuses_tokens(state_dir: P
             again = (_banner_value(second, "admin token"), _banner_value(second, "gateway token"))
             assert again == tokens
             await _check_demo(second, url, tokens[0])
+            await _check_quick_start_task(url, tokens[1])
             await _cli_reaches_dev(home, second)
             await _stop(second, state_dir)
 
@@ -188,6 +189,23 @@ async def _check_demo(proc: DaemonProcess, url: str, admin_token: str) -> None:
     items = listed.json()["items"]
     assert {a["platform"] for a in items} == {"dashscope", "kling", "openai", "anthropic"}
     assert len(items) == 6 and all(a["base_url"] == sim_url for a in items)
+
+
+async def _check_quick_start_task(url: str, gateway_token: str) -> None:
+    """The README's quick start: the demo owner's task goes to the simulator and finishes."""
+    headers = {"authorization": f"Bearer {gateway_token}", "idempotency-key": "quick-1"}
+    body = {
+        "owner": "demo-user", "group": "demo", "platform": "dashscope",
+        "model": "wan2.1-t2v-turbo", "params": {"prompt": "a cat", "duration": 5},
+    }  # fmt: skip
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=10) as client:
+        answer = await client.post("/v1/tasks", json=body)
+        assert answer.status_code in (200, 202), answer.text
+        task_id = answer.json()["id"]
+        while (task := (await client.get(f"/v1/tasks/{task_id}")).json())["status"] != "succeeded":
+            assert task["status"] in ("submitting", "pending", "running"), task
+            await trio.sleep(0.5)  # DashScope asks for a poll every 10 s (under fail_after)
+    assert task["cost_charged"] > 0 and task["result_urls"]
 
 
 async def test_dev_daemon_failing_to_start_leaves_no_servers(state_dir: Path) -> None:
