@@ -53,7 +53,7 @@ from bench._common import (  # noqa: E402
     percentile,
     print_setup,
 )
-from scheduler.selection.reports import Outcome, Reporter  # noqa: E402
+from scheduler.selection.reports import ReleaseOutcome, Reporter  # noqa: E402
 from scheduler.selection.select import Selector, SelectRequest  # noqa: E402
 from scheduler.selection.store import Acquired, parse_lease_id  # noqa: E402
 
@@ -147,7 +147,7 @@ async def timed_selects(
         got = await sel.select(req)
         times.append(time.perf_counter() - t0)
         trips += sel.runtime.round_trips - before
-        await reporter.release(got.lease_id, Outcome(status=200, latency_ms=5))
+        await reporter.release(got.lease_id, ReleaseOutcome(status=200, latency_ms=5))
     return times, trips
 
 
@@ -165,7 +165,9 @@ async def in_process(redis_url: str, n: int, pace: float) -> None:
                 if ViewRefresher is not None:
                     await nursery.start(ViewRefresher(sel).run)
                 for _ in range(WARMUP):
-                    await reporter.release((await sel.select(req)).lease_id, Outcome(status=200))
+                    await reporter.release(
+                        (await sel.select(req)).lease_id, ReleaseOutcome(status=200)
+                    )
                 reads = sel.view.reads if hasattr(sel.view, "reads") else None
                 before_server = await server_calls(redis)
                 times, trips = await timed_selects(sel, reporter, req, n, pace)

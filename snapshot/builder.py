@@ -31,9 +31,9 @@ from accounts.model import Platform
 from .keys import Bucket
 from .observer import NullObserver, ScheduleObserver
 from .redis import RedisStore
-from .schedule import Outcome, PublishResult, set_snapshot
-from .source import BucketSource
-from .view import Tunable, _value
+from .schedule import PublishOutcome, PublishResult, set_snapshot
+from .source import AccountSource
+from .tunable import Tunable, current
 
 log = structlog.get_logger("snapshot.builder")
 
@@ -80,7 +80,7 @@ class SnapshotBuilder:
         self,
         db: Database,
         store: RedisStore,
-        source: BucketSource,
+        source: AccountSource,
         *,
         grace_s: Tunable = 60.0,
         full_rebuild_s: Tunable = 300.0,
@@ -142,7 +142,7 @@ class SnapshotBuilder:
 
     async def _loop(self, task_status: trio.TaskStatus[Any]) -> None:
         await self._safe(self.rebuild_all())
-        next_full = trio.current_time() + _value(self.full_rebuild_s)
+        next_full = trio.current_time() + current(self.full_rebuild_s)
         task_status.started()
         while True:
             timeout = min(self.poll_s, max(0.0, next_full - trio.current_time()))
@@ -151,7 +151,7 @@ class SnapshotBuilder:
             self._wake = trio.Event()
             if trio.current_time() >= next_full:
                 await self._safe(self.rebuild_all())
-                next_full = trio.current_time() + _value(self.full_rebuild_s)
+                next_full = trio.current_time() + current(self.full_rebuild_s)
             await self._safe(self.process_events())
             self.rounds += 1
 
@@ -172,12 +172,12 @@ class SnapshotBuilder:
             return await self.source.bucket_accounts(bucket)
 
         result = await set_snapshot(
-            self.store, bucket, load, grace_s=_value(self.grace_s), lock_ttl_s=self.lock_ttl_s
+            self.store, bucket, load, grace_s=current(self.grace_s), lock_ttl_s=self.lock_ttl_s
         )
         lag = None
-        if lag_from is not None and result.outcome is Outcome.ACTIVATED:
+        if lag_from is not None and result.outcome is PublishOutcome.ACTIVATED:
             lag = time.perf_counter() - lag_from
-        if result.outcome is not Outcome.BUSY:
+        if result.outcome is not PublishOutcome.BUSY:
             self.status[bucket] = BucketStatus(
                 result.outcome.value, result.active, result.size, time.time(), result.seconds, lag
             )
@@ -214,9 +214,11 @@ class SnapshotBuilder:
         for bucket, pending in sorted(dirty.items()):
             result = await self.rebuild(bucket, lag_from=read_at - pending.oldest_age_s)
             results[bucket] = result
-            if result.outcome is Outcome.ACTIVATED:
+            if result.outcome is PublishOutcome.ACTIVATED:
                 done.extend(pending.ids)
-        if everything is not None and all(r.outcome is Outcome.ACTIVATED for r in results.values()):
+        if everything is not None and all(
+            r.outcome is PublishOutcome.ACTIVATED for r in results.values()
+        ):
             done.extend(everything.ids)
         if done:
             await self.db.execute(

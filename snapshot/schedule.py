@@ -57,7 +57,12 @@ _encode = msgspec.json.Encoder().encode
 _decode_account = msgspec.json.Decoder(Account).decode
 
 
-class Outcome(enum.StrEnum):
+# activate.lua's answer when the active version changed since the caller read it:
+# activate() retries with the new one, so callers never see it.
+MOVED = "moved"
+
+
+class PublishOutcome(enum.StrEnum):
     ACTIVATED = "activated"
     STALE = "stale"  # a newer version is already active; ours was deleted
     FENCED = "fenced"  # our lock expired and was taken; ours was deleted
@@ -65,7 +70,7 @@ class Outcome(enum.StrEnum):
 
 
 class PublishResult(msgspec.Struct, frozen=True):
-    outcome: Outcome
+    outcome: PublishOutcome
     version: int  # the version we wrote (0 when BUSY)
     active: int  # the active version after the call
     seconds: float = 0.0
@@ -169,7 +174,7 @@ async def write_version(store: RedisStore, bucket: Bucket, accounts: Sequence[Ac
 
 async def activate(
     store: RedisStore, bucket: Bucket, version: int, token: str, *, grace_s: float
-) -> tuple[Outcome, int]:
+) -> tuple[PublishOutcome, int]:
     """Run the activation script for a written ``version``; (outcome, active version)."""
     keys = BucketKeys(store.prefix, bucket)
     script = store.script(ACTIVATE_LUA)
@@ -187,8 +192,8 @@ async def activate(
                     activation_message(bucket, version),
                 ],
             )
-            if outcome != "moved":
-                return Outcome(outcome), int(active)
+            if outcome != MOVED:
+                return PublishOutcome(outcome), int(active)
             previous = int(active)
     except UNAVAILABLE as exc:
         raise _unavailable(exc) from exc
@@ -217,7 +222,7 @@ async def set_snapshot(
     started = time.perf_counter()
     token = await acquire_lock(store, bucket, lock_ttl_s)
     if token is None:
-        return PublishResult(Outcome.BUSY, 0, 0)
+        return PublishResult(PublishOutcome.BUSY, 0, 0)
     try:
         records = await accounts() if callable(accounts) else accounts
         version = await write_version(store, bucket, records)

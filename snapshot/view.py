@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -31,14 +31,8 @@ from .keys import Bucket
 from .observer import NullObserver, ScheduleObserver, ViewState
 from .redis import RedisStore
 from .schedule import BucketSnapshot, active_versions, read_active
-from .source import BucketSource
-
-# A number, or a callable returning the current value (wired to the settings snapshot).
-Tunable = float | Callable[[], float]
-
-
-def _value(tunable: Tunable) -> float:
-    return float(tunable() if callable(tunable) else tunable)
+from .source import AccountSource
+from .tunable import Tunable, current
 
 
 class RateLimiter:
@@ -46,11 +40,11 @@ class RateLimiter:
 
     def __init__(self, rate: Tunable) -> None:
         self._rate = rate
-        self._tokens = max(1.0, _value(rate))
+        self._tokens = max(1.0, current(rate))
         self._at = trio.current_time()
 
     def try_acquire(self) -> bool:
-        rate = _value(self._rate)
+        rate = current(self._rate)
         now = trio.current_time()
         self._tokens = min(max(1.0, rate), self._tokens + (now - self._at) * rate)
         self._at = now
@@ -66,7 +60,7 @@ class ScheduleView:
     def __init__(
         self,
         store: RedisStore,
-        source: BucketSource,
+        source: AccountSource,
         *,
         poll_s: Tunable = 1.0,
         fallback_qps: Tunable = 10.0,
@@ -107,6 +101,10 @@ class ScheduleView:
         if snap is not None:
             return snap
         return await self.refresh(bucket)
+
+    def poll_interval_s(self) -> float:
+        """How long the watcher waits between two checks of the active versions."""
+        return current(self.poll_s)
 
     # --- state ------------------------------------------------------------------
 
@@ -170,7 +168,7 @@ class ScheduleView:
                 return cur
             raise StoreUnavailable("postgres", f"fallback for {bucket} over the QPS limit")
         try:
-            with trio.fail_after(_value(self.fallback_timeout_s)):
+            with trio.fail_after(current(self.fallback_timeout_s)):
                 accounts = await self.source.bucket_accounts(bucket)
         except (StoreUnavailable, trio.TooSlowError) as exc:
             self.observer.fallback("failed")

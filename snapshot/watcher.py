@@ -15,7 +15,7 @@ import trio
 
 from .keys import channel, parse_activation
 from .redis import UNAVAILABLE
-from .view import ScheduleView, _value
+from .view import ScheduleView
 
 # Pause before resubscribing after an unexpected pub/sub failure.
 RESUBSCRIBE_S = 1.0
@@ -54,7 +54,7 @@ class ScheduleWatcher:
 
     async def _poll(self) -> None:
         while True:
-            await trio.sleep(_value(self.view.poll_s))
+            await trio.sleep(self.view.poll_interval_s())
             await self.view.poll_once()
 
     async def _listen(self) -> None:

@@ -15,7 +15,7 @@ import msgspec
 from accounts.errors import NoAccountAvailable
 from accounts.model import Kind, Platform
 
-from ..selection.reports import Outcome, Released, Renewed
+from ..selection.reports import Released, ReleaseOutcome, Renewed
 from ..selection.select import SelectRequest
 from .endpoints import Call, Endpoint, Scope, error_response
 
@@ -108,7 +108,7 @@ ENDPOINTS = [
         release,
         "Release a lease and report the request's outcome",
         scope=Scope.GATEWAY,
-        body=Outcome,
+        body=ReleaseOutcome,
         response=Released,
         errors=(404, 422),
         tags=("selection",),

@@ -31,8 +31,9 @@ from accounts.quota import parse_usage, retry_after
 from snapshot.settings import Settings
 
 from ..core.logs import get_logger
+from . import fields as F
 from .select import ResponseId, Selector
-from .store import LeaseRef, parse_lease_id, window_field
+from .store import LeaseRef, encode_reading, parse_lease_id
 
 log = get_logger("reports")
 
@@ -50,7 +51,7 @@ HeaderValue = Annotated[str, msgspec.Meta(max_length=8192, pattern=r"^[^\x00-\x0
 Millis = Annotated[float, msgspec.Meta(ge=0, le=86_400_000)]
 
 
-class Outcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ReleaseOutcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How the request on a lease ended, as the gateway saw it."""
 
     status: Annotated[int, msgspec.Meta(ge=100, le=599)]
@@ -73,37 +74,33 @@ class Renewed(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: float
 
 
-def _ms(epoch_s: float) -> str:
-    return str(int(epoch_s * 1000))
-
-
 def outcome_fields(
-    ref: LeaseRef, outcome: Outcome, cfg: Settings, now: float
+    ref: LeaseRef, outcome: ReleaseOutcome, cfg: Settings, now: float
 ) -> tuple[dict[str, str], list[str]]:
     """The state-hash fields the outcome sets, and the names of its effects. Pure."""
-    fields = {"last_used": _ms(now)}
+    fields = {F.LAST_USED: str(F.s_to_ms(now))}
     effects = []
     status = outcome.status
     if status == 429:
         until = retry_after(outcome.headers, now) or now + cfg.runtime.rate_limited_default_s
-        fields["rl_until"] = _ms(until)
+        fields[F.RATE_LIMITED_UNTIL] = str(F.s_to_ms(until))
         effects.append("rate_limited")
     elif status == 529:
-        fields["ol_until"] = _ms(now + cfg.runtime.overloaded_s)
+        fields[F.OVERLOADED_UNTIL] = str(F.s_to_ms(now + cfg.runtime.overloaded_s))
         effects.append("overloaded")
     elif status in (401, 403):
-        fields["tu_until"] = _ms(now + AUTH_HOLD_S)
-        fields["tu_reason"] = f"upstream answered {status}"
+        fields[F.UNSCHEDULABLE_UNTIL] = str(F.s_to_ms(now + AUTH_HOLD_S))
+        fields[F.UNSCHEDULABLE_REASON] = f"upstream answered {status}"
         effects.append("account_error")
     for window in parse_usage(ref.platform, outcome.headers, now):
-        name, value = window_field(window)
+        name, value = encode_reading(window)
         fields[name] = value
         if "quota" not in effects:
             effects.append("quota")
     return fields, effects
 
 
-def _samples(outcome: Outcome) -> tuple[str, str, str]:
+def _samples(outcome: ReleaseOutcome) -> tuple[str, str, str]:
     failed = outcome.status >= 500 or outcome.status in _ERROR_STATUSES
     latency = "" if outcome.latency_ms is None else repr(outcome.latency_ms)
     ttft = "" if outcome.ttft_ms is None else repr(outcome.ttft_ms)
@@ -121,7 +118,7 @@ class Reporter:
         # accounts.repository.AccountRepository (mark_error); None in pure-Redis setups.
         self.accounts = accounts
 
-    async def release(self, lease_id: str, outcome: Outcome) -> Released:
+    async def release(self, lease_id: str, outcome: ReleaseOutcome) -> Released:
         """Give the lease back with its outcome; NotFound (nothing changed) if it is unknown."""
         ref = parse_lease_id(lease_id)
         cfg = self.settings()

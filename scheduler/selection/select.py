@@ -42,7 +42,7 @@ from ._none import no_account, retry_after_hint
 from ._sticky import try_sticky
 from .bindings import BindingCache
 from .model import (
-    BucketSource,
+    BucketSnapshots,
     ModelName,
     ResponseId,
     Round,
@@ -57,7 +57,7 @@ from .store import Acquired, Refused, RuntimeState, RuntimeStore, parse_lease_id
 from .view import RuntimeView
 
 __all__ = [
-    "BucketSource",
+    "BucketSnapshots",
     "ModelName",
     "ResponseId",
     "SelectRequest",
@@ -98,7 +98,7 @@ class Selector:
     def __init__(
         self,
         redis: RedisStore,
-        buckets: BucketSource,
+        buckets: BucketSnapshots,
         settings: Callable[[], Settings],
         *,
         metrics: Any = None,

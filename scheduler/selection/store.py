@@ -29,9 +29,11 @@ from typing import Any
 import msgspec
 
 from accounts.errors import ValidationFailed
-from accounts.model import Platform, QuotaWindow, Window
+from accounts.model import Platform, QuotaWindow
 from accounts.rules import AccountRuntime
 from snapshot.redis import RedisStore
+
+from . import fields as F
 
 _HERE = Path(__file__).resolve().parent
 ACQUIRE_LUA = _HERE / "acquire.lua"
@@ -108,19 +110,14 @@ class RuntimeState(AccountRuntime, frozen=True, kw_only=True):
 
 
 EMPTY = RuntimeState()
-_WINDOW_FIELDS = {"q:" + w.value: w for w in Window}
 _window_decoder = msgspec.json.Decoder(QuotaWindow)
-
-
-def _ms(value: str | None) -> float | None:
-    return float(value) / 1000.0 if value else None
 
 
 def parse_state(leases: int, flat: Sequence[str]) -> RuntimeState:
     """A RuntimeState from a Redis HGETALL reply (flat field/value list)."""
     h = dict(zip(flat[::2], flat[1::2], strict=True))
     windows = []
-    for field in _WINDOW_FIELDS:
+    for field in F.WINDOW_FIELDS:
         raw = h.get(field)
         if raw:
             # A reading we cannot read is no reading: never a crash on the hot path.
@@ -128,21 +125,25 @@ def parse_state(leases: int, flat: Sequence[str]) -> RuntimeState:
                 windows.append(_window_decoder.decode(raw))
     return RuntimeState(
         leases=int(leases),
-        rate_limited_until=_ms(h.get("rl_until")),
-        overloaded_until=_ms(h.get("ol_until")),
-        unschedulable_until=_ms(h.get("tu_until")),
-        unschedulable_reason=h.get("tu_reason") or None,
-        last_used_at=_ms(h.get("last_used")),
-        error_rate=float(h.get("ewma_err") or 0.0),
-        latency_ms=float(h["ewma_lat"]) if h.get("ewma_lat") else None,
-        ttft_ms=float(h["ewma_ttft"]) if h.get("ewma_ttft") else None,
+        rate_limited_until=F.ms_to_s(h.get(F.RATE_LIMITED_UNTIL)),
+        overloaded_until=F.ms_to_s(h.get(F.OVERLOADED_UNTIL)),
+        unschedulable_until=F.ms_to_s(h.get(F.UNSCHEDULABLE_UNTIL)),
+        unschedulable_reason=h.get(F.UNSCHEDULABLE_REASON) or None,
+        last_used_at=F.ms_to_s(h.get(F.LAST_USED)),
+        error_rate=float(h.get(F.EWMA_ERROR) or 0.0),
+        latency_ms=_float(h.get(F.EWMA_LATENCY)),
+        ttft_ms=_float(h.get(F.EWMA_TTFT)),
         windows=tuple(windows),
     )
 
 
-def window_field(window: QuotaWindow) -> tuple[str, str]:
+def _float(raw: str | None) -> float | None:
+    return float(raw) if raw else None
+
+
+def encode_reading(reading: QuotaWindow) -> tuple[str, str]:
     """The state-hash field and value storing one quota reading."""
-    return "q:" + window.window.value, msgspec.json.encode(window).decode()
+    return F.window_field(reading.window), msgspec.json.encode(reading).decode()
 
 
 class Acquired(msgspec.Struct, frozen=True):

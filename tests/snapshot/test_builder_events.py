@@ -19,7 +19,7 @@ from accounts.repository import AccountRepository
 from snapshot.builder import SnapshotBuilder
 from snapshot.keys import Bucket
 from snapshot.redis import RedisConfig, RedisStore, open_redis
-from snapshot.schedule import Outcome, acquire_lock, active_version, release_lock
+from snapshot.schedule import PublishOutcome, acquire_lock, active_version, release_lock
 from snapshot.settings import SettingsStore
 from snapshot.source import SqlSource
 
@@ -51,19 +51,19 @@ async def test_busy_bucket_keeps_its_events_until_a_later_activation(
         token = await acquire_lock(redis, BUCKET, 60)  # another instance is rebuilding g1
         assert token is not None
         results = await builder.process_events()
-        assert results[BUCKET].outcome is Outcome.BUSY
-        assert results[OTHER].outcome is Outcome.ACTIVATED
+        assert results[BUCKET].outcome is PublishOutcome.BUSY
+        assert results[OTHER].outcome is PublishOutcome.ACTIVATED
         assert len(await _pending(db)) == 1  # g1's event only
         assert await active_version(redis, BUCKET) == 0
 
         await SettingsStore(db).write({"scoring": {"top_k": 3}})  # every bucket dirty
         results = await builder.process_events()
-        assert results[BUCKET].outcome is Outcome.BUSY
+        assert results[BUCKET].outcome is PublishOutcome.BUSY
         assert len(await _pending(db)) == 2  # g1's event and the settings event
 
         assert await release_lock(redis, BUCKET, token)
         results = await builder.process_events()
-        assert {r.outcome for r in results.values()} == {Outcome.ACTIVATED}
+        assert {r.outcome for r in results.values()} == {PublishOutcome.ACTIVATED}
         assert await _pending(db) == []
         assert await active_version(redis, BUCKET) > 0
 
@@ -82,7 +82,7 @@ async def test_redis_down_consumes_nothing(db: Database, redis: RedisStore) -> N
             await builder._safe(builder.process_events())  # logged, not raised
         assert len(await _pending(db)) == 1
         results = await SnapshotBuilder(db, redis, SqlSource(db)).process_events()
-        assert results[BUCKET].outcome is Outcome.ACTIVATED
+        assert results[BUCKET].outcome is PublishOutcome.ACTIVATED
         assert await _pending(db) == []
 
 
@@ -97,5 +97,5 @@ async def test_events_for_an_unknown_platform_are_consumed_not_reread_forever(
     builder = SnapshotBuilder(db, redis, SqlSource(db))
     with trio.fail_after(30):
         results = await builder.process_events()
-    assert results[BUCKET].outcome is Outcome.ACTIVATED
+    assert results[BUCKET].outcome is PublishOutcome.ACTIVATED
     assert await _pending(db) == []

@@ -28,7 +28,7 @@ from snapshot.redis import RedisConfig, RedisStore, open_redis
 from snapshot.schedule import (
     ACTIVATE_LUA,
     UNLOCK_LUA,
-    Outcome,
+    PublishOutcome,
     acquire_lock,
     activate,
     active_version,
@@ -61,8 +61,11 @@ async def test_older_version_after_newer_is_stale_and_leaves_no_orphans(redis: R
     assert token is not None
     older = await write_version(redis, BUCKET, tagged_accounts("g1", "old", 3))
     newer = await write_version(redis, BUCKET, tagged_accounts("g1", "new", 4))
-    assert await activate(redis, BUCKET, newer, token, grace_s=60) == (Outcome.ACTIVATED, newer)
-    assert await activate(redis, BUCKET, older, token, grace_s=60) == (Outcome.STALE, newer)
+    assert await activate(redis, BUCKET, newer, token, grace_s=60) == (
+        PublishOutcome.ACTIVATED,
+        newer,
+    )
+    assert await activate(redis, BUCKET, older, token, grace_s=60) == (PublishOutcome.STALE, newer)
 
     keys = await _keys(redis)
     assert _version_keys(keys, older) == set()
@@ -74,7 +77,7 @@ async def test_older_version_after_newer_is_stale_and_leaves_no_orphans(redis: R
 
 async def test_empty_bucket_is_a_snapshot_and_unknown_bucket_is_none(redis: RedisStore) -> None:
     result = await set_snapshot(redis, BUCKET, [], grace_s=60)
-    assert result.outcome is Outcome.ACTIVATED
+    assert result.outcome is PublishOutcome.ACTIVATED
     snap = await read_active(redis, BUCKET)
     assert snap is not None and snap.accounts == () and snap.version == result.version
     assert await read_active(redis, Bucket("other", Platform.OPENAI)) is None
@@ -116,10 +119,12 @@ def test_property_activation_order_never_goes_back(
                     outcome, active = await activate(
                         store, BUCKET, versions[i], token, grace_s=grace_ms / 1000
                     )
-                    expected = Outcome.ACTIVATED if versions[i] > best else Outcome.STALE
+                    expected = (
+                        PublishOutcome.ACTIVATED if versions[i] > best else PublishOutcome.STALE
+                    )
                     best = max(best, versions[i])
                     assert (outcome, active) == (expected, best)
-                    if outcome is Outcome.STALE:
+                    if outcome is PublishOutcome.STALE:
                         assert _version_keys(await _keys(store), versions[i]) == set()
                 assert await active_version(store, BUCKET) == max(versions)
             finally:
@@ -142,7 +147,7 @@ async def test_concurrent_activations_with_one_token_only_increase(redis: RedisS
     """Twenty tasks write and activate concurrently (same lock token): CAS decides each."""
     token = await acquire_lock(redis, BUCKET, 30)
     assert token is not None
-    outcomes: list[Outcome] = []
+    outcomes: list[PublishOutcome] = []
     seen: list[int] = []
     stop = trio.Event()
 
@@ -160,7 +165,7 @@ async def test_concurrent_activations_with_one_token_only_increase(redis: RedisS
                 for n in range(20):
                     nursery.start_soon(publisher, n)
             stop.set()
-    assert Outcome.ACTIVATED in outcomes and Outcome.STALE in outcomes
+    assert PublishOutcome.ACTIVATED in outcomes and PublishOutcome.STALE in outcomes
     active = await active_version(redis, BUCKET)
     keys = await _keys(redis)
     stale_left = [k for k in keys if ":v:" in k and int(k.split(":v:")[1].split(":")[0]) > active]
@@ -198,7 +203,7 @@ async def test_publishers_in_tasks_and_processes_never_roll_back(
     procs = _spawn_workers(redis_url, redis.prefix, 2, 40, 20, "0.005,0.5", 0.5)
     seen: list[int] = []
     stop = trio.Event()
-    outcomes: list[Outcome] = []
+    outcomes: list[PublishOutcome] = []
 
     async def task_publisher(n: int) -> None:
         for r in range(15):
@@ -207,7 +212,7 @@ async def test_publishers_in_tasks_and_processes_never_roll_back(
                 ttl = 0.005 if r % 2 else 0.5  # short ones expire mid-publish
                 result = await set_snapshot(redis, BUCKET, accounts, grace_s=0.5, lock_ttl_s=ttl)
                 outcomes.append(result.outcome)
-                if result.outcome is not Outcome.BUSY:
+                if result.outcome is not PublishOutcome.BUSY:
                     break
                 await trio.sleep(0.001)
 
@@ -224,7 +229,7 @@ async def test_publishers_in_tasks_and_processes_never_roll_back(
         for p in procs:
             p.kill()
     assert all(r.get("activated", 0) > 0 for r in results), results
-    assert Outcome.ACTIVATED in outcomes
+    assert PublishOutcome.ACTIVATED in outcomes
     assert len(set(seen)) > 10
     print(f"\nrace: tasks={Counter(outcomes)} processes={results} samples={len(seen)}")
     snap = await read_active(redis, BUCKET)
@@ -269,24 +274,27 @@ async def test_lock_fencing(redis: RedisStore) -> None:
 
     assert await release_lock(redis, BUCKET, token_a) is False
     assert await redis.client.get(keys.lock) == token_b
-    assert await activate(redis, BUCKET, version_a, token_a, grace_s=60) == (Outcome.FENCED, 0)
+    assert await activate(redis, BUCKET, version_a, token_a, grace_s=60) == (
+        PublishOutcome.FENCED,
+        0,
+    )
     assert _version_keys(await _keys(redis), version_a) == set()
     assert await read_active(redis, BUCKET) is None
 
     version_b = await write_version(redis, BUCKET, tagged_accounts("g1", "B", 3))
     assert await activate(redis, BUCKET, version_b, token_b, grace_s=60) == (
-        Outcome.ACTIVATED,
+        PublishOutcome.ACTIVATED,
         version_b,
     )
     assert await release_lock(redis, BUCKET, token_b) is True
-    assert (await set_snapshot(redis, BUCKET, [], grace_s=60)).outcome is Outcome.ACTIVATED
+    assert (await set_snapshot(redis, BUCKET, [], grace_s=60)).outcome is PublishOutcome.ACTIVATED
 
 
 async def test_busy_when_lock_is_held(redis: RedisStore) -> None:
     token = await acquire_lock(redis, BUCKET, 30)
     assert token is not None
     result = await set_snapshot(redis, BUCKET, tagged_accounts("g1", "x", 1), grace_s=60)
-    assert result.outcome is Outcome.BUSY
+    assert result.outcome is PublishOutcome.BUSY
     assert await read_active(redis, BUCKET) is None
     assert await redis.client.get(BucketKeys(redis.prefix, BUCKET).lock) == token
 

@@ -10,7 +10,7 @@ import msgspec
 
 from accounts.model import Account, Kind, Platform, QuotaWindow, Window
 from scheduler.selection.select import Selector
-from scheduler.selection.store import window_field
+from scheduler.selection.store import encode_reading
 from snapshot.keys import Bucket
 from snapshot.redis import RedisStore
 from snapshot.schedule import set_snapshot
@@ -77,7 +77,7 @@ async def open_selector(
 
 def reading(used: float, now: float, window: Window = Window.FIVE_HOURS) -> dict[str, str]:
     """State-hash fields for one fresh quota reading."""
-    name, value = window_field(
+    name, value = encode_reading(
         QuotaWindow(window=window, used_ratio=used, observed_at=now, reset_after_s=3600)
     )
     return {name: value}

@@ -9,7 +9,7 @@ import trio
 
 from accounts.errors import NotFound, ValidationFailed
 from accounts.model import Platform
-from scheduler.selection.reports import Outcome, Reporter
+from scheduler.selection.reports import ReleaseOutcome, Reporter
 from scheduler.selection.select import SelectRequest
 from scheduler.selection.store import Keys, Refused, parse_lease_id
 
@@ -70,11 +70,11 @@ async def test_renew_extends_and_released_or_unknown_leases_are_404(redis):
         await trio.sleep(1.1)  # past the original TTL: still held
         refused = await sel.runtime.acquire("openai", GROUP, a.id, concurrency=1, ttl_s=1)
         assert isinstance(refused, Refused)
-        await reporter.release(got.lease_id, Outcome(status=200))
+        await reporter.release(got.lease_id, ReleaseOutcome(status=200))
         for call in (
-            reporter.release(got.lease_id, Outcome(status=200)),
+            reporter.release(got.lease_id, ReleaseOutcome(status=200)),
             reporter.renew(got.lease_id, None),
-            reporter.release(f"openai~{GROUP}~{a.id}~ffff", Outcome(status=200)),
+            reporter.release(f"openai~{GROUP}~{a.id}~ffff", ReleaseOutcome(status=200)),
         ):
             with pytest.raises(NotFound):
                 await call
@@ -106,7 +106,7 @@ async def test_many_tasks_never_exceed_concurrency(redis):
             got = await sel.select(SelectRequest(group=GROUP, platform=Platform.OPENAI,
                                                  model="m", wait_ms=20_000))  # fmt: skip
             await trio.sleep(random.random() * 0.003)
-            await reporter.release(got.lease_id, Outcome(status=200, latency_ms=3))
+            await reporter.release(got.lease_id, ReleaseOutcome(status=200, latency_ms=3))
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -137,11 +137,11 @@ async def test_an_expired_lease_releases_like_an_unknown_one_pruned_or_not(redis
         # Nothing pruned yet: both expired leases are still in the set.
         assert await redis.client.zcard(leases) == 2
         with pytest.raises(NotFound):
-            await reporter.release(first.lease_id, Outcome(status=429))
+            await reporter.release(first.lease_id, ReleaseOutcome(status=429))
         # An acquire prunes the other one; its late release answers the same.
         await sel.runtime.acquire("openai", GROUP, a.id, concurrency=2, ttl_s=30)
         with pytest.raises(NotFound):
-            await reporter.release(second.lease_id, Outcome(status=429))
+            await reporter.release(second.lease_id, ReleaseOutcome(status=429))
         state = (await sel.runtime.read_many("openai", [a.id]))[a.id]
     assert state.rate_limited_until is None  # neither 429 was applied
     assert await redis.client.zcard(leases) == 1  # only the fresh acquire's lease

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from accounts.model import Platform
-from scheduler.selection.reports import Outcome, Reporter
+from scheduler.selection.reports import ReleaseOutcome, Reporter
 from scheduler.selection.select import SelectRequest
 
 from .selectkit import GROUP, SettingsBox, make_account, open_selector
@@ -65,7 +65,7 @@ async def test_429_sets_rate_limited_until_the_reset(redis, headers, low, high):
         got = await sel.select(REQ)
         now = time.time()
         headers = _at_runtime(headers, now)
-        done = await reporter.release(got.lease_id, Outcome(status=429, headers=headers))
+        done = await reporter.release(got.lease_id, ReleaseOutcome(status=429, headers=headers))
         state = await _state(sel, a)
     assert "rate_limited" in done.effects
     assert low <= state.rate_limited_until - now <= high
@@ -76,7 +76,7 @@ async def test_529_overloaded_and_success_updates_ewmas_and_quota(redis):
     with trio.fail_after(10):
         got = await sel.select(REQ)
         now = time.time()
-        await reporter.release(got.lease_id, Outcome(status=529))
+        await reporter.release(got.lease_id, ReleaseOutcome(status=529))
         state = await _state(sel, a)
         assert 89 <= state.overloaded_until - now <= 91
         assert state.error_rate == 1.0
@@ -93,7 +93,9 @@ async def test_529_overloaded_and_success_updates_ewmas_and_quota(redis):
             "x-codex-secondary-window-minutes": "10080",
             "x-codex-secondary-reset-after-seconds": "86400",
         }
-        out = Outcome(status=200, latency_ms=100, ttft_ms=50, headers=codex, response_id="r1")
+        out = ReleaseOutcome(
+            status=200, latency_ms=100, ttft_ms=50, headers=codex, response_id="r1"
+        )
         done = await reporter.release(got.lease_id, out)
         state = await _state(sel, a)
     assert set(done.effects) == {"quota", "response_binding"}
@@ -120,7 +122,7 @@ async def test_usage_crossing_threshold_pauses_on_another_instance(redis):
             "x-codex-primary-window-minutes": "300",
             "x-codex-primary-reset-after-seconds": "3600",
         }
-        await Reporter(one, box).release(got.lease_id, Outcome(status=200, headers=headers))
+        await Reporter(one, box).release(got.lease_id, ReleaseOutcome(status=200, headers=headers))
         picks = {(await two.select(REQ)).account.id for _ in range(5)}
     assert picks == {b.id}
 
@@ -146,7 +148,7 @@ async def test_401_marks_the_account_error_in_postgres(redis, db):
     reporter = Reporter(sel, box, repo)
     with trio.fail_after(10):
         got = await sel.select(REQ)
-        done = await reporter.release(got.lease_id, Outcome(status=401))
+        done = await reporter.release(got.lease_id, ReleaseOutcome(status=401))
         stored = await repo.get(created.id)
         state = await _state(sel, created)
         events = await db.fetchval(

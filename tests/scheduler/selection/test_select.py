@@ -9,7 +9,7 @@ import trio
 
 from accounts.errors import NoAccountAvailable, NotFound
 from accounts.model import Platform, Status
-from scheduler.selection.reports import Outcome, Reporter
+from scheduler.selection.reports import ReleaseOutcome, Reporter
 from scheduler.selection.select import Selector, SelectRequest
 from snapshot.keys import Bucket
 
@@ -54,10 +54,10 @@ async def test_quota_paused_session_binding_is_dropped(redis):
     with trio.fail_after(10):
         first = await sel.select(req(session_hash="s1"))
         assert first.account.id == a.id and first.path == "pool"
-        await reporter.release(first.lease_id, Outcome(status=200))
+        await reporter.release(first.lease_id, ReleaseOutcome(status=200))
         again = await sel.select(req(session_hash="s1"))
         assert again.account.id == a.id and again.path == "session" and again.sticky
-        await reporter.release(again.lease_id, Outcome(status=200))
+        await reporter.release(again.lease_id, ReleaseOutcome(status=200))
         await pause(sel, a.id)
         sel.view.ttl_s = 0  # another instance's report: our next select re-reads
         moved = await sel.select(req(session_hash="s1"))
@@ -75,10 +75,10 @@ async def test_quota_paused_response_binding_is_dropped(redis):
     with trio.fail_after(10):
         first = await sel.select(req())
         assert first.account.id == a.id
-        await reporter.release(first.lease_id, Outcome(status=200, response_id="resp_1"))
+        await reporter.release(first.lease_id, ReleaseOutcome(status=200, response_id="resp_1"))
         follow = await sel.select(req(previous_response_id="resp_1"))
         assert follow.account.id == a.id and follow.path == "response"
-        await reporter.release(follow.lease_id, Outcome(status=200))
+        await reporter.release(follow.lease_id, ReleaseOutcome(status=200))
         # The pause lands in Redis; this instance's view is still fresh (stale reading).
         await pause(sel, a.id)
         moved = await sel.select(req(previous_response_id="resp_1"))
@@ -98,7 +98,7 @@ async def test_full_sticky_account_spills_over_and_keeps_binding(redis):
         spill = await sel.select(req(session_hash="s9"))
         assert spill.account.id == b.id and spill.path == "pool"
         assert await redis.client.get(key) == a.id
-        await reporter.release(held.lease_id, Outcome(status=200))
+        await reporter.release(held.lease_id, ReleaseOutcome(status=200))
         back = await sel.select(req(session_hash="s9"))
     assert back.account.id == a.id and back.path == "session"
 
@@ -171,7 +171,7 @@ async def test_wait_succeeds_on_release_and_times_out_otherwise(redis):
             await trio.sleep(0.2)
             assert not got
             # The retry interval is 5 s: only the release wake-up can finish this quickly.
-            await reporter.release(held.lease_id, Outcome(status=200))
+            await reporter.release(held.lease_id, ReleaseOutcome(status=200))
         assert got[0].account.id == a.id  # type: ignore[attr-defined]
         assert got[0].waited_s < 4  # type: ignore[attr-defined]
 
@@ -196,7 +196,7 @@ async def test_release_on_another_instance_wakes_a_waiter(redis):
 
             nursery.start_soon(waiter)
             await trio.sleep(0.2)
-            await Reporter(sel1, box).release(held.lease_id, Outcome(status=200))
+            await Reporter(sel1, box).release(held.lease_id, ReleaseOutcome(status=200))
         assert got and got[0].waited_s < 4  # type: ignore[attr-defined]
 
 
