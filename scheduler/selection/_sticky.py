@@ -8,7 +8,6 @@ keeps it and lets the request spill over to the pool.
 
 from __future__ import annotations
 
-import time
 from typing import Protocol
 
 from accounts.model import Account
@@ -46,11 +45,10 @@ class Selector(Protocol):
 
 async def read_bindings(sel: Selector, keys: list[str]) -> dict[str, str | None]:
     """Bound account ids, from the local cache or one MGET for the missing ones."""
-    now = time.monotonic()
     found: dict[str, str | None] = {}
     missing = []
     for key in keys:
-        live, account_id = sel.bindings.lookup(key, now)
+        live, account_id = sel.bindings.lookup(key)
         if live:
             found[key] = account_id
         else:

@@ -67,9 +67,6 @@ __all__ = [
     "retry_after_hint",
 ]
 
-# A bound account id seen in Redis is trusted locally this long; the acquire
-# script re-checks the binding, so a stale entry costs a retry, never a wrong pick.
-BINDING_CACHE_S = 2.0
 # Pool caches kept (one per bucket and model): bounds memory when requests name
 # arbitrary models; past it the oldest is dropped and rebuilt on its next use.
 POOL_CACHES_MAX = 256
@@ -109,7 +106,7 @@ class Selector:
         self.buckets = buckets
         self.settings = settings
         self.metrics = metrics
-        self.bindings = BindingCache(BINDING_CACHE_S)
+        self.bindings = BindingCache()
         self._released: dict[str, trio.Event] = {}
         self._pools: dict[tuple[Bucket, str], PoolCache] = {}
         # When each bucket was last selected from (monotonic): the refresher keeps these fresh.
