@@ -40,6 +40,7 @@ from snapshot.settings import Settings
 
 from ._none import no_account, retry_after_hint
 from ._sticky import try_sticky
+from ._waiting import WaitQueues
 from .bindings import BindingCache
 from .model import (
     BucketSnapshots,
@@ -107,7 +108,7 @@ class Selector:
         self.settings = settings
         self.metrics = metrics
         self.bindings = BindingCache()
-        self._released: dict[str, trio.Event] = {}
+        self.waiters = WaitQueues(buckets)
         self._pools: dict[tuple[Bucket, str], PoolCache] = {}
         # When each bucket was last selected from (monotonic): the refresher keeps these fresh.
         self.active: dict[Bucket, float] = {}
@@ -126,9 +127,7 @@ class Selector:
             self.view.put(account_id, state)
         else:
             self.view.note_release(account_id)
-        event = self._released.pop(platform, None)
-        if event is not None:
-            event.set()
+        self.waiters.wake(platform, account_id)
 
     def remember_binding(self, key: str, account_id: str | None) -> None:
         self.bindings.put(key, account_id)
@@ -158,37 +157,59 @@ class Selector:
         bucket = Bucket(req.group, req.platform)
         snap = await self.snapshot(bucket)
         self.active[bucket] = time.monotonic()
+        view_key = (bucket.group, bucket.platform.value)
         wait_s = min(req.wait_ms, cfg.wait.max_wait_ms) / 1000.0
         start = trio.current_time()
         deadline = start + wait_s
+        # Any read of the bucket started after this request began can settle a "full".
+        since: int | None = None
+        began = self.view.mark(view_key)
         attempts = 0
-        force = rebuilt = waited = False
+        ticket = self.waiters.ticket()
+        woken_by: str | None = None
+        rechecked = rebuild = rebuilt = waited = False
         while True:
-            rnd = await self._round(req, snap, cfg, force=force, rebuild=rebuilt)
+            rnd = await self._round(req, snap, cfg, since=since, rebuild=rebuild)
+            since, rebuild = None, False
             attempts += rnd.attempts
             if rnd.selection is not None:
                 return self._done(rnd.selection, attempts, start, waited, bucket)
+            if woken_by is not None:
+                self._pass_on(snap, woken_by)
+                woken_by = None
             reasons = set(rnd.all_exclusions().values())
-            if not force and Reason.FULL in reasons:
-                force = True  # a stale local "full" must not answer 503: re-read once
+            if not rechecked and Reason.FULL in reasons:
+                # A stale local "full" must not answer 503: a read started since this
+                # request began (concurrent ones share it) settles it, once.
+                rechecked, since = True, began
                 continue
             if not rebuilt and not _TIMED_REASONS.isdisjoint(reasons):
                 # The cache's verdicts may predate a deadline that has passed since:
                 # judge them again at the current time (no Redis call) before a 503.
-                rebuilt = True
+                rebuilt = rebuild = True
                 continue
             if trio.current_time() >= deadline:
                 break
-            event = self._released.setdefault(req.platform.value, trio.Event())
-            retry_s = cfg.wait.retry_interval_ms / 1000.0
             waited = True
-            with trio.move_on_at(min(deadline, trio.current_time() + retry_s)):
-                await event.wait()
+            mark = self.view.mark(view_key)
+            retry_at = trio.current_time() + cfg.wait.retry_interval_ms / 1000.0
+            woken_by = await self.waiters.wait(bucket, ticket, min(deadline, retry_at))
+            if woken_by is None:
+                # The periodic retry: a release this instance did not hear of (or a
+                # lease that expired) shows only in Redis. One read started after the
+                # wait began serves every waiter of the bucket.
+                since = mark
+            # A release wake-up needs no read: on_release() has patched the view.
             snap = await self.snapshot(bucket)
-            force = True
         self._count("none", "none", trio.current_time() - start)
         excluded = rnd.all_exclusions()
         raise no_account(bucket, excluded, self.buckets.get(bucket), self.view, cfg, time.time())
+
+    def _pass_on(self, snap: BucketSnapshot, account_id: str) -> None:
+        """A release woke us but this round took nothing: if its slot is still free, pass it on."""
+        account = snap.by_id.get(account_id)
+        if account is not None and self.view.get(account_id).leases < account.concurrency:
+            self.waiters.pass_on(snap.bucket, account_id)
 
     def _done(
         self, sel: Selection, attempts: int, start: float, waited: bool, bucket: Bucket
@@ -198,7 +219,13 @@ class Selector:
         return msgspec.structs.replace(sel, attempts=attempts, waited_s=waited_s)
 
     async def _round(
-        self, req: SelectRequest, snap: BucketSnapshot, cfg: Settings, *, force: bool, rebuild: bool
+        self,
+        req: SelectRequest,
+        snap: BucketSnapshot,
+        cfg: Settings,
+        *,
+        since: int | None,
+        rebuild: bool,
     ) -> Round:
         rnd = Round()
         bucket = snap.bucket
@@ -207,7 +234,7 @@ class Selector:
             (bucket.group, bucket.platform.value),
             bucket.platform,
             (a.id for a in snap.accounts),
-            force=force,
+            since=since,
             max_age_s=self.view.request_max_age_s,
         )
         now = time.time()
@@ -299,14 +326,22 @@ class Selector:
     ) -> Reason | None:
         """One lease attempt; None on success (``rnd.selection`` set), else why it was refused."""
         rnd.attempts += 1
-        result = await self.runtime.acquire(
-            req.platform.value, req.group, account.id,
-            concurrency=account.concurrency,
-            ttl_s=cfg.leases.ttl_s,
-            session_hash=req.session_hash,
-            bind_mode=bind_mode,
-            bind_ttl_s=cfg.sticky.session_ttl_s,
-        )  # fmt: skip
+        # While the script runs, the slot counts as taken here: other selects of this
+        # instance (waiters woken together, say) do not all go after the same one.
+        # The reply (granted or refused) then writes the real count.
+        held = self.view.hold(account.id)
+        try:
+            result = await self.runtime.acquire(
+                req.platform.value, req.group, account.id,
+                concurrency=account.concurrency,
+                ttl_s=cfg.leases.ttl_s,
+                session_hash=req.session_hash,
+                bind_mode=bind_mode,
+                bind_ttl_s=cfg.sticky.session_ttl_s,
+            )  # fmt: skip
+        except BaseException:
+            self.view.unhold(account.id, held)
+            raise
         if isinstance(result, Refused) and result.kind == "rebound":
             # Another instance re-bound the session meanwhile: keep its binding and
             # take this (filtered, fitting) account without touching the binding.

@@ -10,7 +10,7 @@ import trio
 from accounts.errors import NoAccountAvailable, NotFound
 from accounts.model import Platform, Status
 from scheduler.selection.reports import ReleaseOutcome, Reporter
-from scheduler.selection.select import Selector, SelectRequest
+from scheduler.selection.select import Selection, Selector, SelectRequest
 from snapshot.keys import Bucket
 
 from .selectkit import GROUP, SettingsBox, make_account, open_selector, reading
@@ -58,8 +58,11 @@ async def test_quota_paused_session_binding_is_dropped(redis):
         again = await sel.select(req(session_hash="s1"))
         assert again.account.id == a.id and again.path == "session" and again.sticky
         await reporter.release(again.lease_id, ReleaseOutcome(status=200))
-        await pause(sel, a.id)
-        sel.view.ttl_s = 0  # another instance's report: our next select re-reads
+        await pause(sel, a.id)  # as another instance's report would: Redis only
+        # This instance's view still shows a unpaused (it is fresh: nothing re-reads
+        # it); the state the acquire script returns is what catches the pause.
+        assert not sel.view.get(a.id).windows
+        assert not sel.view.stale((GROUP, "openai"), time.monotonic(), sel.view.request_max_age_s)
         moved = await sel.select(req(session_hash="s1"))
     assert moved.account.id == b.id
     key = sel.runtime.keys.session("openai", GROUP, "s1")
@@ -152,6 +155,13 @@ async def test_unknown_group_is_404(redis):
         await sel.select(SelectRequest(group="nope", platform=Platform.OPENAI, model="m"))
 
 
+async def until_waiting(sel: Selector, n: int = 1) -> float:
+    """Return (trio time) once ``n`` selects of ``sel`` are waiting for a release."""
+    while sel.waiters.waiting < n:
+        await trio.sleep(0.001)
+    return trio.current_time()
+
+
 async def test_wait_succeeds_on_release_and_times_out_otherwise(redis):
     a = make_account("a", concurrency=1)
     sel = await open_selector(redis, [a], SettingsBox(wait={"retry_interval_ms": 5000}))
@@ -161,19 +171,22 @@ async def test_wait_succeeds_on_release_and_times_out_otherwise(redis):
         with pytest.raises(NoAccountAvailable) as info:
             await sel.select(req(wait_ms=200))
         assert info.value.exclusions == {"full": 1}
-        got: list[object] = []
+        got: list[Selection] = []
 
         async def waiter() -> None:
             got.append(await sel.select(req(wait_ms=8000)))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(waiter)
-            await trio.sleep(0.2)
+            waiting_at = await until_waiting(sel)
             assert not got
             # The retry interval is 5 s: only the release wake-up can finish this quickly.
+            released_at = trio.current_time()
             await reporter.release(held.lease_id, ReleaseOutcome(status=200))
-        assert got[0].account.id == a.id  # type: ignore[attr-defined]
-        assert got[0].waited_s < 4  # type: ignore[attr-defined]
+        assert got[0].account.id == a.id
+        # It did wait for the release (not served before it), and only the release
+        # ended the wait (the retry would have taken 5 s).
+        assert 0 < released_at - waiting_at <= got[0].waited_s < 4
 
 
 async def test_release_on_another_instance_wakes_a_waiter(redis):
@@ -188,16 +201,17 @@ async def test_release_on_another_instance_wakes_a_waiter(redis):
         held = await sel1.select(req())
         async with trio.open_nursery() as nursery:
             await nursery.start(ReleaseWatcher(sel2).run)
-            got: list[object] = []
+            got: list[Selection] = []
 
             async def waiter() -> None:
                 got.append(await sel2.select(req(wait_ms=8000)))
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(waiter)
-            await trio.sleep(0.2)
+            waiting_at = await until_waiting(sel2)
+            released_at = trio.current_time()
             await Reporter(sel1, box).release(held.lease_id, ReleaseOutcome(status=200))
-        assert got and got[0].waited_s < 4  # type: ignore[attr-defined]
+        assert got and 0 < released_at - waiting_at <= got[0].waited_s < 4
 
 
 def test_bucket_identity():
