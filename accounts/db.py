@@ -109,16 +109,6 @@ class Connection:
         except _UNAVAILABLE as exc:
             raise _translate(exc) from exc
 
-    async def copy_records(
-        self, table: str, records: Iterable[Sequence[Any]], columns: Sequence[str]
-    ) -> None:
-        try:
-            await aio_as_trio(self._raw.copy_records_to_table)(
-                table, records=records, columns=list(columns)
-            )
-        except _UNAVAILABLE as exc:
-            raise _translate(exc) from exc
-
     @contextlib.asynccontextmanager
     async def transaction(self, *, isolation: str = "read_committed") -> AsyncIterator[Connection]:
         """Run the block in a transaction: commit on success, roll back on any exception."""

@@ -1,4 +1,4 @@
-"""Upstream usage headers turned into quota readings, and when a 429'd account comes back.
+"""Upstream usage headers turned into quota readings (5-hour and 7-day windows).
 
 Pure functions: they take the response headers (any ``Mapping[str, str]``,
 matched case-insensitively) and ``now`` (epoch seconds) and never raise on bad
@@ -34,19 +34,14 @@ Header formats, as found in real code:
 
 from __future__ import annotations
 
-import email.utils
-import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import NamedTuple
 
+from .header_values import MAX_HORIZON_S, delay, instant, lowered, number
 from .model import Platform, QuotaWindow, Window
 
-__all__ = ["parse_anthropic", "parse_codex", "parse_usage", "retry_after"]
+__all__ = ["MAX_HORIZON_S", "parse_anthropic", "parse_codex", "parse_usage"]
 
-# No usage window of interest resets further ahead than a month; a larger delay or
-# a timestamp further from now than this is garbage, not a reading.
-MAX_HORIZON_S = 35 * 86400.0
 # Overage can push a Codex window past 100 %; a pause signal must not be lost, but
 # a thousand percent is no longer a plausible reading.
 MAX_USED_PERCENT = 1000.0
@@ -58,108 +53,13 @@ FIVE_HOUR_MAX_MINUTES = 360.0
 SEVEN_DAY_MIN_MINUTES = 6 * 1440.0
 # A window length beyond a month is not a usage window.
 MAX_WINDOW_MINUTES = 31 * 1440.0
-# Smaller "timestamps" predate 2001: not epoch seconds (small ones are delays).
-_EPOCH_S_MIN = 1e9
-# Epoch seconds stay below this until the year 5138: bigger values are milliseconds.
-_EPOCH_MS_MIN = 1e11
-# A numeric header longer than this is not a number anyone sent on purpose.
-_MAX_NUMBER_LEN = 40
-
 _FIVE_HOURS_S = 5 * 3600.0
 _SEVEN_DAYS_S = 7 * 86400.0
 _CLAIMS = {"five_hour": Window.FIVE_HOURS, "seven_day": Window.SEVEN_DAYS}
-_API_KEY_FAMILIES = ("requests", "tokens", "input-tokens", "output-tokens")
+API_KEY_FAMILIES = ("requests", "tokens", "input-tokens", "output-tokens")
 
 
-def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
-    """A plain dict with lower-cased names and stripped values; junk entries dropped."""
-    out: dict[str, str] = {}
-    try:
-        items = list(headers.items())
-    except (AttributeError, TypeError):
-        return out
-    for name, value in items:
-        if isinstance(name, bytes):
-            name = name.decode("latin-1")
-        if isinstance(value, bytes):
-            value = value.decode("latin-1")
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            value = str(value)
-        if isinstance(name, str) and isinstance(value, str):
-            out[name.strip().lower()] = value.strip()
-    return out
-
-
-def _number(raw: str | None) -> float | None:
-    """A finite float from a header value, or None."""
-    if not raw or len(raw) > _MAX_NUMBER_LEN:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _date(raw: str) -> float | None:
-    """Epoch seconds from an RFC 3339 / ISO 8601 or HTTP date (naive = UTC), or None."""
-    if len(raw) > 64:
-        return None
-    parsed: datetime | None
-    try:
-        parsed = datetime.fromisoformat(raw)
-    except ValueError:
-        try:
-            parsed = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    if parsed is None:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    try:
-        ts = parsed.timestamp()
-    except (OverflowError, OSError, ValueError):
-        return None
-    return ts if math.isfinite(ts) else None
-
-
-def _near(ts: float | None, now: float) -> float | None:
-    """``ts`` if it lies within the horizon around ``now``, else None."""
-    if ts is None or abs(ts - now) > MAX_HORIZON_S:
-        return None
-    return ts
-
-
-def _instant(raw: str | None, now: float) -> tuple[float | None, float | None]:
-    """A reset given leniently, as ``(reset_at, reset_after_s)`` with at most one set.
-
-    Accepts epoch seconds (the real format), epoch milliseconds, a delay in
-    seconds, or an RFC 3339 / HTTP date.
-    """
-    if not raw:
-        return None, None
-    value = _number(raw)
-    if value is None:
-        return _near(_date(raw), now), None
-    if value >= _EPOCH_MS_MIN:
-        return _near(value / 1000.0, now), None
-    if value >= _EPOCH_S_MIN:
-        return _near(value, now), None
-    if 0 <= value <= MAX_HORIZON_S:
-        return None, value
-    return None, None
-
-
-def _delay(raw: str | None) -> float | None:
-    """A non-negative delay in seconds within the horizon, or None."""
-    value = _number(raw)
-    if value is None or not 0 <= value <= MAX_HORIZON_S:
-        return None
-    return value
-
-
-class _Slot(NamedTuple):
+class CodexSlot(NamedTuple):
     """One Codex window as sent, before we know whether it is the 5h or the 7d one."""
 
     used_ratio: float
@@ -173,22 +73,22 @@ class _Slot(NamedTuple):
         return None if self.reset_at is None else self.reset_at - now
 
 
-def _codex_slot(h: dict[str, str], slot: str, now: float) -> _Slot | None:
+def _codex_slot(h: dict[str, str], slot: str, now: float) -> CodexSlot | None:
     prefix = f"x-codex-{slot}-"
-    pct = _number(h.get(prefix + "used-percent"))
+    pct = number(h.get(prefix + "used-percent"))
     if pct is None or not 0 <= pct <= MAX_USED_PERCENT:
         return None
-    minutes = _number(h.get(prefix + "window-minutes"))
+    minutes = number(h.get(prefix + "window-minutes"))
     if minutes is not None and not 0 < minutes <= MAX_WINDOW_MINUTES:
         minutes = None
-    reset_at, delay_in_at = _instant(h.get(prefix + "reset-at"), now)
+    reset_at, delay_in_at = instant(h.get(prefix + "reset-at"), now)
     if delay_in_at is not None:  # a small number where a timestamp belongs is a delay
         reset_at = now + delay_in_at
-    after = _delay(h.get(prefix + "reset-after-seconds"))
-    return _Slot(pct / 100.0, minutes, after, reset_at)
+    after = delay(h.get(prefix + "reset-after-seconds"))
+    return CodexSlot(pct / 100.0, minutes, after, reset_at)
 
 
-def _window_alone(slot: _Slot, default: Window, now: float) -> Window | None:
+def _window_alone(slot: CodexSlot, default: Window, now: float) -> Window | None:
     """Classify a window seen without a partner of a different length."""
     if slot.minutes is not None:
         if slot.minutes <= FIVE_HOUR_MAX_MINUTES:
@@ -202,7 +102,7 @@ def _window_alone(slot: _Slot, default: Window, now: float) -> Window | None:
     return default
 
 
-def _codex_slots(h: dict[str, str], now: float) -> dict[Window, _Slot]:
+def codex_slots(h: dict[str, str], now: float) -> dict[Window, CodexSlot]:
     """The primary/secondary slots assigned to windows, one slot per window at most."""
     primary = _codex_slot(h, "primary", now)
     secondary = _codex_slot(h, "secondary", now)
@@ -215,7 +115,7 @@ def _codex_slots(h: dict[str, str], now: float) -> dict[Window, _Slot]:
     ):
         short, long = sorted((primary, secondary), key=lambda s: s.minutes or 0.0)
         return {Window.FIVE_HOURS: short, Window.SEVEN_DAYS: long}
-    out: dict[Window, _Slot] = {}
+    out: dict[Window, CodexSlot] = {}
     for slot, default in ((primary, Window.FIVE_HOURS), (secondary, Window.SEVEN_DAYS)):
         if slot is None:
             continue
@@ -239,7 +139,7 @@ def _codex(h: dict[str, str], now: float) -> list[QuotaWindow]:
             reset_after_s=slot.reset_after_s,
             window_s=slot.minutes * 60.0 if slot.minutes is not None else None,
         )
-        for window, slot in sorted(_codex_slots(h, now).items())
+        for window, slot in sorted(codex_slots(h, now).items())
     ]
 
 
@@ -249,16 +149,16 @@ def parse_codex(headers: Mapping[str, str], now: float) -> list[QuotaWindow]:
     The shorter of two windows is the 5-hour one; a lone window of at most 360
     minutes is the 5-hour one and one of about 7 days or more the 7-day one.
     """
-    return _codex(_lowered(headers), now)
+    return _codex(lowered(headers), now)
 
 
 def _fraction(raw: str | None) -> float | None:
     """Anthropic utilisation: a 0-1 fraction; ``42%`` is accepted as a percentage."""
     if raw and raw.endswith("%"):
-        pct = _number(raw[:-1].strip())
+        pct = number(raw[:-1].strip())
         value = None if pct is None else pct / 100.0
     else:
-        value = _number(raw)
+        value = number(raw)
     if value is None or not 0 <= value <= MAX_USED_RATIO:
         return None
     return value
@@ -268,7 +168,7 @@ def _rejected(h: dict[str, str], name: str) -> bool:
     return h.get(name, "").lower() == "rejected"
 
 
-def _anthropic(h: dict[str, str], now: float) -> list[QuotaWindow]:
+def anthropic_readings(h: dict[str, str], now: float) -> list[QuotaWindow]:
     out: dict[Window, QuotaWindow] = {}
     for tag, window, length in (
         ("5h", Window.FIVE_HOURS, _FIVE_HOURS_S),
@@ -280,7 +180,7 @@ def _anthropic(h: dict[str, str], now: float) -> list[QuotaWindow]:
             used = max(used or 0.0, 1.0)  # refused in this window: it is exhausted
         if used is None:
             continue
-        reset_at, after = _instant(h.get(prefix + "reset"), now)
+        reset_at, after = instant(h.get(prefix + "reset"), now)
         out[window] = QuotaWindow(
             window=window,
             used_ratio=used,
@@ -292,7 +192,7 @@ def _anthropic(h: dict[str, str], now: float) -> list[QuotaWindow]:
     # A refusal naming its window ("representative claim") with no per-window reading.
     claimed = _CLAIMS.get(h.get("anthropic-ratelimit-unified-representative-claim", "").lower())
     if claimed and claimed not in out and _rejected(h, "anthropic-ratelimit-unified-status"):
-        reset_at, after = _instant(h.get("anthropic-ratelimit-unified-reset"), now)
+        reset_at, after = instant(h.get("anthropic-ratelimit-unified-reset"), now)
         out[claimed] = QuotaWindow(
             window=claimed,
             used_ratio=1.0,
@@ -311,7 +211,7 @@ def parse_anthropic(headers: Mapping[str, str], now: float) -> list[QuotaWindow]
     milliseconds, a delay in seconds, RFC 3339). A window whose ``status`` is
     ``rejected`` reads as at least fully used.
     """
-    return _anthropic(_lowered(headers), now)
+    return anthropic_readings(lowered(headers), now)
 
 
 def _is_codex(h: dict[str, str]) -> bool:
@@ -326,79 +226,15 @@ def parse_usage(
     platform: Platform | str, headers: Mapping[str, str], now: float
 ) -> list[QuotaWindow]:
     """Quota readings from a response's headers, by platform (or, for others, by header family)."""
-    h = _lowered(headers)
+    h = lowered(headers)
     if platform == Platform.OPENAI:
         return _codex(h, now)
     if platform == Platform.ANTHROPIC:
-        return _anthropic(h, now)
+        return anthropic_readings(h, now)
     # Platforms with no usage family of their own may sit behind a relay that sends one.
     readings: list[QuotaWindow] = []
     if _is_codex(h):
         readings.extend(_codex(h, now))
     if _is_anthropic(h):
-        readings.extend(_anthropic(h, now))
+        readings.extend(anthropic_readings(h, now))
     return readings
-
-
-def _retry_after_header(h: dict[str, str], now: float) -> float | None:
-    ms = _delay(h.get("retry-after-ms"))
-    if ms is not None:
-        return now + ms / 1000.0
-    raw = h.get("retry-after")
-    if not raw:
-        return None
-    seconds = _delay(raw)
-    if seconds is not None:
-        return now + seconds
-    return _date(raw)
-
-
-def _codex_resets(h: dict[str, str], now: float) -> list[float]:
-    """Resets of the Codex windows that are used up."""
-    out = []
-    for slot in _codex_slots(h, now).values():
-        remaining = slot.remaining_s(now)
-        if slot.used_ratio >= 1.0 and remaining is not None:
-            out.append(now + remaining)
-    return out
-
-
-def _absolute(at: float | None, after: float | None, now: float) -> float | None:
-    """A reset as epoch seconds, from whichever form it was given in."""
-    if at is not None:
-        return at
-    return None if after is None else now + after
-
-
-def _anthropic_resets(h: dict[str, str], now: float) -> list[float]:
-    """Resets of the Anthropic limits that refused: unified, per window, API-key families."""
-    resets: list[float | None] = []
-    status = h.get("anthropic-ratelimit-unified-status")
-    if status is None or status.lower() == "rejected":
-        resets.append(_absolute(*_instant(h.get("anthropic-ratelimit-unified-reset"), now), now))
-    for reading in _anthropic(h, now):
-        if reading.used_ratio >= 1.0:
-            resets.append(_absolute(reading.reset_at, reading.reset_after_s, now))
-    for family in _API_KEY_FAMILIES:
-        if _number(h.get(f"anthropic-ratelimit-{family}-remaining")) == 0:
-            resets.append(_near(_date(h.get(f"anthropic-ratelimit-{family}-reset", "")), now))
-    return [r for r in resets if r is not None]
-
-
-def retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """When a rate-limited account may be used again (epoch s), or None when nothing says.
-
-    Considers ``retry-after-ms`` / ``Retry-After`` (seconds or HTTP date), the
-    resets of used-up Codex windows, Anthropic's unified reset (when the status
-    is ``rejected`` or absent), used-up unified 5h/7d windows, and API-key
-    families whose ``remaining`` is 0. The latest of them wins: the account is
-    blocked until every limit that refused it has lifted. Times in the past or
-    beyond the horizon are not usable.
-    """
-    h = _lowered(headers)
-    candidates = _codex_resets(h, now) + _anthropic_resets(h, now)
-    header = _retry_after_header(h, now)
-    if header is not None:
-        candidates.append(header)
-    usable = [c for c in candidates if now <= c <= now + MAX_HORIZON_S]
-    return max(usable) if usable else None

@@ -1,4 +1,4 @@
-"""Accounts in PostgreSQL: CRUD with compare-and-set, bucket reads, key rotation.
+"""Accounts in PostgreSQL: CRUD with compare-and-set and bucket reads.
 
 Every write runs in one transaction with the ``schedule_events`` rows naming
 the buckets (group x platform) it made dirty: a change that rolls back leaves
@@ -14,13 +14,7 @@ second finds the bumped version once the first commits and gets
 overwrite.
 
 Credentials are encrypted with :class:`~accounts.crypto.Cipher` before they
-reach SQL and never decrypted here except to rotate them. Key rotation: put
-a new key first in ``crypto.keys`` (keep the old ones), restart, run
-``stationmaster accounts reencrypt`` (every row rewritten under the newest key,
-version bumped, snapshots marked for a full rebuild), wait for the rebuild,
-then drop the old keys. :func:`check_credentials_key` is the start-up check
-that refuses to run when stored credentials exist but no configured key opens
-them.
+reach SQL and never decrypted here (key rotation: :mod:`accounts.key_rotation`).
 """
 
 from __future__ import annotations
@@ -40,18 +34,17 @@ from ._account_rows import (
     insert_args,
     to_account,
 )
-from .crypto import Cipher, DecryptError
+from .crypto import Cipher
 from .db import CheckViolation, Connection, Database
-from .errors import ConfigError, Conflict, NotFound, ValidationFailed
+from .errors import Conflict, NotFound, ValidationFailed
 from .inputs import AccountCreate, AccountPatch
+from .key_rotation import reencrypt
 from .model import Account, Platform, Status
 
 # A page can hold a whole large bucket (the snapshot builder and the bench read 10k at once).
 MAX_PAGE = 10_000
 # error_reason is free text from an upstream answer; bounded so a huge body cannot land in a row.
 _MAX_REASON = 500
-# reencrypt rewrites this many rows per transaction: short locks, few round trips.
-_REENCRYPT_BATCH = 500
 
 Bucket = tuple[str, Platform]
 
@@ -333,73 +326,11 @@ class AccountRepository:
     # --- keys ---------------------------------------------------------------------
 
     async def reencrypt(self) -> int:
-        """Rewrite every stored credential under the newest key; returns rows rewritten.
-
-        Each batch commits with one full-rebuild event (NULL bucket), so snapshots
-        stop carrying ciphertexts of the old keys. A row changed concurrently
-        (its ciphertext no longer the one read) is skipped: its writer already
-        used the newest key.
-        """
-        after: uuid.UUID | None = None
-        total = 0
-        while True:
-            rows = await self._db.fetch(
-                "SELECT id, credentials_enc FROM accounts WHERE credentials_enc IS NOT NULL"
-                " AND ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
-                after,
-                _REENCRYPT_BATCH,
-            )
-            if not rows:
-                return total
-            updates = [(r["id"], self._rotate(r), r["credentials_enc"]) for r in rows]
-            async with self._db.transaction() as c:
-                await c.executemany(
-                    "UPDATE accounts SET credentials_enc = $2, version = version + 1,"
-                    " updated_at = now() WHERE id = $1 AND credentials_enc = $3",
-                    updates,
-                )
-                await c.execute(
-                    "INSERT INTO schedule_events (kind) VALUES ('credentials_reencrypted')"
-                )
-            total += len(rows)
-            after = rows[-1]["id"]
-
-    def _rotate(self, row: Any) -> str:
-        try:
-            return self.cipher.rotate(row["credentials_enc"])
-        except DecryptError:
-            raise DecryptError(
-                f"account {row['id']}: credentials cannot be decrypted with the configured keys"
-            ) from None
+        """Rewrite every stored credential under the newest key (:func:`key_rotation.reencrypt`)."""
+        return await reencrypt(self._db, self.cipher)
 
 
 def _rejected(exc: Exception) -> ValidationFailed:
     # Input structs validate first; this is the schema's last word, named by its constraint.
     name = getattr(exc, "constraint_name", None) or "check"
     return ValidationFailed.one("$", f"rejected by the database constraint {name}")
-
-
-async def check_credentials_key(db: Database, cipher: Cipher) -> None:
-    """Start-up check: raise ConfigError if stored credentials exist that no key can open.
-
-    Without any key configured, any encrypted row stops the start; with keys, the
-    most recently written credential must decrypt (a wrong key list is caught
-    before selection hands out garbage). The plaintext is discarded at once.
-    """
-    row = await db.fetchrow(
-        "SELECT id, credentials_enc FROM accounts WHERE credentials_enc IS NOT NULL"
-        " ORDER BY updated_at DESC LIMIT 1"
-    )
-    if row is None:
-        return
-    if not cipher.enabled:
-        raise ConfigError(
-            "crypto.keys", "accounts hold encrypted credentials but no key is configured"
-        )
-    try:
-        cipher.decrypt(row["credentials_enc"])
-    except DecryptError:
-        raise ConfigError(
-            "crypto.keys",
-            f"no configured key decrypts the stored credentials (account {row['id']})",
-        ) from None

@@ -22,7 +22,6 @@ import msgspec
 from .model import Account, QuotaPolicy, QuotaWindow, Status, Window, model_matches
 
 __all__ = [
-    "EMPTY_RUNTIME",
     "HARD_REASONS",
     "NOT_PAUSED",
     "AccountRuntime",
@@ -32,7 +31,6 @@ __all__ = [
     "expires_at_ts",
     "is_hard",
     "quota_pause",
-    "schedulable",
 ]
 
 
@@ -94,7 +92,6 @@ class AccountRuntime(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # What an account with no runtime state at all looks like (never used yet).
-EMPTY_RUNTIME = AccountRuntime()
 
 
 class PauseDecision(msgspec.Struct, frozen=True, kw_only=True):
@@ -289,19 +286,6 @@ def _deadlines(runtime: AccountRuntime, now: float) -> Reason | None:
     return None
 
 
-def schedulable(account: Account, runtime: AccountRuntime | None, now: float) -> Reason | None:
-    """Why the account may not be scheduled now, or None when it may.
-
-    Covers status (disabled, error), the admin switch, expiry (only when
-    ``auto_pause_on_expired``), and the rate-limited / overloaded /
-    temporarily-unschedulable deadlines. Quota and model are not looked at.
-    """
-    reason = _own_state(account, now)
-    if reason is not None or runtime is None:
-        return reason
-    return _deadlines(runtime, now)
-
-
 def check(
     account: Account,
     runtime: AccountRuntime | None,
@@ -311,7 +295,7 @@ def check(
 ) -> Reason | None:
     """The whole candidate filter for one account: the first reason it is excluded, or None.
 
-    Order: model support, own state (``schedulable`` without deadlines), quota
+    Order: model support, own state (status, admin switch, expiry), quota
     auto-pause, runtime deadlines -- hard reasons before soft ones.
     """
     if account.models and not model_matches(account.models, model):

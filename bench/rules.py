@@ -1,6 +1,6 @@
 """Benchmark: the pure candidate rules over 10,000 varied accounts.
 
-Evaluates ``quota_pause`` + ``schedulable`` (the issue's figure) and the hot-path
+Evaluates ``quota_pause`` alone and the hot-path
 ``check`` (model + state + quota + deadlines) for every account, several rounds,
 and prints the total per 10,000 and the cost per account. Target (issue 3): the
 whole 10,000 in <= 20 ms. Pure Python, no servers.
@@ -41,7 +41,7 @@ from accounts.model import (  # noqa: E402
     Status,
     Window,
 )
-from accounts.rules import AccountRuntime, check, quota_pause, schedulable  # noqa: E402
+from accounts.rules import AccountRuntime, check, quota_pause  # noqa: E402
 
 NOW = 1_790_000_000.0
 # The issue's budget for one pass over 10,000 accounts.
@@ -175,15 +175,8 @@ def main() -> None:
     ]
     policy = QuotaPolicy(default_5h_threshold=0.9, default_7d_threshold=0.95)
 
-    def pause_and_schedulable() -> int:
-        n = 0
-        for account, runtime, _model in pool:
-            if (
-                quota_pause(account, runtime.windows, policy, NOW).paused
-                or schedulable(account, runtime, NOW) is not None
-            ):
-                n += 1
-        return n
+    def pauses() -> int:
+        return sum(quota_pause(a, rt.windows, policy, NOW).paused for a, rt, _m in pool)
 
     def checks() -> Counter[str]:
         return Counter(str(check(a, rt, m, policy, NOW)) for a, rt, m in pool)
@@ -192,14 +185,14 @@ def main() -> None:
         for account, runtime, model in pool:
             check(account, runtime, model, policy, NOW)
 
-    print_machine("accounts rules: quota_pause + schedulable, check")
+    print_machine("accounts rules: quota_pause, check")
     print(
         f"policy: 5h {policy.default_5h_threshold}, 7d {policy.default_7d_threshold}, "
         f"stale after {policy.stale_after_s:.0f} s; seed {args.seed}; {args.rounds} rounds"
     )
     outcome = checks()
     print("check() outcomes: " + ", ".join(f"{k}={v}" for k, v in outcome.most_common()))
-    report("quota_pause + schedulable", time_rounds(pause_and_schedulable, args.rounds), len(pool))
+    report("quota_pause", time_rounds(pauses, args.rounds), len(pool))
     report("check (model+state+quota+dl)", time_rounds(checks_loop, args.rounds), len(pool))
 
 

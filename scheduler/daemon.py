@@ -16,8 +16,9 @@ import trio
 
 from accounts.crypto import Cipher
 from accounts.db import open_database, open_loop
+from accounts.key_rotation import check_credentials_key
 from accounts.migrate import migrate
-from accounts.repository import AccountRepository, check_credentials_key
+from accounts.repository import AccountRepository
 from snapshot.redis import open_redis
 from snapshot.settings import SettingsSnapshot, SettingsStore
 

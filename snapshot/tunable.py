@@ -1,17 +1,17 @@
-"""Tunable numbers: a fixed value, or a callable answering the current one.
+"""Tunables: a setting given as a number or as a callable read at each use.
 
-The daemon wires the snapshot's periods and limits to the settings snapshot
-(``lambda: settings.get().snapshot.grace_s``), so an operator's change applies
-without a restart; tools and tests pass plain numbers.
+The daemon wires tunables to the settings snapshot (``lambda: settings.get().x``),
+so a settings change takes effect on the next use without restarting the actor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+# A number, or a callable returning the current value (wired to the settings snapshot).
 Tunable = float | Callable[[], float]
 
 
 def current(tunable: Tunable) -> float:
-    """The value ``tunable`` stands for right now."""
+    """The tunable's value now."""
     return float(tunable() if callable(tunable) else tunable)

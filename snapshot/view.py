@@ -102,10 +102,6 @@ class ScheduleView:
             return snap
         return await self.refresh(bucket)
 
-    def poll_interval_s(self) -> float:
-        """How long the watcher waits between two checks of the active versions."""
-        return current(self.poll_s)
-
     # --- state ------------------------------------------------------------------
 
     def buckets(self) -> list[Bucket]:

@@ -15,6 +15,7 @@ import trio
 
 from .keys import channel, parse_activation
 from .redis import UNAVAILABLE
+from .tunable import current
 from .view import ScheduleView
 
 # Pause before resubscribing after an unexpected pub/sub failure.
@@ -54,7 +55,7 @@ class ScheduleWatcher:
 
     async def _poll(self) -> None:
         while True:
-            await trio.sleep(self.view.poll_interval_s())
+            await trio.sleep(current(self.view.poll_s))
             await self.view.poll_once()
 
     async def _listen(self) -> None:

@@ -57,7 +57,7 @@ class PoolCache:
     """Verdicts and scores of one (bucket snapshot, model, settings value), kept up to date.
 
     ``generation`` and ``position`` record which view refresh and which point of
-    the view's change log it reflects (see :class:`scheduler.selection.store.RuntimeView`).
+    the view's change log it reflects (see :class:`scheduler.selection.view.RuntimeView`).
     """
 
     def __init__(

@@ -7,7 +7,7 @@ every ttl it re-reads each bucket selected from within :data:`ACTIVE_S`, then
 rebuilds that bucket's pool caches, so the next select finds both up to date.
 A select still reads for itself when the bucket was never loaded, its copy is
 too old to trust (idle bucket, refresher down) or it must re-read before a 503
-(see :meth:`scheduler.selection.store.RuntimeView.refresh`).
+(see :meth:`scheduler.selection.view.RuntimeView.refresh`).
 """
 
 from __future__ import annotations

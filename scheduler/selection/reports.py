@@ -6,7 +6,7 @@ selection):
 
 * 429: rate-limited until the reset the headers give (``Retry-After`` /
   ``retry-after-ms``, Codex and Anthropic reset headers, via
-  :func:`accounts.quota.retry_after`), else ``runtime.rate_limited_default_s``;
+  :func:`accounts.retry.retry_after`), else ``runtime.rate_limited_default_s``;
 * 529: overloaded for ``runtime.overloaded_s``;
 * 401/403: the account is set to ``error`` in PostgreSQL through the repository
   (its buckets become dirty and are rebuilt) and held temporarily-unschedulable
@@ -27,7 +27,8 @@ from typing import Annotated, Any
 import msgspec
 
 from accounts.errors import NotFound, ValidationFailed
-from accounts.quota import parse_usage, retry_after
+from accounts.quota import parse_usage
+from accounts.retry import retry_after
 from snapshot.settings import Settings
 
 from ..core.logs import get_logger

@@ -159,12 +159,6 @@ def score(
     return out
 
 
-def top_k(scored: Sequence[Scored], k: int) -> list[Scored]:
-    """The ``k`` best by score; ties keep snapshot (priority) order."""
-    ranked = sorted(range(len(scored)), key=lambda i: (-scored[i].score, i))
-    return [scored[i] for i in ranked[: max(0, k)]]
-
-
 def seed_for(session_hash: str | None, response_id: str | None) -> int | None:
     """A stable seed for the request's draw, or None for a fresh random one."""
     key = response_id or session_hash

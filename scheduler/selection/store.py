@@ -283,8 +283,3 @@ class RuntimeStore:
     async def delete(self, *keys: str) -> None:
         self.round_trips += 1
         await self.redis.client.delete(list(keys))
-
-    async def set_state(self, platform: str, account_id: str, fields: dict[str, str]) -> None:
-        """HSET fields on one account's state hash (admin and tests)."""
-        self.round_trips += 1
-        await self.redis.client.hset(self.keys.state(platform, account_id), fields)

@@ -26,8 +26,8 @@ from accounts.quota import (
     parse_anthropic,
     parse_codex,
     parse_usage,
-    retry_after,
 )
+from accounts.retry import retry_after
 
 NOW = 1_790_000_000.0  # 2026-09-21T14:13:20Z
 H5, D7 = Window.FIVE_HOURS, Window.SEVEN_DAYS

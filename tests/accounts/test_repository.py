@@ -13,8 +13,9 @@ from accounts.crypto import Cipher, CryptoConfig, generate_key
 from accounts.db import Database
 from accounts.errors import ConfigError, Conflict, NotFound, ValidationFailed
 from accounts.inputs import AccountCreate, AccountPatch
+from accounts.key_rotation import check_credentials_key
 from accounts.model import Platform, Status
-from accounts.repository import AccountRepository, check_credentials_key
+from accounts.repository import AccountRepository
 from accounts.validation import convert
 
 from ..support import CRYPTO_KEY

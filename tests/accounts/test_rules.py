@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta, timezone
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accounts.model import Account, Kind, Platform, QuotaPolicy, QuotaWindow, Status, Window
 from accounts.rules import (
-    EMPTY_RUNTIME,
     HARD_REASONS,
     NOT_PAUSED,
     AccountRuntime,
@@ -25,7 +25,6 @@ from accounts.rules import (
     check,
     is_hard,
     quota_pause,
-    schedulable,
 )
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -103,6 +102,13 @@ def counts(reading: QuotaWindow, policy: QuotaPolicy, now: float) -> bool:
 
 
 # --------------------------------------------------------------------------- quota_pause
+
+
+def schedulable(account: Account, runtime: AccountRuntime | None, now: float) -> Reason | None:
+    """Oracle: ``check`` with the model and quota rules taken out (own state + deadlines)."""
+    bare = msgspec.structs.replace(account, models=())
+    rt = None if runtime is None else msgspec.structs.replace(runtime, windows=())
+    return check(bare, rt, "any-model", QuotaPolicy(), now)
 
 
 @PROPS
@@ -296,7 +302,7 @@ def test_expiry_blocks_only_with_auto_pause_on_expired(
     exp = datetime(2026, 9, 21, 12, 0, tzinfo=UTC)
     given_exp = exp.replace(tzinfo=None) if naive else exp
     account = make_account(expires_at=given_exp, auto_pause_on_expired=auto_pause)
-    got = schedulable(account, EMPTY_RUNTIME, now)
+    got = schedulable(account, AccountRuntime(), now)
     assert got == (Reason.EXPIRED if auto_pause and now >= exp.timestamp() else None)
 
 

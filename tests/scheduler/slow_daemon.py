@@ -4,7 +4,7 @@
 named by ``$SMTEST_RELEASE_FILE`` exists, so a test in another process decides
 exactly when the in-flight request may finish. Started with
 :class:`SlowDaemonProcess`; the child runs :func:`main` through the real
-:func:`scheduler.cli.run_daemon` (signals, exit codes and all).
+:func:`scheduler.cli.running.run_daemon` (signals, exit codes and all).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """SIGTERM: readiness 503 first, in-flight requests finish, new connections refused, exit 0.
 
-In process, the test sends SIGTERM to itself while :func:`scheduler.cli.run_until_signal`
+In process, the test sends SIGTERM to itself while :func:`scheduler.cli.running.run_until_signal`
 runs (trio's signal receiver works in the main thread); as a subprocess, the real
 ``run_daemon`` handles it and the exit code is checked. In-flight requests are
 held open by an injected route that waits for the test's go-ahead, so "in

@@ -3,7 +3,7 @@
 Time runs on pytest-trio's ``autojump_clock`` (the supervisor reads trio's clock),
 so the delays are checked exactly without sleeping for real. The end-to-end
 check that an essential actor crashing past the limit makes the process exit 1
-runs the real daemon through :func:`scheduler.cli.run_daemon`.
+runs the real daemon through :func:`scheduler.cli.running.run_daemon`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import msgspec
 
 from accounts.model import Account, Kind, Platform, QuotaWindow, Window
 from scheduler.selection.select import Selector
-from scheduler.selection.store import encode_reading
+from scheduler.selection.store import RuntimeStore, encode_reading
 from snapshot.keys import Bucket
 from snapshot.redis import RedisStore
 from snapshot.schedule import set_snapshot
@@ -81,3 +81,16 @@ def reading(used: float, now: float, window: Window = Window.FIVE_HOURS) -> dict
         QuotaWindow(window=window, used_ratio=used, observed_at=now, reset_after_s=3600)
     )
     return {name: value}
+
+
+async def set_state(
+    runtime: RuntimeStore, platform: str, account_id: str, fields: dict[str, str]
+) -> None:
+    """HSET fields on one account's runtime state hash, as another instance's write would."""
+    await runtime.redis.client.hset(runtime.keys.state(platform, account_id), fields)
+
+
+def top_k(scored: Sequence[Any], k: int) -> list[Any]:
+    """Reference ranking for the pool cache: the ``k`` best by score, ties in snapshot order."""
+    ranked = sorted(range(len(scored)), key=lambda i: (-scored[i].score, i))
+    return [scored[i] for i in ranked[: max(0, k)]]

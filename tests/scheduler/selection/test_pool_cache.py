@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 from accounts.model import Account, Kind, Platform, QuotaWindow, Status, Window
 from accounts.rules import Reason
 from scheduler.selection.pool import PoolCache, verdict
-from scheduler.selection.scoring import Weights, score, top_k
+from scheduler.selection.scoring import Weights, score
 from scheduler.selection.store import RuntimeState
 from snapshot.keys import Bucket
 from snapshot.schedule import BucketSnapshot
 from snapshot.settings import Settings
+
+from .selectkit import top_k
 
 NOW = 1_800_000_000.0
 CFG = msgspec.convert({"quota": {"default_5h_threshold": 0.9}}, Settings)

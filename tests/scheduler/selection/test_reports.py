@@ -11,7 +11,7 @@ from accounts.model import Platform
 from scheduler.selection.reports import ReleaseOutcome, Reporter
 from scheduler.selection.select import SelectRequest
 
-from .selectkit import GROUP, SettingsBox, make_account, open_selector
+from .selectkit import GROUP, SettingsBox, make_account, open_selector, set_state
 
 REQ = SelectRequest(group=GROUP, platform=Platform.OPENAI, model="gpt-4o")
 
@@ -80,7 +80,7 @@ async def test_529_overloaded_and_success_updates_ewmas_and_quota(redis):
         state = await _state(sel, a)
         assert 89 <= state.overloaded_until - now <= 91
         assert state.error_rate == 1.0
-        await sel.runtime.set_state("openai", a.id, {"ol_until": "0"})
+        await set_state(sel.runtime, "openai", a.id, {"ol_until": "0"})
         # The release reply told this instance about the overload; a clear written
         # straight into Redis (as by another writer) is seen at the next refresh.
         sel.view.ttl_s = 0

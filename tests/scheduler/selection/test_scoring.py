@@ -8,8 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accounts.model import Account, Kind, Platform, QuotaWindow, Window
-from scheduler.selection.scoring import Scored, Weights, score, seed_for, top_k, weighted_order
+from scheduler.selection.scoring import Scored, Weights, score, seed_for, weighted_order
 from scheduler.selection.store import RuntimeState
+
+from .selectkit import top_k
 
 NOW = 1_800_000_000.0
 

@@ -13,7 +13,7 @@ from scheduler.selection.reports import ReleaseOutcome, Reporter
 from scheduler.selection.select import Selection, Selector, SelectRequest
 from snapshot.keys import Bucket
 
-from .selectkit import GROUP, SettingsBox, make_account, open_selector, reading
+from .selectkit import GROUP, SettingsBox, make_account, open_selector, reading, set_state
 
 PAUSE = {"quota": {"default_5h_threshold": 0.9}}
 # Top-1: the best score always wins, so tests can name the expected account.
@@ -27,7 +27,7 @@ def req(**kw: object) -> SelectRequest:
 
 
 async def pause(sel: Selector, account_id: str, used: float = 0.95) -> None:
-    await sel.runtime.set_state("openai", account_id, reading(used, time.time()))
+    await set_state(sel.runtime, "openai", account_id, reading(used, time.time()))
 
 
 async def test_paused_accounts_never_fill_the_pool(redis):
@@ -117,7 +117,9 @@ async def test_no_available_accounts_counts_every_reason(redis):
         make_account("excluded"),
     ]
     sel = await open_selector(redis, accounts, SettingsBox(**PAUSE))
-    await sel.runtime.set_state("openai", accounts[2].id, {"rl_until": str(int((now + 40) * 1000))})
+    await set_state(
+        sel.runtime, "openai", accounts[2].id, {"rl_until": str(int((now + 40) * 1000))}
+    )
     await pause(sel, accounts[4].id)
     with trio.fail_after(10):
         await sel.runtime.acquire("openai", GROUP, accounts[3].id, concurrency=1, ttl_s=60)

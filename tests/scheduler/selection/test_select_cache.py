@@ -16,7 +16,7 @@ from accounts.model import Platform
 from scheduler.selection.reports import ReleaseOutcome, Reporter
 from scheduler.selection.select import SelectRequest
 
-from .selectkit import GROUP, SettingsBox, make_account, open_selector, reading
+from .selectkit import GROUP, SettingsBox, make_account, open_selector, reading, set_state
 
 REQ = SelectRequest(group=GROUP, platform=Platform.OPENAI, model="gpt-4o")
 PAUSE = {"default_5h_threshold": 0.9}
@@ -95,7 +95,7 @@ async def test_full_and_refused_accounts_are_rechecked_from_the_acquire_reply(re
         # A rate limit written elsewhere is learned from the refusal, then cached.
         await Reporter(sel, box).release(held.lease_id, ReleaseOutcome(status=200))
         until = str(int((time.time() + 60) * 1000))
-        await sel.runtime.set_state("openai", a.id, {"rl_until": until})
+        await set_state(sel.runtime, "openai", a.id, {"rl_until": until})
         await Reporter(sel, box).release(spill.lease_id, ReleaseOutcome(status=200))
         refused = await sel.select(REQ)
         assert refused.account.id == b.id and refused.attempts == 2
@@ -124,7 +124,7 @@ async def test_settings_change_rebuilds_the_cache(redis):
     box = SettingsBox(scoring=BEST)
     sel = await open_selector(redis, [a, b], box)
     sel.view.ttl_s = HOUR
-    await sel.runtime.set_state("openai", a.id, reading(0.95, time.time()))
+    await set_state(sel.runtime, "openai", a.id, reading(0.95, time.time()))
     with trio.fail_after(10):
         assert (await sel.select(REQ)).account.id == a.id  # no threshold: not paused
         box.set(quota=PAUSE, scoring=BEST)
@@ -174,7 +174,7 @@ async def test_a_deadline_that_passed_is_seen_before_answering_none(redis):
     sel = await open_selector(redis, [a], SettingsBox())
     sel.view.ttl_s = HOUR
     until = time.time() + 0.3
-    await sel.runtime.set_state("openai", a.id, {"rl_until": str(int(until * 1000))})
+    await set_state(sel.runtime, "openai", a.id, {"rl_until": str(int(until * 1000))})
     with trio.fail_after(10):
         sel.view.ttl_s = 0
         with pytest.raises(NoAccountAvailable) as info:

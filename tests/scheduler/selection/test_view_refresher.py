@@ -15,7 +15,7 @@ from scheduler.selection.reports import ReleaseOutcome, Reporter
 from scheduler.selection.select import Selector, SelectRequest
 from scheduler.selection.store import RuntimeStore
 
-from .selectkit import BUCKET, GROUP, SettingsBox, make_account, open_selector, reading
+from .selectkit import BUCKET, GROUP, SettingsBox, make_account, open_selector, reading, set_state
 
 PAUSE = {"quota": {"default_5h_threshold": 0.9}}
 BEST = {"top_k": 1}
@@ -65,7 +65,7 @@ async def test_selects_do_not_read_a_fresh_view_and_the_refresher_sees_a_pause(r
             assert readers.count(me) == 1 and len(readers) >= 4
             # Another instance's pause, straight into Redis: no select runs meanwhile.
             other = RuntimeStore(redis)
-            await other.set_state("openai", a.id, reading(0.95, time.time()))
+            await set_state(other, "openai", a.id, reading(0.95, time.time()))
             generation = sel.view.generation(VIEW_KEY)
             while not sel.view.get(a.id).windows:
                 await trio.sleep(TTL_S / 5)
@@ -132,7 +132,7 @@ async def test_a_chunked_refresh_reads_every_account_once_and_bumps_the_generati
     sel = await open_selector(redis, accounts, SettingsBox())
     readers = count_readers(sel)
     for acc in accounts:
-        await sel.runtime.set_state("openai", acc.id, {"ewma_err": "0.25"})
+        await set_state(sel.runtime, "openai", acc.id, {"ewma_err": "0.25"})
     ids = [a.id for a in accounts]
     with trio.fail_after(10):
         await sel.view.refresh(VIEW_KEY, "openai", ids, force=True, chunk=3)
