@@ -130,13 +130,19 @@ class PayloadTooLarge(StationmasterError):
 
 
 class StoreUnavailable(StationmasterError):
-    """PostgreSQL or Redis did not answer; ``store`` names which."""
+    """PostgreSQL or Redis did not answer; ``store`` names which.
+
+    ``retry_after_s`` is the hint an HTTP answer carries (``Retry-After``): an
+    outage is usually short, and the daemon recovers from it by itself.
+    """
 
     code = "store_unavailable"
     status = 503
 
-    def __init__(self, store: str, message: str) -> None:
-        super().__init__(f"{store}: {message}", details={"store": store})
+    def __init__(self, store: str, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(
+            f"{store}: {message}", details={"store": store, "retry_after_s": retry_after_s}
+        )
         self.store = store
 
 

@@ -55,7 +55,7 @@ from bench._common import (  # noqa: E402
 )
 from scheduler.selection.reports import ReleaseOutcome, Reporter  # noqa: E402
 from scheduler.selection.select import Selector, SelectRequest  # noqa: E402
-from scheduler.selection.store import Acquired, parse_lease_id  # noqa: E402
+from scheduler.selection.store import Acquired  # noqa: E402
 
 try:  # absent before the refresher existed: lets this script measure older commits too
     from scheduler.selection.refresher import ViewRefresher
@@ -123,10 +123,7 @@ async def round_trip_floor(sel: Selector, n: int) -> tuple[list[float], list[flo
         got = await sel.runtime.acquire("openai", "bench", "acc-0001", concurrency=50, ttl_s=60)
         script.append(time.perf_counter() - t0)
         assert isinstance(got, Acquired)
-        await sel.runtime.release(
-            parse_lease_id(got.lease_id), alpha=0.2, fields={}, samples=("", "", ""),
-            response_key=None, response_ttl_s=0.0,
-        )  # fmt: skip
+        await sel.give_back(got.lease_id)
     return ping, script
 
 

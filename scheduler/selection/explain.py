@@ -7,8 +7,6 @@ daemon's own view of every candidate.
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 
 from accounts.rules import quota_pause
@@ -50,7 +48,7 @@ async def explain(selector: Selector, req: SelectRequest) -> Explanation:
     resp_key, sess_key = selector.binding_keys(req)
     keys = [k for k in (resp_key, sess_key) if k]
     bound = dict(zip(keys, await selector.runtime.bindings(keys), strict=True)) if keys else {}
-    now = time.time()
+    now = selector.clock()
     excluded = {a: "excluded_by_request" for a in req.exclude}
     passed = []
     candidates = {}

@@ -91,6 +91,6 @@ class ViewRefresher:
             chunk=CHUNK,
         )
         cfg = sel.settings()
-        now = time.time()
+        now = sel.clock()
         for model in sel.pool_models(bucket):
             sel.pool(model, snap, cfg, now)

@@ -14,27 +14,37 @@ selection):
 * any status: quota readings from the usage headers, EWMAs of error rate,
   latency and TTFT, last use; on success the previous_response_id binding.
 
+Deadlines go to Redis as durations: the script adds Redis ``TIME`` (one clock
+for every instance, whatever their own clocks say).
+
+A late report (the lease expired, or was given back already) still applies its
+account-level effects: a 401 after the lease's TTL must take the account out of
+rotation all the same. Only the lease bookkeeping depends on the lease, and the
+answer's ``lease`` says which happened (``released`` or ``gone``). A lease id
+naming an account this instance does not know in that bucket is a 404 and
+changes nothing (nothing is written for made-up accounts).
+
 Unparseable header *values* are ignored (upstream garbage must not fail a
 release); a malformed header *map* (bad names, control characters) is a 422.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from accounts.errors import NotFound, ValidationFailed
+from accounts.model import QuotaWindow
 from accounts.quota import parse_usage
 from accounts.retry import retry_after
+from snapshot.keys import Bucket
 from snapshot.settings import Settings
 
 from ..core.logs import get_logger
-from . import fields as F
 from .select import ResponseId, Selector
-from .store import LeaseRef, encode_reading, parse_lease_id
+from .store import Effects, LeaseRef, parse_lease_id
 
 log = get_logger("reports")
 
@@ -66,6 +76,9 @@ class ReleaseOutcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 class Released(msgspec.Struct, frozen=True, kw_only=True):
     account_id: str
+    # "released": the lease was live and is given back; "gone": it had expired or
+    # was released before; the outcome's effects applied to the account all the same.
+    lease: Literal["released", "gone"]
     # What the outcome changed: rate_limited, overloaded, account_error, quota, response_binding.
     effects: list[str]
 
@@ -75,37 +88,51 @@ class Renewed(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: float
 
 
-def outcome_fields(
+def outcome_effects(
     ref: LeaseRef, outcome: ReleaseOutcome, cfg: Settings, now: float
-) -> tuple[dict[str, str], list[str]]:
-    """The state-hash fields the outcome sets, and the names of its effects. Pure."""
-    fields = {F.LAST_USED: str(F.s_to_ms(now))}
-    effects = []
+) -> tuple[Effects, list[str]]:
+    """What the outcome does to the account (durations, relative readings), and its names. Pure.
+
+    ``now`` is this instance's clock, used only to turn absolute times in the
+    headers (an HTTP date, an epoch reset) into durations.
+    """
+    names = []
+    rate_limited_s = overloaded_s = unschedulable_s = None
+    reason = ""
     status = outcome.status
     if status == 429:
-        until = retry_after(outcome.headers, now) or now + cfg.runtime.rate_limited_default_s
-        fields[F.RATE_LIMITED_UNTIL] = str(F.s_to_ms(until))
-        effects.append("rate_limited")
+        until = retry_after(outcome.headers, now)
+        rate_limited_s = max(0.0, until - now) if until else cfg.runtime.rate_limited_default_s
+        names.append("rate_limited")
     elif status == 529:
-        fields[F.OVERLOADED_UNTIL] = str(F.s_to_ms(now + cfg.runtime.overloaded_s))
-        effects.append("overloaded")
+        overloaded_s = cfg.runtime.overloaded_s
+        names.append("overloaded")
     elif status in (401, 403):
-        fields[F.UNSCHEDULABLE_UNTIL] = str(F.s_to_ms(now + AUTH_HOLD_S))
-        fields[F.UNSCHEDULABLE_REASON] = f"upstream answered {status}"
-        effects.append("account_error")
-    for window in parse_usage(ref.platform, outcome.headers, now):
-        name, value = encode_reading(window)
-        fields[name] = value
-        if "quota" not in effects:
-            effects.append("quota")
-    return fields, effects
+        unschedulable_s = AUTH_HOLD_S
+        reason = f"upstream answered {status}"
+        names.append("account_error")
+    readings = tuple(_relative(w, now) for w in parse_usage(ref.platform, outcome.headers, now))
+    if readings:
+        names.append("quota")
+    effects = Effects(
+        rate_limited_s=rate_limited_s,
+        overloaded_s=overloaded_s,
+        unschedulable_s=unschedulable_s,
+        unschedulable_reason=reason,
+        readings=readings,
+        error=outcome.status >= 500 or outcome.status in _ERROR_STATUSES,
+        latency_ms=outcome.latency_ms,
+        ttft_ms=outcome.ttft_ms,
+    )
+    return effects, names
 
 
-def _samples(outcome: ReleaseOutcome) -> tuple[str, str, str]:
-    failed = outcome.status >= 500 or outcome.status in _ERROR_STATUSES
-    latency = "" if outcome.latency_ms is None else repr(outcome.latency_ms)
-    ttft = "" if outcome.ttft_ms is None else repr(outcome.ttft_ms)
-    return ("1" if failed else "0", latency, ttft)
+def _relative(reading: QuotaWindow, now: float) -> QuotaWindow:
+    """The reading with its times relative to ``now`` (the script adds Redis TIME)."""
+    reset_at = None if reading.reset_at is None else reading.reset_at - now
+    return msgspec.structs.replace(
+        reading, observed_at=reading.observed_at - now, reset_at=reset_at
+    )
 
 
 class Reporter:
@@ -120,38 +147,52 @@ class Reporter:
         self.accounts = accounts
 
     async def release(self, lease_id: str, outcome: ReleaseOutcome) -> Released:
-        """Give the lease back with its outcome; NotFound (nothing changed) if it is unknown."""
+        """Give the lease back with its outcome; its effects apply even when it is gone.
+
+        NotFound (nothing changed) only when the lease names an account this
+        instance does not know in that bucket.
+        """
         ref = parse_lease_id(lease_id)
         cfg = self.settings()
-        now = time.time()
-        fields, effects = outcome_fields(ref, outcome, cfg, now)
-        ok_status = 200 <= outcome.status < 300
-        keys = self.selector.runtime.keys
+        effects, names = outcome_effects(ref, outcome, cfg, self.selector.clock())
         response_key = None
-        if ok_status and outcome.response_id:
+        if 200 <= outcome.status < 300 and outcome.response_id:
+            keys = self.selector.runtime.keys
             response_key = keys.response(ref.platform, ref.group, outcome.response_id)
-            effects.append("response_binding")
-        state = await self.selector.runtime.release(
+            names.append("response_binding")
+        released = await self.selector.runtime.release(
             ref,
+            effects,
             alpha=cfg.runtime.ewma_alpha,
-            fields=fields,
-            samples=_samples(outcome),
             response_key=response_key,
             response_ttl_s=cfg.sticky.response_ttl_s,
+            when_gone=self._known(ref),
         )
-        if state is None:
-            raise NotFound("unknown lease: never granted, already released, or expired")
+        if released is None:
+            raise NotFound("unknown lease: not an account of that bucket here, and not live")
         # The state after the release (quota readings, deadlines) goes into this
         # instance's view at once: the very next select here sees a pause it caused.
-        self.selector.on_release(ref.platform.value, ref.account_id, state)
+        if released.live:
+            self.selector.on_release(ref.platform.value, ref.account_id, released.state)
+        else:
+            self.selector.view.put(ref.account_id, released.state)
         if response_key is not None:
             self.selector.remember_binding(response_key, ref.account_id)
-        if "account_error" in effects and self.accounts is not None:
+        if "account_error" in names and self.accounts is not None:
             changed = await self.accounts.mark_error(
                 ref.account_id, f"upstream answered {outcome.status}"
             )
             log.warning("account marked error", account_id=ref.account_id, changed=changed)
-        return Released(account_id=ref.account_id, effects=effects)
+        return Released(
+            account_id=ref.account_id,
+            lease="released" if released.live else "gone",
+            effects=names,
+        )
+
+    def _known(self, ref: LeaseRef) -> bool:
+        """Whether the lease's account is in its bucket's snapshot here (late reports apply)."""
+        snap = self.selector.buckets.get(Bucket(ref.group, ref.platform))
+        return snap is not None and ref.account_id in snap.by_id
 
     async def renew(self, lease_id: str, ttl_s: float | None) -> Renewed:
         """Push the lease's expiry to now + ttl (capped by ``leases.max_ttl_s``)."""

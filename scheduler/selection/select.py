@@ -54,7 +54,7 @@ from .model import (
 )
 from .pool import PoolCache
 from .scoring import seed_for, weighted_order
-from .store import Acquired, Refused, RuntimeState, RuntimeStore, parse_lease_id
+from .store import Acquired, Effects, Refused, RuntimeState, RuntimeStore, parse_lease_id
 from .view import RuntimeView
 
 __all__ = [
@@ -101,8 +101,12 @@ class Selector:
         *,
         metrics: Any = None,
         view_ttl_s: float = 0.5,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.runtime = RuntimeStore(redis)
+        # This instance's wall clock (epoch s). Filters compare runtime states with it;
+        # states arrive already moved onto it (RuntimeState), so a skewed clock is harmless.
+        self.clock = clock
+        self.runtime = RuntimeStore(redis, clock=clock)
         self.view = RuntimeView(self.runtime, ttl_s=view_ttl_s)
         self.buckets = buckets
         self.settings = settings
@@ -203,7 +207,7 @@ class Selector:
             snap = await self.snapshot(bucket)
         self._count("none", "none", trio.current_time() - start)
         excluded = rnd.all_exclusions()
-        raise no_account(bucket, excluded, self.buckets.get(bucket), self.view, cfg, time.time())
+        raise no_account(bucket, excluded, self.buckets.get(bucket), self.view, cfg, self.clock())
 
     def _pass_on(self, snap: BucketSnapshot, account_id: str) -> None:
         """A release woke us but this round took nothing: if its slot is still free, pass it on."""
@@ -237,7 +241,7 @@ class Selector:
             since=since,
             max_age_s=self.view.request_max_age_s,
         )
-        now = time.time()
+        now = self.clock()
         by_id = snap.by_id
         for account_id in req.exclude:
             if account_id in by_id:
@@ -310,7 +314,7 @@ class Selector:
                     return
                 rnd.excluded[scored.account.id] = reason
         # The verdicts as they stand now (the awaits above may have changed them).
-        pool = self.pool(req.model, snap, cfg, time.time())
+        pool = self.pool(req.model, snap, cfg, self.clock())
         rnd.pool_reasons, rnd.pool_counts = pool.reasons, pool.counts
 
     # --- acquire ------------------------------------------------------------------
@@ -354,7 +358,7 @@ class Selector:
         self.view.put(account.id, result.state)
         # Readings written by another instance since our view was loaded count now,
         # and so does the clock (expiry): the pool cache may be up to one refresh old.
-        reason = check(account, result.state, req.model, cfg.quota, time.time())
+        reason = check(account, result.state, req.model, cfg.quota, self.clock())
         if reason is not None:
             await self._give_back(account, result, cfg)
             self._child("acquire_attempts", reason.value).inc()
@@ -376,13 +380,16 @@ class Selector:
         return Reason(result.kind)
 
     async def _give_back(self, account: Account, acquired: Acquired, cfg: Settings) -> None:
-        ref = parse_lease_id(acquired.lease_id)
-        state = await self.runtime.release(
-            ref, alpha=cfg.runtime.ewma_alpha, fields={}, samples=("", "", ""),
-            response_key=None, response_ttl_s=0.0,
-        )  # fmt: skip
-        if state is not None:
-            self.on_release(ref.platform.value, account.id, state)
+        await self.give_back(acquired.lease_id, cfg)
+
+    async def give_back(self, lease_id: str, cfg: Settings | None = None) -> None:
+        """Return a lease unused (no outcome to report): the slot is free again at once."""
+        ref = parse_lease_id(lease_id)
+        cfg = cfg or self.settings()
+        nothing = Effects(last_used=False)
+        released = await self.runtime.release(ref, nothing, alpha=cfg.runtime.ewma_alpha)
+        if released is not None:
+            self.on_release(ref.platform.value, ref.account_id, released.state)
 
     # --- metrics --------------------------------------------------------------------
 

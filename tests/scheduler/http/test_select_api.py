@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 import trio
 
-from tests.support import ADMIN_TOKEN, GATEWAY_TOKEN, admin_client, open_daemon
+from tests.support import GATEWAY_TOKEN, admin_client, open_daemon
 
 SECRET = "sk-test-" + "k" * 24
 
@@ -64,7 +64,11 @@ async def test_select_release_renew_and_503(config, db):
                 assert int(r.headers["retry-after"]) >= 1
                 r = await gw.post(f"/v1/leases/{lease}/release", json={"status": 200})
                 assert r.status_code == 200, r.text
+                assert r.json()["lease"] == "released"
+                # A second (late) report: accepted, and the answer says the lease was gone.
                 r = await gw.post(f"/v1/leases/{lease}/release", json={"status": 200})
+                assert r.status_code == 200 and r.json()["lease"] == "gone"
+                r = await gw.post(f"/v1/leases/{lease}/renew", json={})
                 assert r.status_code == 404
             async with admin_client(url) as admin:
                 r = await admin.get("/v1/admin/explain", params=SELECT)
@@ -104,8 +108,9 @@ async def test_bad_input_is_4xx_and_changes_nothing(config, db):
                 assert r.status_code == 422
                 r = await gw.post("/v1/leases/not-a-lease/release", json={"status": 200})
                 assert r.status_code == 422
+                platform, group, _account, _ = lease.split("~")
                 r = await gw.post(
-                    f"/v1/leases/{lease.rsplit('~', 1)[0]}~00/release", json={"status": 200}
+                    f"/v1/leases/{platform}~{group}~nobody~00/release", json={"status": 429}
                 )
                 assert r.status_code == 404
                 # Nothing changed: the lease is still held, so the account is still full.
@@ -118,4 +123,10 @@ async def test_bad_input_is_4xx_and_changes_nothing(config, db):
                 assert r.status_code == 403
                 r = await admin.get("/v1/admin/explain", params={"group": "g1"})
                 assert r.status_code == 422
-    assert ADMIN_TOKEN
+                # Nothing the bad input tried changed anything: no rate limit from the
+                # refused 429 reports or the made-up lease, no lease left held.
+                r = await admin.get("/v1/admin/explain", params=SELECT)
+                [candidate] = r.json()["candidates"]
+                assert candidate["excluded"] is None
+                assert candidate["state"]["leases"] == 0
+                assert candidate["state"]["rate_limited_until"] is None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -66,13 +67,21 @@ async def publish(redis: RedisStore, accounts: Sequence[Account], bucket: Bucket
 
 
 async def open_selector(
-    redis: RedisStore, accounts: Sequence[Account], settings: SettingsBox
+    redis: RedisStore,
+    accounts: Sequence[Account],
+    settings: SettingsBox,
+    *,
+    clock: Callable[[], float] = time.time,
 ) -> Selector:
-    """Publish ``accounts`` as the bucket's snapshot and build a Selector reading it."""
+    """Publish ``accounts`` as the bucket's snapshot and build a Selector reading it.
+
+    ``clock`` is the instance's wall clock (a skewed one stands for a machine whose
+    clock is off).
+    """
     await publish(redis, accounts)
     view = ScheduleView(redis, StaticSource(accounts))
     await view.ensure(BUCKET)
-    return Selector(redis, view, settings)
+    return Selector(redis, view, settings, clock=clock)
 
 
 def reading(used: float, now: float, window: Window = Window.FIVE_HOURS) -> dict[str, str]:

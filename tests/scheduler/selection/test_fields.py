@@ -2,7 +2,9 @@
 
 The runtime-state fields live in :mod:`scheduler.selection.fields`; the only
 other lower-case words the scripts return are the snapshot's activation
-outcomes (:class:`snapshot.schedule.PublishOutcome` and ``MOVED``). A misspelt field in a
+outcomes (:class:`snapshot.schedule.PublishOutcome` and ``MOVED``), the field
+names of a quota reading (:class:`accounts.model.QuotaWindow`, whose times
+``release.lua`` rebases) and Lua's type names. A misspelt field in a
 script (``'rl_untill'``) would silently never match what Python writes: this
 test reads every ``.lua`` file under ``scheduler/`` and ``snapshot/`` and fails
 on any name-like string literal declared in neither place.
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from accounts.model import QuotaWindow
 from scheduler.selection import fields
 from snapshot.schedule import MOVED, PublishOutcome
 
@@ -24,7 +27,16 @@ LUA_FILES = sorted([*ROOT.glob("scheduler/**/*.lua"), *ROOT.glob("snapshot/**/*.
 # A string literal that reads like a field name: lower case, digits, '_' and ':'.
 _NAME = re.compile(r"^[a-z][a-z0-9_]*(:[a-z0-9]+)?$")
 _LITERAL = re.compile(r"'([^'\\]*)'|\"([^\"\\]*)\"")
-DECLARED = fields.STATE_FIELDS | {o.value for o in PublishOutcome} | {MOVED}
+# Lua's own words a script may compare against (``type(x) == 'number'``).
+LUA_WORDS = frozenset({"nil", "number", "string", "table", "boolean"})
+DECLARED = (
+    fields.STATE_FIELDS
+    | {o.value for o in PublishOutcome}
+    | {MOVED}
+    # release.lua rebases a quota reading's times: the reading's own field names.
+    | set(QuotaWindow.__struct_fields__)
+    | LUA_WORDS
+)
 
 
 def names_in(text: str) -> set[str]:

@@ -127,8 +127,7 @@ async def test_usage_crossing_threshold_pauses_on_another_instance(redis):
     assert picks == {b.id}
 
 
-async def test_401_marks_the_account_error_in_postgres(redis, db):
-    """401: status error persisted through the repository (bucket dirty) and held out in Redis."""
+async def _stored_account(db):  # type: ignore[no-untyped-def]
     from accounts.crypto import Cipher, CryptoConfig
     from accounts.inputs import AccountCreate
     from accounts.repository import AccountRepository
@@ -143,12 +142,27 @@ async def test_401_marks_the_account_error_in_postgres(redis, db):
             credentials={"api_key": "sk-" + "x" * 20},
         )
     )
+    return repo, created
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["live", "late"])
+async def test_401_marks_the_account_error_in_postgres(redis, db, late):
+    """401: status error persisted through the repository (bucket dirty) and held out in Redis.
+
+    Late (issue 10 item 6): the lease expired before the report; the account is taken
+    out of rotation all the same and the answer says the lease was gone.
+    """
+    repo, created = await _stored_account(db)
     box = SettingsBox()
     sel = await open_selector(redis, [created], box)
     reporter = Reporter(sel, box, repo)
     with trio.fail_after(10):
         got = await sel.select(REQ)
+        if late:  # the lease's expiry passes (as Redis judges it) before the report
+            leases = sel.runtime.keys.leases("openai", created.id)
+            await redis.client.zadd(leases, {got.lease_id: 1})  # expired at epoch 1 ms
         done = await reporter.release(got.lease_id, ReleaseOutcome(status=401))
+        assert done.lease == ("gone" if late else "released")
         stored = await repo.get(created.id)
         state = await _state(sel, created)
         events = await db.fetchval(
