@@ -2,22 +2,29 @@
 
 ``POST /v1/select`` is the only answer that carries an account's decrypted
 credentials, and only to a gateway token. Decrypted values are registered with
-:func:`scheduler.core.logs.register_secret` the first time they are seen, so they
-never reach a log line or an error message.
+:func:`scheduler.core.logs.register_secret` the first time they are seen
+(:mod:`scheduler.selection.credentials`), so they never reach a log line or an
+error message. A select whose answer cannot be built (credentials no key opens)
+gives its lease back before answering the error.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import msgspec
+import trio
 
-from accounts.errors import NoAccountAvailable
+from accounts.errors import NoAccountAvailable, StoreUnavailable
 from accounts.model import Kind, Platform
 
 from ..selection.reports import Released, ReleaseOutcome, Renewed
 from ..selection.select import SelectRequest
 from .endpoints import Call, Endpoint, Scope, error_response
+
+# Giving back a lease whose answer failed is one script call; never hold the error longer.
+_GIVE_BACK_S = 2.0
 
 
 class SelectedAccount(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,6 +67,14 @@ async def select(call: Call) -> Any:
     except NoAccountAvailable as exc:
         return error_response(exc)
     account = sel.account
+    try:
+        credentials = s.credentials.get(account)
+    except BaseException:
+        # The lease is taken but the answer cannot be built (a credential no configured
+        # key opens, mid-rotation): give the slot back now rather than after ttl_s.
+        with trio.move_on_after(_GIVE_BACK_S, shield=True), contextlib.suppress(StoreUnavailable):
+            await s.selector.give_back(sel.lease_id)
+        raise
     return SelectAnswer(
         lease_id=sel.lease_id,
         lease_expires_at=sel.expires_at,
@@ -69,7 +84,7 @@ async def select(call: Call) -> Any:
             platform=account.platform,
             kind=account.kind,
             base_url=account.base_url,
-            credentials=s.credentials.get(account),
+            credentials=credentials,
         ),
         sticky=sel.sticky,
         path=sel.path,

@@ -11,6 +11,9 @@ from __future__ import annotations
 import httpx
 import trio
 
+from accounts.crypto import Cipher, CryptoConfig, generate_key
+from accounts.model import Platform
+from snapshot.keys import Bucket
 from tests.support import GATEWAY_TOKEN, admin_client, open_daemon
 
 SECRET = "sk-test-" + "k" * 24
@@ -130,3 +133,31 @@ async def test_bad_input_is_4xx_and_changes_nothing(config, db):
                 assert candidate["excluded"] is None
                 assert candidate["state"]["leases"] == 0
                 assert candidate["state"]["rate_limited_until"] is None
+
+
+async def test_a_failed_answer_gives_the_lease_back(config, db):
+    """Issue 10 item 7: the account's stored credential opens with no configured key (a
+    rotation gone wrong). The select takes the lease, cannot build the answer, and must
+    give the lease back before answering the error: the one slot is free at once."""
+    with trio.fail_after(40):
+        async with open_daemon(config) as (daemon, url):
+            [account] = await create_accounts(url, 1)
+            foreign = Cipher(CryptoConfig(keys=[generate_key()])).encrypt({"api_key": SECRET})
+            await db.execute(
+                "UPDATE accounts SET credentials_enc = $1 WHERE id = $2", foreign, account["id"]
+            )
+            async with admin_client(url) as admin:
+                r = await admin.post("/v1/admin/buckets/rebuild", json={"bucket": "g1/openai"})
+                version = r.json()["results"][0]["version"]
+            view = daemon.services.schedule.view
+            # Not held yet, the first select loads the new version; held, wait for it.
+            while (held := view.get(Bucket("g1", Platform.OPENAI))) and held.version < version:
+                await trio.sleep(0.01)
+            leases = daemon.services.selector.runtime.keys.leases("openai", account["id"])
+            async with gateway(url) as gw:
+                for _ in range(2):  # the second finds the slot free again, not "full"
+                    r = await gw.post("/v1/select", json=SELECT)
+                    assert r.status_code == 500, r.text
+                    assert r.json()["error"]["code"] == "credentials_unreadable"
+                    assert SECRET not in r.text
+                    assert await daemon.services.redis.client.zcard(leases) == 0
