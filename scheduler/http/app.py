@@ -13,7 +13,7 @@ from accounts.errors import NotFound, StationmasterError
 
 from ..services import Services
 from . import accounts_api, buckets_api, explain_api, health_api, select_api, settings_api
-from .endpoints import Endpoint, TokenTable, error_response, wrap
+from .endpoints import Endpoint, Outages, TokenTable, error_response, wrap
 from .openapi import openapi_document
 
 
@@ -34,6 +34,7 @@ def build_app(services: Services, endpoints: Iterable[Endpoint] | None = None) -
     endpoints = list(all_endpoints() if endpoints is None else endpoints)
     cfg = services.config
     tokens = TokenTable(cfg.auth.admin_tokens, cfg.auth.gateway_tokens)
+    outages = Outages()
     routes = [
         Route(
             e.path,
@@ -43,6 +44,7 @@ def build_app(services: Services, endpoints: Iterable[Endpoint] | None = None) -
                 tokens=tokens,
                 max_body=cfg.http.max_body_bytes,
                 metrics=services.metrics,
+                outages=outages,
             ),
             methods=[e.method],
         )

@@ -119,6 +119,7 @@ ENDPOINTS = [
         response=BucketList,
         errors=(503,),
         tags=("buckets",),
+        stores=("redis", "postgres"),
     ),
     Endpoint(
         "POST",
@@ -130,5 +131,6 @@ ENDPOINTS = [
         response=RebuildAnswer,
         errors=(503,),
         tags=("buckets",),
+        stores=("redis", "postgres"),
     ),
 ]

@@ -47,5 +47,6 @@ ENDPOINTS = [
             "previous_response_id": "optional previous response id",
             "exclude": "optional comma-separated account ids",
         },
+        stores=("redis",),
     ),
 ]

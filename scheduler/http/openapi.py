@@ -44,9 +44,10 @@ def openapi_document(endpoints: Iterable[Endpoint]) -> dict[str, Any]:
         }
         if e.response:
             op["responses"][str(e.status)]["description"] = "OK"
-        for status in sorted(
-            {400, 500, *e.errors, *((401, 403) if e.scope else ()), *((413, 422) if e.body else ())}
-        ):
+        statuses = {400, 500, *e.errors, *((401, 403) if e.scope else ())}
+        # A route that needs a store answers its outage with 503 store_unavailable.
+        statuses |= {*((413, 422) if e.body else ()), *((503,) if e.stores else ())}
+        for status in sorted(statuses):
             op["responses"][str(status)] = {
                 "description": _COMMON_ERRORS.get(status, "Error"),
                 **_content(refs[ErrorBody]),

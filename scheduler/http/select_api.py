@@ -116,6 +116,7 @@ ENDPOINTS = [
         response=SelectAnswer,
         errors=(404, 422, 503),
         tags=("selection",),
+        stores=("redis",),
     ),
     Endpoint(
         "POST",
@@ -127,6 +128,7 @@ ENDPOINTS = [
         response=Released,
         errors=(404, 422),
         tags=("selection",),
+        stores=("redis",),
     ),
     Endpoint(
         "POST",
@@ -138,5 +140,6 @@ ENDPOINTS = [
         response=Renewed,
         errors=(404, 422),
         tags=("selection",),
+        stores=("redis",),
     ),
 ]
