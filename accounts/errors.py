@@ -8,6 +8,7 @@ code and one JSON body::
     ├── ConfigError                 invalid configuration (key path + reason); exit 2
     ├── ValidationFailed            bad input: one or more (field, reason) pairs; 422
     ├── NotFound                    the named thing does not exist; 404
+    │   └── UnknownBucket           no account in that group for that platform
     ├── Conflict                    compare-and-set lost (carries current version); 409
     ├── PreconditionRequired        a compare-and-set write sent no version; 428
     ├── Unauthorized / Forbidden    missing or wrong-scope bearer token; 401 / 403
@@ -101,6 +102,12 @@ class BadRequest(ValidationFailed):
 class NotFound(StationmasterError):
     code = "not_found"
     status = 404
+
+
+class UnknownBucket(NotFound):
+    """No account anywhere in this (group, platform): nothing was kept of the request."""
+
+    code = "unknown_bucket"
 
 
 class Conflict(StationmasterError):

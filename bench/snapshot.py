@@ -108,7 +108,7 @@ async def change_to_visible(store: object) -> None:
             res = await set_snapshot(store, bucket, accounts(500, str(r)), grace_s=5)  # type: ignore[arg-type]
             with trio.fail_after(5):
                 # Busy-wait on purpose: the figure is when the copy changes, to the tick.
-                while view.get(bucket).version < res.version:  # type: ignore[union-attr]
+                while view.get(bucket).stamp < res.version:  # type: ignore[union-attr]
                     await trio.lowlevel.checkpoint()
             delays.append(time.perf_counter() - start)
         nursery.cancel_scope.cancel()

@@ -53,6 +53,7 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
                     _print(
                         bucket=str(info.bucket),
                         active_version=info.active_version,
+                        active_epoch=info.active.epoch,
                         size=info.size,
                         age_s=age,
                     )
@@ -67,7 +68,8 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
                 _print(
                     bucket=str(bucket),
                     outcome=r.outcome.value,
-                    version=r.active,
+                    version=r.active.number,
+                    epoch=r.active.epoch,
                     size=r.size,
                     seconds=round(r.seconds, 4),
                 )

@@ -104,6 +104,7 @@ def build_schedule(services: Any) -> Schedule:
         source,
         grace_s=tuned("snapshot", "grace_s", 60.0),
         full_rebuild_s=tuned("snapshot", "full_rebuild_s", 300.0),
+        seen=view.held_stamp,
         observer=observer,
     )
     return Schedule(view, ScheduleWatcher(view), builder)

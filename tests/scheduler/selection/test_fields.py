@@ -19,6 +19,7 @@ import pytest
 
 from accounts.model import QuotaWindow
 from scheduler.selection import fields
+from snapshot.keys import SEQ_EPOCH, SEQ_NUMBER
 from snapshot.schedule import MOVED, PublishOutcome
 
 from ...support import ROOT
@@ -33,6 +34,8 @@ DECLARED = (
     fields.STATE_FIELDS
     | {o.value for o in PublishOutcome}
     | {MOVED}
+    # alloc.lua: the fields of a bucket's seq hash.
+    | {SEQ_NUMBER, SEQ_EPOCH}
     # release.lua rebases a quota reading's times: the reading's own field names.
     | set(QuotaWindow.__struct_fields__)
     | LUA_WORDS
