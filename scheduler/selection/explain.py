@@ -61,7 +61,7 @@ async def explain(selector: Selector, req: SelectRequest) -> Explanation:
         why = quota_pause(account, state.windows, cfg.quota, now).why
         candidates[account.id] = (account, state, reason, why)
         if reason is None:
-            passed.append((account, state, 0))
+            passed.append((account, state))
     scored = {x.account.id: x for x in score(passed, Weights.from_settings(cfg.scoring), now)}
     counts: dict[str, int] = {}
     out = []

@@ -269,11 +269,11 @@ class Selector:
             changed = view.changed_since(pool.position)
             if changed is not None:
                 if changed:
-                    pool.update(changed, view.get, view.waiting, now)
+                    pool.update(changed, view.get, now)
                     pool.position = view.log_end
                 return pool
         pool = PoolCache(snap, model, cfg, generation=generation, position=view.log_end)
-        pool.build(view.get, view.waiting, now)
+        pool.build(view.get, now)
         self._pools.pop(key, None)
         if len(self._pools) >= POOL_CACHES_MAX:
             del self._pools[next(iter(self._pools))]

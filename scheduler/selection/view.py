@@ -55,7 +55,6 @@ class RuntimeView:
         self._generation: dict[tuple[str, str], int] = {}
         self._log: list[str] = []
         self._log_base = 0
-        self.waiting: dict[str, int] = {}
 
     def get(self, account_id: str) -> RuntimeState:
         return self._states.get(account_id, EMPTY)

@@ -270,13 +270,14 @@ async def test_concurrent_writers_never_lose_an_update(db: Database) -> None:
     """Twenty unconditional writers each set a different key: all twenty land, versions 1..20."""
     store = SettingsStore(db)
     keys = [
-        ("scoring", "priority"), ("scoring", "load"), ("scoring", "queue"),
+        ("scoring", "priority"), ("scoring", "load"),
         ("scoring", "error_rate"), ("scoring", "ttft"), ("scoring", "quota_headroom"),
         ("scoring", "reset_soon"), ("scoring", "top_k"), ("scoring", "probe_limit"),
         ("sticky", "session_ttl_s"), ("sticky", "response_ttl_s"), ("sticky", "slow_ttft_ms"),
         ("wait", "max_wait_ms"), ("wait", "retry_interval_ms"), ("runtime", "overloaded_s"),
         ("runtime", "rate_limited_default_s"), ("fallback", "db_qps"),
         ("fallback", "db_timeout_ms"), ("snapshot", "grace_s"), ("snapshot", "view_poll_s"),
+        ("leases", "ttl_s"),
     ]  # fmt: skip
     versions: list[int] = []
 

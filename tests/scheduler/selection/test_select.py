@@ -140,7 +140,7 @@ async def test_load_factor_changes_the_pick_at_low_load(redis):
     """One lease each: capacity 300 vs 200 is 0.33 % vs 0.5 % load -- the float decides."""
     a = make_account("a", concurrency=10, load_factor=200.0)
     b = make_account("b", concurrency=10, load_factor=300.0)
-    only_load = {"priority": 0, "load": 1, "queue": 0, "error_rate": 0, "ttft": 0,
+    only_load = {"priority": 0, "load": 1, "error_rate": 0, "ttft": 0,
                  "quota_headroom": 0, "reset_soon": 0, "top_k": 1}  # fmt: skip
     sel = await open_selector(redis, [a, b], SettingsBox(scoring=only_load))
     with trio.fail_after(10):
