@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Annotated, Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 import msgspec
@@ -66,6 +67,29 @@ class DatabaseConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("dsn: must start with postgresql:// (or postgres://)")
         if self.pool_min > self.pool_max:
             raise ValueError("pool_min: must not exceed pool_max")
+
+
+def describe_dsn(dsn: str) -> str:
+    """Where a DSN points, for error messages: host or socket directory, port, database.
+
+    Never the user's password (nor the user: a role name is not needed to find the server).
+    """
+    try:
+        parts = urlsplit(dsn)
+        query = parse_qs(parts.query)
+        socket_dir = (query.get("host") or [""])[0]
+        host = socket_dir or unquote(parts.hostname or "")
+        port = parts.port or int((query.get("port") or ["5432"])[0])
+    except ValueError:
+        return "an unparsable DSN"
+    database = unquote(parts.path.lstrip("/")) or (query.get("dbname") or ["(default)"])[0]
+    if host.startswith("/"):
+        where = f"socket {host}/.s.PGSQL.{port}"
+    elif host:
+        where = f"{host}:{port}"
+    else:
+        where = f"the default socket (port {port})"
+    return f"{where}, database {database!r}"
 
 
 def _translate(exc: BaseException) -> StoreUnavailable:
@@ -281,7 +305,8 @@ async def open_database(
         except (*_UNAVAILABLE, asyncpg.InvalidCatalogNameError) as exc:
             if trio.current_time() + delay > deadline:
                 raise StoreUnavailable(
-                    "postgres", f"cannot connect ({type(exc).__name__})"
+                    "postgres",
+                    f"cannot connect to {describe_dsn(config.dsn)} ({type(exc).__name__})",
                 ) from exc
             await trio.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -289,7 +314,8 @@ async def open_database(
             # Refused for good (wrong password, unknown role, no permission): waiting
             # will not help. Type name only: the message can name the role.
             raise StoreUnavailable(
-                "postgres", f"refused the connection ({type(exc).__name__})"
+                "postgres",
+                f"{describe_dsn(config.dsn)} refused the connection ({type(exc).__name__})",
             ) from exc
     try:
         yield Database(pool, config)

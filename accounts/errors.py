@@ -10,14 +10,18 @@ code and one JSON body::
     ├── NotFound                    the named thing does not exist; 404
     │   └── UnknownBucket           no account in that group for that platform
     ├── Conflict                    compare-and-set lost (carries current version); 409
+    │   └── NameTaken               another account has this name; 409
     ├── PreconditionRequired        a compare-and-set write sent no version; 428
     ├── Unauthorized / Forbidden    missing or wrong-scope bearer token; 401 / 403
     ├── PayloadTooLarge             request body over the configured limit; 413
+    ├── UnsupportedMediaType        a JSON route sent another Content-Type; 415
+    ├── MethodNotAllowed            the route exists, not with this method (Allow); 405
     ├── StoreUnavailable            PostgreSQL or Redis did not answer in time; 503
     ├── UpstreamError               an upstream provider misbehaved
     │   ├── UpstreamTransient       worth retrying (timeouts, 5xx, 429)
     │   └── UpstreamRejected        final (4xx other than 429)
     ├── NoAccountAvailable          nothing fits the request (exclusion counts); 503
+    ├── ModelNotServed              no account of the bucket could ever serve the model; 404
     └── SupervisorError             an essential actor kept crashing; exit 1
 
 Lower-layer errors (asyncpg, coredis, OS errors) are translated at the store
@@ -121,6 +125,17 @@ class Conflict(StationmasterError):
         self.current_version = current_version
 
 
+class NameTaken(Conflict):
+    """A create or rename would give an account a name another one has (unique per deployment)."""
+
+    code = "name_taken"
+
+    def __init__(self, name_length: int) -> None:
+        # The name itself is not echoed: the caller sent it, and it may be long.
+        super().__init__(f"another account already has this name ({name_length} characters)")
+        self.details["field"] = "name"
+
+
 class Unauthorized(StationmasterError):
     code = "unauthorized"
     status = 401
@@ -134,6 +149,22 @@ class Forbidden(StationmasterError):
 class PayloadTooLarge(StationmasterError):
     code = "payload_too_large"
     status = 413
+
+
+class UnsupportedMediaType(StationmasterError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class MethodNotAllowed(StationmasterError):
+    """``allowed`` lists the route's methods (the ``Allow`` header, RFC 9110)."""
+
+    code = "method_not_allowed"
+    status = 405
+
+    def __init__(self, message: str, *, allowed: Sequence[str]) -> None:
+        super().__init__(message, details={"allowed": list(allowed)})
+        self.allowed = list(allowed)
 
 
 class StoreUnavailable(StationmasterError):
@@ -191,6 +222,21 @@ class NoAccountAvailable(StationmasterError):
         self.bucket = bucket
         self.exclusions = dict(exclusions)
         self.retry_after_s = retry_after_s
+
+
+class ModelNotServed(StationmasterError):
+    """No account of the bucket supports the model: retrying cannot help (unlike a 503)."""
+
+    code = "model_not_served"
+    status = 404
+
+    def __init__(self, message: str, *, bucket: str, model: str, served: Sequence[str]) -> None:
+        super().__init__(
+            message, details={"bucket": bucket, "model": model, "served_models": list(served)}
+        )
+        self.bucket = bucket
+        self.model = model
+        self.served = list(served)
 
 
 class SupervisorError(StationmasterError):

@@ -37,11 +37,16 @@ from .model import (
 from .validation import convert
 
 # Bounds on list sizes: far above real use, low enough that one account row stays small.
-Groups = Annotated[list[GroupName], Meta(min_length=1, max_length=64)]
+Groups = Annotated[
+    list[GroupName], Meta(min_length=1, max_length=64, extra_json_schema={"uniqueItems": True})
+]
 Models = Annotated[list[ModelPattern], Meta(max_length=512)]
 # An opaque JSON object (api_key, or OAuth tokens); at least one key.
 Credentials = Annotated[dict[str, Any], Meta(min_length=1, max_length=64)]
-BaseUrl = Annotated[str, Meta(min_length=8, max_length=2048)]
+# http(s), a host name or IPv4 address, an optional port, then printable ASCII: the
+# published pattern is the whole rule (no NUL, no whitespace, no user:password@).
+BASE_URL_PATTERN = r"^https?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?([/?#][!-~]*)?$"
+BaseUrl = Annotated[str, Meta(min_length=8, max_length=2048, pattern=BASE_URL_PATTERN)]
 AwareTime = Annotated[datetime, Meta(tz=True)]
 # Admins switch accounts on and off; "error" is set by selection (mark_error) only.
 AdminStatus = Literal["active", "disabled"]
@@ -157,14 +162,14 @@ class AccountView(msgspec.Struct, frozen=True, kw_only=True):
     status: Status
     error_reason: str | None
     schedulable: bool
-    expires_at: datetime | None
+    expires_at: AwareTime | None
     auto_pause_on_expired: bool
     auto_pause_5h_threshold: float | None
     auto_pause_7d_threshold: float | None
     auto_pause_5h_disabled: bool
     auto_pause_7d_disabled: bool
-    created_at: datetime | None
-    updated_at: datetime | None
+    created_at: AwareTime | None
+    updated_at: AwareTime | None
     version: int
 
 

@@ -21,6 +21,7 @@ class Platform(enum.StrEnum):
     ANTHROPIC = "anthropic"
     GEMINI = "gemini"
     DASHSCOPE = "dashscope"
+    KLING = "kling"
 
 
 class Kind(enum.StrEnum):
@@ -51,7 +52,9 @@ Threshold = Annotated[float, msgspec.Meta(gt=0, le=1)]
 Concurrency = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 Priority = Annotated[int, msgspec.Meta(ge=-1_000_000, le=1_000_000)]
 LoadFactor = Annotated[float, msgspec.Meta(gt=0, le=100_000)]
-AccountName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# Any text but NUL, which PostgreSQL's text cannot hold (it would be a 500, not a 422).
+NO_NUL_PATTERN = r"^[^\x00]*$"
+AccountName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_NUL_PATTERN)]
 
 
 class Account(msgspec.Struct, frozen=True, kw_only=True):

@@ -35,8 +35,8 @@ from ._account_rows import (
     to_account,
 )
 from .crypto import Cipher
-from .db import CheckViolation, Connection, Database
-from .errors import Conflict, NotFound, ValidationFailed
+from .db import CheckViolation, Connection, Database, UniqueViolation
+from .errors import Conflict, NameTaken, NotFound, ValidationFailed
 from .inputs import AccountCreate, AccountPatch
 from .key_rotation import reencrypt
 from .model import Account, Platform, Status
@@ -104,6 +104,8 @@ class AccountRepository:
                 row = await c.fetchrow(f"{INSERT_SQL} RETURNING {COLUMNS}", *args)
             except CheckViolation as exc:
                 raise _rejected(exc) from None
+            except UniqueViolation:
+                raise NameTaken(len(data.name)) from None
             await self._events(
                 c, "account_created", account_id, _buckets(data.groups, data.platform)
             )
@@ -126,6 +128,8 @@ class AccountRepository:
                 await c.executemany(INSERT_SQL, args)
             except CheckViolation as exc:
                 raise _rejected(exc) from None
+            except UniqueViolation:
+                raise _duplicate_in_import(items) from None
             await self._events(c, "accounts_imported", None, buckets)
         return [str(i) for i in ids]
 
@@ -139,13 +143,17 @@ class AccountRepository:
     ) -> Account:
         """Apply ``patch`` if the stored version is ``expected_version``.
 
-        Raises NotFound, Conflict (with ``current_version``), or ValidationFailed
-        when the patch changes nothing.
+        Raises NotFound or Conflict (with ``current_version``). A patch naming no
+        field changes nothing (a JSON merge patch ``{}`` is a no-op): the version is
+        still checked and the stored account returned, its version not bumped.
         """
         changes = self._columns_of(patch)
-        if not changes:
-            raise ValidationFailed.one("$", "the patch changes no field")
         uid = _parse_id(account_id)
+        if not changes:
+            async with self._writing(conn) as c:
+                await self._lock(c, uid, expected_version)
+                row = await c.fetchrow(f"SELECT {COLUMNS} FROM accounts WHERE id = $1", uid)
+            return to_account(row)
         sets = ", ".join(f"{col} = ${i}" for i, col in enumerate(changes, start=2))
         async with self._writing(conn) as c:
             old = await self._lock(c, uid, expected_version)
@@ -158,6 +166,8 @@ class AccountRepository:
                 )
             except CheckViolation as exc:
                 raise _rejected(exc) from None
+            except UniqueViolation:
+                raise NameTaken(len(changes.get("name", ""))) from None
             new = to_account(row)
             dirty = _buckets(old["groups"], old["platform"]) | _buckets(new.groups, new.platform)
             await self._events(c, "account_updated", uid, dirty)
@@ -328,6 +338,21 @@ class AccountRepository:
     async def reencrypt(self) -> int:
         """Rewrite every stored credential under the newest key (:func:`key_rotation.reencrypt`)."""
         return await reencrypt(self._db, self.cipher)
+
+
+def _duplicate_in_import(items: Sequence[AccountCreate]) -> Conflict:
+    """The 409 for an import that names an account twice, or a name already in use."""
+    seen: dict[str, int] = {}
+    for row, data in enumerate(items, start=1):
+        if data.name in seen:
+            err = NameTaken(len(data.name))
+            err.message = f"row {row}: the same name as row {seen[data.name]}"
+            err.details["row"] = row
+            return err
+        seen[data.name] = row
+    err = NameTaken(0)
+    err.message = "a row names an account that already exists (names are unique)"
+    return err
 
 
 def _rejected(exc: Exception) -> ValidationFailed:

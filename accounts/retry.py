@@ -1,8 +1,10 @@
 """When a rate-limited (429) account comes back: the latest reset any header gives.
 
 Pure, never raises on bad input. Reads ``retry-after-ms`` / ``Retry-After``,
-used-up Codex windows, Anthropic's unified and per-window resets, and Anthropic
-API-key families whose ``remaining`` is 0 (formats: :mod:`accounts.quota`).
+used-up Codex windows, Anthropic's unified and per-window resets, Anthropic
+API-key families whose ``remaining`` is 0 (formats: :mod:`accounts.quota`), and
+OpenAI's ``x-ratelimit-reset-requests`` / ``-tokens`` of the families that
+refused (:mod:`accounts.openai_limits`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .header_values import MAX_HORIZON_S, date, delay, instant, lowered, near, number
+from .openai_limits import openai_resets
 from .quota import API_KEY_FAMILIES, anthropic_readings, codex_slots
 
 
@@ -64,12 +67,13 @@ def retry_after(headers: Mapping[str, str], now: float) -> float | None:
     Considers ``retry-after-ms`` / ``Retry-After`` (seconds or HTTP date), the
     resets of used-up Codex windows, Anthropic's unified reset (when the status
     is ``rejected`` or absent), used-up unified 5h/7d windows, and API-key
-    families whose ``remaining`` is 0. The latest of them wins: the account is
+    families whose ``remaining`` is 0, and OpenAI's resets of the families at 0
+    (every family given when none is at 0). The latest of them wins: the account is
     blocked until every limit that refused it has lifted. Times in the past or
     beyond the horizon are not usable.
     """
     h = lowered(headers)
-    candidates = _codex_resets(h, now) + _anthropic_resets(h, now)
+    candidates = _codex_resets(h, now) + _anthropic_resets(h, now) + openai_resets(h, now)
     header = _retry_after_header(h, now)
     if header is not None:
         candidates.append(header)

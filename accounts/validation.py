@@ -41,14 +41,48 @@ def field_error(exc: msgspec.ValidationError | ValueError) -> tuple[str, str]:
     return path or "$", reason
 
 
+def _whole_floats_as_ints(value: Any) -> Any:
+    """``2.0`` -> ``2`` everywhere in a decoded JSON value (an int is accepted for a float)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_floats_as_ints(v) for v in value]
+    return value
+
+
 def decode_json(body: bytes, type_: type[T]) -> T:
-    """Decode and validate a JSON body; 400 if not JSON, 422 naming the field otherwise."""
+    """Decode and validate a JSON body; 400 if not JSON, 422 naming the field otherwise.
+
+    Integer fields accept whole-number floats (``2.0``, ``1e3``), as JSON Schema's
+    ``integer`` does: the strict decode runs first (the common case costs nothing
+    more) and only a body it refuses is decoded again with whole floats as ints.
+    """
     try:
         return msgspec.json.decode(body, type=type_)
-    except msgspec.ValidationError as exc:
-        raise ValidationFailed([field_error(exc)]) from None
+    except msgspec.ValidationError:
+        pass
     except msgspec.DecodeError as exc:
         raise BadRequest([("$", f"body is not valid JSON: {exc}")]) from None
+    try:
+        # msgspec checks the type of a value before what follows it, so `1<garbage>`
+        # failed validation above and fails to decode here: both are answers, not crashes.
+        plain = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise BadRequest([("$", f"body is not valid JSON: {exc}")]) from None
+    try:
+        return msgspec.convert(_whole_floats_as_ints(plain), type_)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed([field_error(exc)]) from None
+
+
+def convert_query(params: Any, type_: type[T]) -> T:
+    """Query parameters (all text) into ``type_``: numbers and booleans parsed; 422 on error."""
+    try:
+        return msgspec.convert(dict(params), type_, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed([field_error(exc)]) from None
 
 
 def convert(data: Any, type_: type[T]) -> T:

@@ -33,9 +33,11 @@ from .core.systemd import Notifier, Watchdog, watchdog_interval_s
 from .http.app import all_endpoints, build_app
 from .http.endpoints import Endpoint
 from .http.server import HttpServer
+from .outbox import build_outbox
 from .selection.install import install as install_selection
 from .selection.schedule import build_schedule
 from .services import Services
+from .usage import install as install_usage
 
 log = get_logger("daemon")
 
@@ -154,6 +156,10 @@ class Daemon:
             SettingsStore(services.db), services.redis, on_event=self._settings_event
         )
         services.schedule = build_schedule(services)
+        outbox = build_outbox(
+            services.db, cfg.outbox, owner=self.instance_id, registry=self.metrics.registry
+        )
+        services.outbox = outbox.store
         return [
             LoopLag(self.health, self.metrics),
             StoreProber(
@@ -170,5 +176,8 @@ class Daemon:
             InstanceRegistry(services.db, self.instance_id, __version__, os.getpid()),
             # Selection last: it reads the settings and the schedule view built above.
             *install_selection(services),
+            # The usage prober writes through selection's runtime store (installed just above).
+            *install_usage(services),
+            *outbox.actors,
             Watchdog(self.notifier, self.health, watchdog_interval_s(self.env)),
         ]

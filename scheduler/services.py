@@ -13,6 +13,7 @@ from snapshot.settings import SettingsSnapshot
 from .core.config import Config
 from .core.health import Health
 from .core.metrics import Metrics
+from .outbox import OutboxStore
 from .selection.schedule import Schedule
 
 
@@ -41,3 +42,7 @@ class Services:
     selector: Any = None
     reporter: Any = None
     credentials: Any = None
+    # The usage probe service (scheduler/usage): the admin probe endpoint calls it.
+    usage: Any = None
+    # The outbox table (scheduler/outbox): the pull feed and the operators' view.
+    outbox: OutboxStore | None = None

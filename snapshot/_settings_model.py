@@ -9,10 +9,11 @@ quota      accounts.rules (auto-pause)           default thresholds, staleness
 scoring    scheduler.selection.scoring / select            weights, top-K, probe limit
 sticky     scheduler.selection.select (bindings)           TTLs, slow-TTFT spill-over
 wait       scheduler.selection.select (no account free)    wait cap, retry interval
-leases     scheduler.selection.store                     lease TTL and renew cap
+leases     scheduler.selection.reports (renew)       lease TTL, renew cap, lifetime cap
 runtime    scheduler.selection.reports                     429/529 cool-downs, EWMA alpha
 fallback   snapshot.view (PostgreSQL fallback)   QPS and timeout of DB reads
 snapshot   snapshot.builder / view               grace, rebuild and poll periods
+usage      scheduler.usage (the prober)          probe schedule, rates, backoff
 ========== ===================================== ==============================
 
 The stored document is *partial*: it holds only what an operator set. Reading
@@ -31,7 +32,7 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 import msgspec
 
 from accounts.errors import ValidationFailed
-from accounts.model import QuotaPolicy
+from accounts.model import Platform, QuotaPolicy
 from accounts.validation import convert
 
 # Scorer weights are relative; 1000 is far past any useful ratio and keeps a typo
@@ -77,15 +78,20 @@ class WaitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class LeaseSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Concurrency leases: they expire by themselves unless renewed."""
+    """Concurrency leases: they expire by themselves unless renewed.
 
+    No rule ties the three together (every value allowed alone is allowed with the
+    others): a renew grants ``min(asked, max_ttl_s)`` from now, cut at grant +
+    ``max_lifetime_s``, and never moves an expiry earlier.
+    """
+
+    # A select's lease, and a renew that asks for no particular TTL.
     ttl_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0
-    # Renewals may push a lease at most this far ahead (bounds a leaked stream).
+    # One renewal may push a lease at most this far ahead of now.
     max_ttl_s: Annotated[float, msgspec.Meta(ge=1, le=7 * 86400)] = 3600.0
-
-    def __post_init__(self) -> None:
-        if self.max_ttl_s < self.ttl_s:
-            raise ValueError("max_ttl_s: must be at least ttl_s")
+    # No renewal extends a lease past this long after it was granted: a stream whose
+    # gateway keeps renewing a leaked lease frees the slot after this at the latest.
+    max_lifetime_s: Annotated[float, msgspec.Meta(ge=1, le=30 * 86400)] = 6 * 3600.0
 
 
 class RuntimeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -115,6 +121,71 @@ class SnapshotSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     view_poll_s: Annotated[float, msgspec.Meta(ge=0.05, le=60)] = 1.0
 
 
+Rate = Annotated[float, msgspec.Meta(gt=0, le=10_000)]
+
+
+class UsageSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The quota usage prober (``scheduler.usage``): when to read an account's usage, how fast.
+
+    Rates hold across every instance (they are counted in Redis); intervals count
+    from the account's newest reading, passive or probed, so busy accounts (whose
+    responses carry readings) are not probed at all.
+    """
+
+    enabled: bool = True
+    # Probes per second, all platforms together and per platform (``platform_rates``
+    # overrides the latter for one platform); ``burst`` probes may go back to back.
+    global_rate_per_s: Rate = 5.0
+    platform_rate_per_s: Rate = 2.0
+    platform_rates: dict[str, Rate] = msgspec.field(default_factory=dict)
+    burst: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 5
+    # A paused account is probed this long after its window's reset (the upstream
+    # may take a moment to roll its counters over).
+    after_reset_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 20.0
+    # A paused account whose reset is unknown (or far away) is probed this often:
+    # well below quota.stale_after_s, or the prober is no faster than staleness.
+    paused_interval_s: Seconds = 300.0
+    # Within this share of a threshold an account is "near" and probed more often.
+    near_margin: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.1
+    near_interval_s: Seconds = 600.0
+    # Accounts with no traffic and readings well below their thresholds.
+    idle_interval_s: Seconds = 3600.0
+    # Never probe one account more often than this, whatever the rule says (all instances).
+    min_interval_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 15.0
+    # Failed probes back off exponentially from failure_backoff_s up to the max.
+    failure_backoff_s: Seconds = 30.0
+    failure_backoff_max_s: Seconds = 3600.0
+    # An account whose token cannot read its usage (403 missing scope) is asked again this late.
+    cannot_probe_retry_s: Seconds = 6 * 3600.0
+    # Due times are pushed back by up to this share of their interval, so accounts
+    # read together do not stay in lock step; a starting instance spreads its first
+    # look at every account over start_spread_s (no thundering herd after a restart).
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.1
+    start_spread_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    # Probes in flight per instance, and how long one may take.
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 8
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 10.0
+    # The per-account probe lock; must outlive a probe (timeout_s) with room to spare.
+    lock_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
+    # How often the prober re-reads the account list from PostgreSQL.
+    accounts_refresh_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
+
+    def __post_init__(self) -> None:
+        if self.lock_ttl_s < self.timeout_s + 1.0:
+            raise ValueError("lock_ttl_s: must exceed timeout_s by at least 1 s")
+        if self.failure_backoff_max_s < self.failure_backoff_s:
+            raise ValueError("failure_backoff_max_s: must be at least failure_backoff_s")
+        known = {p.value for p in Platform}
+        for name in self.platform_rates:
+            if name not in known:
+                raise ValueError(
+                    f"platform_rates: `{name}` is not a platform ({', '.join(sorted(known))})"
+                )
+
+    def platform_rate(self, platform: str) -> float:
+        return self.platform_rates.get(platform, self.platform_rate_per_s)
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole effective settings value: one consistent value per request.
 
@@ -131,6 +202,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
     fallback: FallbackSettings = msgspec.field(default_factory=FallbackSettings)
     snapshot: SnapshotSettings = msgspec.field(default_factory=SnapshotSettings)
+    usage: UsageSettings = msgspec.field(default_factory=UsageSettings)
 
 
 DEFAULT_SETTINGS = Settings()

@@ -36,6 +36,8 @@ from accounts.errors import ValidationFailed
 from accounts.model import Platform
 
 _GROUP_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+# What Bucket.parse accepts, as a regular expression (published in the API schema).
+BUCKET_PATTERN = r"^[A-Za-z0-9_.-]{1,64}/(?:" + "|".join(p.value for p in Platform) + r")$"
 
 
 class Bucket(msgspec.Struct, frozen=True, order=True):

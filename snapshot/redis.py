@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Final
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import coredis
 import coredis.exceptions
@@ -71,6 +72,18 @@ class RedisConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("url: must start with redis://, rediss:// or unix://")
 
 
+def describe_url(url: str) -> str:
+    """Where a Redis URL points, for error messages: host:port or socket, db; no password."""
+    try:
+        parts = urlsplit(url)
+        db = (parse_qs(parts.query).get("db") or [parts.path.lstrip("/") or "0"])[0]
+        if parts.scheme == "unix":
+            return f"socket {unquote(parts.path)}, db {db}"
+        return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}, db {db}"
+    except ValueError:
+        return "an unparsable URL"
+
+
 class RedisStore:
     """An open coredis client plus this deployment's key prefix."""
 
@@ -103,9 +116,13 @@ class RedisStore:
             with trio.fail_after(timeout_s):
                 await self.client.ping()
         except trio.TooSlowError as exc:
-            raise StoreUnavailable("redis", f"no answer within {timeout_s}s") from exc
+            raise StoreUnavailable(
+                "redis", f"no answer from {describe_url(self.config.url)} within {timeout_s}s"
+            ) from exc
         except UNAVAILABLE as exc:
-            raise StoreUnavailable("redis", type(exc).__name__) from exc
+            raise StoreUnavailable(
+                "redis", f"cannot connect to {describe_url(self.config.url)} ({type(exc).__name__})"
+            ) from exc
         return time.perf_counter() - start
 
     async def delete_prefix(self, prefix: str | None = None) -> int:

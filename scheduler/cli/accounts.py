@@ -1,7 +1,8 @@
 """``stationmaster accounts …``: manage accounts straight in PostgreSQL (no daemon needed).
 
 Actions: ``list``, ``show``, ``add``, ``update``, ``disable``, ``delete``,
-``import FILE`` and ``reencrypt``. ``--json`` prints what the admin API would
+``import FILE``, ``reencrypt`` and ``probe`` (read the usage now; see
+:mod:`scheduler.cli.usage`). ``--json`` prints what the admin API would
 answer (credentials masked). Credentials are read from a file or stdin
 (``--credentials-file``), never from the command line, where ``ps`` and shell
 history would keep them.
@@ -37,6 +38,7 @@ from accounts.validation import convert
 
 from ..core.config import Config
 from .registry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
+from .usage import probe_account
 
 Action = Callable[[AccountRepository, argparse.Namespace], Awaitable[int]]
 _ACTIONS: dict[str, Action] = {}
@@ -99,6 +101,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     imp.add_argument("file", help="path, or '-' for stdin")
     imp.add_argument("--format", choices=["json", "csv"], help="default: from the file suffix")
     sub.add_parser("reencrypt", help="rewrite every credential under the newest crypto key")
+    probe = sub.add_parser("probe", help="read the account's usage now and show the reading")
+    probe.add_argument("id")
     for sp in sub.choices.values():
         sp.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -113,6 +117,8 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
         try:
             async with open_database(config.database, retry_for_s=0) as db:
                 repo = AccountRepository(db, Cipher(config.crypto))
+                if args.action == "probe":
+                    return await probe_account(db, repo, config, args.id, as_json=args.json)
                 return await _ACTIONS[args.action](repo, args)
         except ValidationFailed as exc:
             print(f"stationmaster accounts {args.action}: {exc.message}", file=sys.stderr)

@@ -6,19 +6,24 @@ from collections.abc import Awaitable
 
 import trio
 
-from accounts.db import open_database, open_loop
+from accounts.db import describe_dsn, open_database, open_loop
 from accounts.errors import StationmasterError
 from accounts.migrate import applied_versions, load_migrations
-from snapshot.redis import open_redis
+from snapshot.redis import describe_url, open_redis
 
 from ..core.config import Config
 
 
-def run_check(config: Config) -> int:
-    """Print one line per check; 0 if all passed, 1 otherwise. Secrets are never printed."""
+def run_check(config: Config, source: str = "defaults") -> int:
+    """Print one line per check; 0 if all passed, 1 otherwise. Secrets are never printed.
+
+    Lines are labelled with the config section they check (``database``, ``redis``,
+    ``auth``, ``crypto``), so a failing line names the section to fix; ``source``
+    says where the config came from.
+    """
     auth = config.auth
     results: list[tuple[bool, str]] = [
-        (True, "config: valid"),
+        (True, f"config: valid ({source})"),
         (
             True,
             f"auth: {len(auth.admin_tokens)} admin, {len(auth.gateway_tokens)} gateway token(s)",
@@ -28,7 +33,7 @@ def run_check(config: Config) -> int:
 
     async def main() -> None:
         async with open_loop():
-            results.append(await _reported("postgres", _check_postgres(config)))
+            results.append(await _reported("database", _check_postgres(config)))
             results.append(await _reported("redis", _check_redis(config)))
 
     trio.run(main)
@@ -46,13 +51,20 @@ async def _reported(store: str, check: Awaitable[tuple[bool, str]]) -> tuple[boo
     try:
         return await check
     except StationmasterError as exc:
-        return False, exc.message
+        return False, f"{store}: {_without_store(exc)}"
     except ExceptionGroup as group:
         matched, _rest = group.split(StationmasterError)
         if matched is None:
             raise
         first = _first_leaf(matched)
-        return False, first.message if isinstance(first, StationmasterError) else store
+        reason = _without_store(first) if isinstance(first, StationmasterError) else "failed"
+        return False, f"{store}: {reason}"
+
+
+def _without_store(exc: StationmasterError) -> str:
+    """The message without its ``postgres:`` / ``redis:`` prefix (the line has its own label)."""
+    store = exc.details.get("store")
+    return exc.message.removeprefix(f"{store}: ") if store else exc.message
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
@@ -69,7 +81,8 @@ async def _check_postgres(config: Config) -> tuple[bool, str]:
         applied = await applied_versions(db) if has_table else []
     pending = [m.version for m in load_migrations() if m.version not in applied]
     return True, (
-        f"postgres: reachable ({ms * 1000:.1f} ms), server {version}, "
+        f"database: reachable ({ms * 1000:.1f} ms) at {describe_dsn(config.database.dsn)}, "
+        f"PostgreSQL {version}, "
         f"schema {max(applied, default=0):04d}, pending migrations {pending or 'none'}"
     )
 
@@ -79,6 +92,7 @@ async def _check_redis(config: Config) -> tuple[bool, str]:
         ms = await redis.ping(timeout_s=3)
         info = await redis.client.info("server")
     return True, (
-        f"redis: reachable ({ms * 1000:.1f} ms), server {info.get('redis_version', '?')!s}, "
+        f"redis: reachable ({ms * 1000:.1f} ms) at {describe_url(config.redis.url)}, "
+        f"server {info.get('redis_version', '?')!s}, "
         f"key prefix {config.redis.key_prefix!r}"
     )

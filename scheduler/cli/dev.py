@@ -5,6 +5,8 @@ The state directory (``--state-dir``, else ``$STATIONMASTER_STATE_DIR``, else
 
     dev.lock           held while a dev process runs (one per state dir)
     dev-secrets.json   admin token, gateway token, Fernet key (mode 0600), reused
+    dev-profile.toml   the config the CLI in another shell uses (mode 0600; see
+                       :mod:`scheduler.cli.profile`), written once the daemon serves
     postgres/          data directory, server log
     redis/             server log (Redis keeps no data: it is rebuilt from PostgreSQL)
 
@@ -13,7 +15,9 @@ variables, so log level and tuning still apply) with the stores, the tokens, the
 crypto key and the listen address replaced: always ``127.0.0.1``, port from
 ``--port`` (default 8080, 0 picks a free one).
 
-Lifetimes, outermost first: state-dir lock → PostgreSQL → Redis → daemon. Each
+Lifetimes, outermost first: state-dir lock → PostgreSQL → Redis → upstream
+simulator → daemon; once the daemon serves, the demo accounts (every platform,
+pointing at the simulator, see :mod:`.demo`) are seeded unless ``--no-demo``. Each
 server is stopped when its block ends, whatever ends it (SIGTERM, Ctrl-C, the
 daemon failing to start); if this process is killed outright the kernel stops
 them (see :mod:`scheduler.cli.embedded`).
@@ -28,11 +32,12 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
+import httpx
 import msgspec
 import trio
 
@@ -41,13 +46,17 @@ from accounts.errors import ConfigError, StationmasterError
 
 from ..core.config import Config, parse_config
 from ..core.logs import get_logger
+from ..upstream.simulator import open_simulator
+from .demo import seed_demo_accounts
 from .embedded import open_postgres, open_redis_server
+from .profile import PROFILE_FILE, default_state_dir, write_profile
 
 log = get_logger("dev")
 
-STATE_ENV = "STATIONMASTER_STATE_DIR"
 # The port the README and the quick start promise.
 DEFAULT_PORT = 8080
+# The upstream simulator's port in dev (`stationmaster simulate` uses the same default).
+DEFAULT_SIMULATOR_PORT = 8090
 SECRETS_FILE = "dev-secrets.json"
 LOCK_FILE = "dev.lock"
 _EXIT_OK, _EXIT_FAILURE = 0, 1
@@ -68,14 +77,6 @@ class DevSecrets(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             gateway_token="dev-gateway-" + secrets.token_urlsafe(24),
             crypto_key=generate_key(),
         )
-
-
-def default_state_dir(env: Mapping[str, str]) -> Path:
-    """``$STATIONMASTER_STATE_DIR``, else the XDG per-user state directory."""
-    if env.get(STATE_ENV):
-        return Path(env[STATE_ENV]).expanduser()
-    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "stationmaster"
 
 
 def load_or_create_secrets(path: Path) -> DevSecrets:
@@ -159,22 +160,65 @@ class _EarlySignal:
 
 
 class _Announcer:
-    """The daemon as ``run_until_signal`` sees it, printing the URL and tokens once ready."""
+    """The daemon as ``run_until_signal`` sees it, printing the URL and tokens once ready.
 
-    def __init__(self, daemon: Any, banner: str, early: _EarlySignal) -> None:
+    The upstream simulator starts first (the demo accounts point at it) and stops
+    after the daemon; the CLI profile is written and the demo accounts are seeded
+    once the daemon serves.
+    """
+
+    def __init__(
+        self,
+        daemon: Any,
+        banner: str,
+        early: _EarlySignal,
+        *,
+        sim_port: int,
+        demo: bool,
+        state_dir: Path | None = None,
+    ) -> None:
         self._daemon = daemon
         self._banner = banner
         self._early = early
+        self._sim_port = sim_port
+        self._demo = demo
+        self._state_dir = state_dir
 
     def shutdown(self) -> None:
         self._daemon.shutdown()
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
+        async with (
+            open_simulator(port=self._sim_port) as (_sim, sim_url),
+            trio.open_nursery() as nursery,
+        ):
             urls: list[str] = await nursery.start(self._daemon.run)
-            print(self._banner.format(url=urls[0]), flush=True)
+            if self._state_dir is not None:
+                # Before the banner: once a user reads it, the CLI must find the profile.
+                port = int(urls[0].rsplit(":", 1)[1])
+                write_profile(self._state_dir, self._daemon.config, port=port)
+            print(self._banner.format(url=urls[0], sim=sim_url), flush=True)
             if self._early.requested:
                 self._daemon.shutdown()
+                return
+            demo = await self._seed(urls[0], sim_url) if self._demo else "skipped (--no-demo)"
+            print(f"  demo:          {demo}", flush=True)
+
+    async def _seed(self, url: str, sim_url: str) -> str:
+        admin = self._daemon.config.auth.admin_tokens[0]
+        try:
+            names = await seed_demo_accounts(url, admin, sim_url)
+        except httpx.HTTPError as exc:
+            # The daemon still serves; say why the demo is missing instead of stopping.
+            log.error("could not seed the demo accounts", reason=type(exc).__name__)
+            return "not seeded (see the log)"
+        return f"{len(names)} accounts in group `demo` ({', '.join(names)})"
+
+
+def _profile_hint(state_dir: Path) -> str:
+    if default_state_dir(os.environ).absolute() == state_dir:
+        return "the CLI in another shell finds it with no flags"
+    return f"the CLI finds it with STATIONMASTER_STATE_DIR={state_dir}"
 
 
 def _banner(state_dir: Path, dev_secrets: DevSecrets) -> str:
@@ -185,20 +229,34 @@ def _banner(state_dir: Path, dev_secrets: DevSecrets) -> str:
             f"  admin token:   {admin}",
             f"  gateway token: {dev_secrets.gateway_token}",
             f"  state dir:     {state_dir}  (tokens kept in {SECRETS_FILE}, mode 0600)",
-            "  try:           curl {url}/readyz",
-            f"                 curl -H 'Authorization: Bearer {admin}' {{url}}/openapi.json",
-            "Ctrl-C (or SIGTERM) stops the daemon and both servers.",
+            f"  CLI profile:   {state_dir / PROFILE_FILE}  ({_profile_hint(state_dir)})",
+            "  simulator:     {sim}  (upstream APIs; knobs: {sim}/_sim/knobs)",
+            "  try:           curl {url}/readyz   (probes and /openapi.json need no token)",
+            "                 stationmaster accounts list",
+            "                 stationmaster explain --group demo --platform openai --model gpt-4o",
+            "Ctrl-C (or SIGTERM) stops the daemon, the simulator and both servers.",
         ]
     )
 
 
-def _serve(config: Config, banner: str, early: _EarlySignal) -> int:
+def _serve(
+    config: Config,
+    banner: str,
+    early: _EarlySignal,
+    *,
+    sim_port: int,
+    demo: bool,
+    state_dir: Path | None = None,
+) -> int:
     from ..daemon import Daemon
     from .running import run_until_signal
 
     early.raising = False
     try:
-        trio.run(run_until_signal, _Announcer(Daemon(config), banner, early))
+        announcer = _Announcer(
+            Daemon(config), banner, early, sim_port=sim_port, demo=demo, state_dir=state_dir
+        )
+        trio.run(run_until_signal, announcer)
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
         if all(isinstance(e, KeyboardInterrupt) for e in leaves):
@@ -246,7 +304,18 @@ def run_dev(args: argparse.Namespace, config: Config) -> int:
             config = dev_config(
                 config, dsn=dsn, redis_url=redis_url, port=port, dev_secrets=dev_secrets
             )
-            return _serve(config, _banner(state_dir, dev_secrets), early)
+            banner = _banner(state_dir, dev_secrets)
+            sim_port = (
+                DEFAULT_SIMULATOR_PORT if args.simulator_port is None else args.simulator_port
+            )
+            return _serve(
+                config,
+                banner,
+                early,
+                sim_port=sim_port,
+                demo=not args.no_demo,
+                state_dir=state_dir,
+            )
     except KeyboardInterrupt:
         print("stationmaster dev: interrupted; servers stopped", file=sys.stderr)
         return _EXIT_OK

@@ -8,6 +8,7 @@ restart limit), 2 invalid configuration or usage.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,14 +18,19 @@ import trio
 from accounts.db import PostgresError
 from accounts.errors import ConfigError, StationmasterError
 
-from ..core.config import Config, load_config
+from ..core.config import Config, find_config_file, load_config
 from ..core.logs import configure_logging
-from . import accounts, buckets, explain, settings
+from . import accounts, buckets, explain, outbox, settings, simulate
+from .profile import find_profile, profile_note
 from .registry import COMMANDS, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
 from .running import first_domain_error, run_daemon
 
 # Imported for their @command registrations.
-_COMMAND_MODULES = (accounts, buckets, explain, settings)
+_COMMAND_MODULES = (accounts, buckets, explain, outbox, settings, simulate)
+# Commands that never read the `dev` profile: `run` and `dev` start a daemon of their
+# own (on dev's stores and port they would only collide), `simulate` is a server of
+# its own, keygen needs no config.
+_NO_PROFILE = frozenset({"run", "dev", "simulate", "keygen"})
 
 
 @command("run", "run the daemon (foreground; systemd Type=notify aware)")
@@ -53,7 +59,7 @@ def _migrate(args: argparse.Namespace, config: Config) -> int:
 def _check(args: argparse.Namespace, config: Config) -> int:
     from .check import run_check
 
-    return run_check(config)
+    return run_check(config, getattr(args, "config_source", "defaults"))
 
 
 @command("keygen", "print a new Fernet key for crypto.keys")
@@ -70,6 +76,15 @@ def _add_dev_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--port", type=int, default=None, help="HTTP port (default 8080; 0 picks a free one)"
+    )
+    p.add_argument(
+        "--simulator-port",
+        type=int,
+        default=None,
+        help="port of the upstream simulator started beside it (default 8090; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--no-demo", action="store_true", help="do not seed the demo accounts (group `demo`)"
     )
 
 
@@ -109,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
+        path, args.config_source = _config_path(args)
+        config = load_config(path)
     except ConfigError as exc:
         print(f"stationmaster: invalid config: {exc.key}: {exc.reason}", file=sys.stderr)
         return EXIT_USAGE
@@ -138,6 +154,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"stationmaster: {_postgres_line(_leaves(matched)[0])}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _config_path(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The config file to load and a description of where it came from.
+
+    With no file given or found, a command other than ``run``/``dev``/``keygen``
+    uses the ``dev`` profile when there is one, and says so on stderr.
+    """
+    env = os.environ
+    found = find_config_file(args.config, env)
+    if found is not None:
+        return str(found), f"from {found}"
+    if args.command not in _NO_PROFILE:
+        profile = find_profile(env)
+        if profile is not None:
+            print(f"stationmaster: {profile_note(profile)}", file=sys.stderr)
+            return str(profile), f"from the dev profile {profile}"
+    return None, "defaults: no config file"
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:

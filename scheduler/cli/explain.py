@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -93,8 +94,24 @@ async def fetch(url: str, token: str, params: dict[str, str]) -> tuple[int, Any]
     return r.status_code, body
 
 
-def _ago(until: float | None, now: float) -> str | None:
-    return f"{until - now:.0f}s" if until is not None and until > now else None
+def _epoch(value: Any) -> float | None:
+    """An answer's RFC 3339 time as epoch seconds (None when absent or unreadable).
+
+    Epoch numbers (daemons before times were RFC 3339) are taken as they are.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def _ago(until: Any, now: float) -> str | None:
+    at = _epoch(until)
+    return f"{at - now:.0f}s" if at is not None and at > now else None
 
 
 def describe_state(state: dict[str, Any], concurrency: int, now: float) -> str:
@@ -130,11 +147,13 @@ def render(answer: dict[str, Any], now: float) -> str:
     for c in answer["candidates"]:
         score = f"{c['score']:.4f}" if c.get("score") is not None else "-"
         load = f"{c['load']:.3f}" if c.get("load") is not None else "-"
-        verdict = "eligible" if c.get("excluded") is None else f"excluded: {c['excluded']}"
+        verdict = "eligible"
+        if c.get("excluded") is not None:
+            verdict = f"excluded: {c['excluded']} ({c.get('why') or '?'})"
         state = describe_state(c.get("state") or {}, c["concurrency"], now)
-        if c.get("why"):
+        if c.get("quota"):
             # The quota rule's reasoning, shown for every candidate: "why not paused" helps too.
-            state += f"; quota: {c['why']}"
+            state += f"; quota: {c['quota']}"
         lines.append(
             f"{score:>9} {load:>6}  {c['priority']:>4}  {c['id']:<36}  {c['name'][:20]:<20}"
             f"  {verdict}  |  {state}"

@@ -5,11 +5,14 @@ Lookup order for the file: ``--config PATH``, then ``$STATIONMASTER_CONFIG``, th
 of them present every key takes its default.
 
 Every key ``[section] key`` can be overridden by ``STATIONMASTER_SECTION_KEY``.
-Environment values are read as TOML values (``8080``, ``true``, ``["a", "b"]``,
-``1.5``) and, when that does not parse or the key is a string, as the raw string.
-Environment variables naming a known section but an unknown key are errors, like
-unknown keys in the file; variables naming no section (``STATIONMASTER_STATE_DIR``,
-``STATIONMASTER_TEST_*``) are left alone.
+One rule for the values: a value is read as a TOML value (``8080``, ``true``,
+``["a", "b"]``, ``1.5``, ``"text"``); for a string key, a value that is not a
+TOML string is taken as the bare text, so ``redis://h:6379/0`` and
+``"redis://h:6379/0"`` mean the same. Any other ``STATIONMASTER_*`` variable is an
+error naming the variable (exit 2), like an unknown key in the file, except the
+few that are not config keys (:data:`NON_CONFIG_VARIABLES`: the config file and
+``dev``'s state directory) and the ``STATIONMASTER_TEST_`` names the test suite
+reserves (:data:`TEST_PREFIX`).
 
 Errors are :class:`~accounts.errors.ConfigError` with the dotted key path and the
 reason; the CLI prints them and exits 2 before anything starts.
@@ -17,6 +20,7 @@ reason; the CLI prints them and exits 2 before anything starts.
 
 from __future__ import annotations
 
+import base64
 import os
 import tomllib
 from collections.abc import Mapping
@@ -32,6 +36,11 @@ from accounts.validation import field_error
 from snapshot.redis import RedisConfig
 
 ENV_PREFIX = "STATIONMASTER_"
+# STATIONMASTER_* variables that are not config keys: the file to read and where
+# `stationmaster dev` keeps its servers (and the profile the CLI finds).
+NON_CONFIG_VARIABLES = frozenset({ENV_PREFIX + "CONFIG", ENV_PREFIX + "STATE_DIR"})
+# Reserved for the test suite (which servers to test against); never read by the daemon.
+TEST_PREFIX = ENV_PREFIX + "TEST_"
 DEFAULT_PATHS = (Path("stationmaster.toml"), Path("/etc/stationmaster/stationmaster.toml"))
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -93,6 +102,95 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("format: must be one of auto, json, console")
 
 
+def _default_backoff() -> list[float]:
+    # 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: a receiver down for a day still gets
+    # its events (about 28 h of tries), and a blip costs only the first 5 s.
+    return [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+
+
+def _is_base64(text: str) -> bool:
+    try:
+        return len(base64.b64decode(text + "==", validate=True)) > 0
+    except ValueError:
+        return False
+
+
+class OutboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Webhook delivery and the outbox's upkeep (scheduler/outbox)."""
+
+    # Standard Webhooks secret, "whsec_" + base64. Empty: this instance delivers
+    # no webhooks (events wait, pending, for an instance that has it).
+    webhook_secret: str = ""
+    # False: this instance never dispatches (it still serves the pull path).
+    dispatch: bool = True
+    # Deliveries in flight at once; a slow receiver holds only its own slots.
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    # In flight at once to one origin (scheme://host:port).
+    per_destination: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8
+    # Rows claimed per round trip at most.
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    # One delivery attempt: connect + send + answer.
+    timeout_s: PositiveFloat = 10.0
+    # How long a claim stays ours; past it another instance re-claims the row.
+    # Must cover a whole attempt plus recording it.
+    lease_s: PositiveFloat = 60.0
+    # Safety-net poll; NOTIFY wakes the dispatcher sooner.
+    poll_interval_s: PositiveFloat = 1.0
+    # Retry delay after the n-th failed attempt (the last entry repeats).
+    backoff_s: list[Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(
+        default_factory=_default_backoff
+    )
+    # Each delay is spread by +/- this fraction.
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+    # Consumed events are kept this long (a pull consumer must read within it).
+    retention_s: Annotated[float, msgspec.Meta(ge=0)] = 7 * 24 * 3600.0
+    purge_interval_s: PositiveFloat = 60.0
+    # Rows deleted per statement: short locks, bounded work per pass.
+    purge_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    purge_max_batches: Annotated[int, msgspec.Meta(ge=1)] = 50
+    # Backlog gauges refresh.
+    stats_interval_s: PositiveFloat = 5.0
+
+    def __post_init__(self) -> None:
+        if self.webhook_secret and not self.webhook_secret.startswith("whsec_"):
+            # The value itself is never echoed.
+            raise ValueError("webhook_secret: must start with whsec_")
+        if self.webhook_secret and not _is_base64(self.webhook_secret.removeprefix("whsec_")):
+            raise ValueError("webhook_secret: must be whsec_ followed by base64")
+        if not self.backoff_s:
+            raise ValueError("backoff_s: must have at least one delay")
+        if self.lease_s <= self.timeout_s:
+            raise ValueError("lease_s: must exceed timeout_s (a claim must outlive an attempt)")
+        if self.per_destination > self.concurrency:
+            raise ValueError("per_destination: must not exceed concurrency")
+
+
+class UpstreamPlatformConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-platform overrides of :class:`UpstreamConfig` (``[upstream.platforms.kling]``)."""
+
+    timeout_s: PositiveFloat | None = None
+    submit_timeout_s: PositiveFloat | None = None
+    max_connections: PositiveInt | None = None
+    # Billing units per produced unit (video second, image), by model; "*" for the rest.
+    prices: dict[str, Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=dict)
+
+
+class UpstreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The adapters' one shared HTTP client (see :mod:`scheduler.upstream`)."""
+
+    connect_timeout_s: PositiveFloat = 5.0
+    # Read timeout of fetch, cancel and lookup: a hung upstream costs at most this.
+    timeout_s: PositiveFloat = 15.0
+    # A submit may legitimately take longer (uploads, slow queues); past it: Ambiguous.
+    submit_timeout_s: PositiveFloat = 60.0
+    # The shared pool; each platform gets at most max_connections_per_platform of it
+    # so one slow platform cannot starve the others.
+    max_connections: PositiveInt = 512
+    max_connections_per_platform: PositiveInt = 256
+    keepalive_expiry_s: PositiveFloat = 30.0
+    platforms: dict[str, UpstreamPlatformConfig] = msgspec.field(default_factory=dict)
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The whole configuration, built once at start and passed down."""
 
@@ -104,6 +202,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
+    upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {
@@ -129,32 +229,50 @@ def find_config_file(
     return next((p for p in DEFAULT_PATHS if p.is_file()), None)
 
 
-def _env_value(raw: str, field_type: Any) -> Any:
+def _is_text(field_type: Any) -> bool:
+    """Whether a config field holds text (``str``, ``Annotated[str, ...]``, ``str | None``)."""
     if get_origin(field_type) is Annotated:
         field_type = get_args(field_type)[0]
     if field_type is str:
-        return raw
+        return True
+    args = get_args(field_type)
+    return bool(args) and str in args and all(a in (str, type(None)) for a in args)
+
+
+def _env_value(raw: str, field_type: Any) -> Any:
+    """One rule: a TOML value; for text keys, anything that is not a TOML string is bare text."""
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
+        value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+    if _is_text(field_type) and not isinstance(value, str):
+        return raw  # `12345` for a key prefix is the text "12345"
+    return value
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     # Longest section names first so that a section whose name prefixes another
     # (none today) would still match correctly.
     sections = sorted(_SECTIONS, key=len, reverse=True)
-    for name, raw in env.items():
+    for name, raw in sorted(env.items()):
         if not name.startswith(ENV_PREFIX):
+            continue
+        if name in NON_CONFIG_VARIABLES or name.startswith(TEST_PREFIX):
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         section = next((s for s in sections if rest.startswith(s + "_")), None)
         if section is None:
-            continue
+            raise ConfigError(
+                name,
+                "unknown variable: not a config key (STATIONMASTER_<SECTION>_<KEY>, sections "
+                + ", ".join(sorted(_SECTIONS))
+                + ") nor one of "
+                + ", ".join(sorted(NON_CONFIG_VARIABLES)),
+            )
         key = rest[len(section) + 1 :]
         fields = {f.name: f.type for f in msgspec.structs.fields(_SECTIONS[section])}
         if key not in fields:
-            raise ConfigError(f"{section}.{key}", f"unknown key (from environment {name})")
+            raise ConfigError(name, f"unknown key {section}.{key}")
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
             raise ConfigError(section, "must be a table")

@@ -136,5 +136,32 @@ class Metrics:
             registry=r,
         )
 
+        # Usage prober (scheduler/usage).
+        self.usage_probes = Counter(
+            "stationmaster_usage_probes_total",
+            "Usage probes by platform and result (ok, cannot_probe, auth_failed,"
+            " rate_limited, failed).",
+            ["platform", "result"],
+            registry=r,
+        )
+        self.usage_claims = Counter(
+            "stationmaster_usage_claims_total",
+            "Probe claims that did not start a probe, by reason (locked, not_due, over_rate).",
+            ["reason"],
+            registry=r,
+        )
+        self.usage_paused = Gauge(
+            "stationmaster_usage_accounts_paused",
+            "Probe-able accounts quota-paused when the prober last looked, by platform.",
+            ["platform"],
+            registry=r,
+        )
+        self.usage_reset_to_schedulable = Histogram(
+            "stationmaster_usage_reset_to_schedulable_seconds",
+            "From a paused account's window reset to the probe that made it schedulable.",
+            buckets=(1, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,38 +7,59 @@ carries ``ETag: "<version>"``.
 Versions: PATCH must say which version it changes, either as an
 ``If-Match: "<version>"`` header or a ``version`` field in the body. With
 neither, the answer is 428 (``precondition_required``), because a write without
-a version could silently overwrite someone else's change; with both and they
-differ, 422. ``POST …/disable`` and ``DELETE`` accept an optional ``If-Match``
+a version could silently overwrite someone else's change; with both, both must
+be the stored version (else 409, as for one stale version). ``POST …/disable``
+and ``DELETE`` accept an optional ``If-Match``
 (an operator switching an account off should not have to read it first). A
 stale version answers 409 with ``details.current_version``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import re
+from typing import Annotated
 
 import msgspec
 from starlette.responses import Response
 
-from accounts.errors import PreconditionRequired, StoreUnavailable, ValidationFailed
+from accounts.errors import Conflict, PreconditionRequired, StoreUnavailable, ValidationFailed
 from accounts.inputs import AccountCreate, AccountPatch, AccountView, account_view
 from accounts.model import GroupName, Platform, Status
 from accounts.repository import AccountRepository
-from accounts.validation import convert
 
-from .endpoints import Call, Endpoint, Scope, json_response
+from .endpoints import Call, Endpoint, Header, Scope, json_response
 
 BASE = "/v1/admin/accounts"
 # An admin page is rendered and masked per row; 500 keeps one answer well under a second.
 MAX_API_PAGE = 500
 
 
+# An account version in If-Match: "3", 3 or W/"3" (versions start at 1).
+IF_MATCH_PATTERN = r'^(?:W/)?"?([1-9][0-9]{0,17})"?$'
+IfMatch = Annotated[
+    str, msgspec.Meta(pattern=IF_MATCH_PATTERN, description='the account version, e.g. "3"')
+]
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+AccountId = Annotated[str, msgspec.Meta(extra_json_schema={"format": "uuid"})]
+_IF_MATCH = re.compile(IF_MATCH_PATTERN)
+
+
 class AccountQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    group: GroupName | None = None
-    platform: Platform | None = None
-    status: Status | None = None
-    cursor: str | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_API_PAGE)] = 100
+    group: Annotated[GroupName, msgspec.Meta(description="only accounts in this group")] | None = (
+        None
+    )
+    platform: Annotated[Platform, msgspec.Meta(description="only this platform")] | None = None
+    status: Annotated[Status, msgspec.Meta(description="only this status")] | None = None
+    cursor: (
+        Annotated[
+            str,
+            msgspec.Meta(description="next_cursor of the previous page", pattern=UUID_PATTERN),
+        ]
+        | None
+    ) = None
+    limit: Annotated[
+        int, msgspec.Meta(ge=1, le=MAX_API_PAGE, description=f"page size, 1..{MAX_API_PAGE}")
+    ] = 100
 
 
 class AccountList(msgspec.Struct, frozen=True):
@@ -62,24 +83,15 @@ def if_match(call: Call) -> int | None:
     raw = call.request.headers.get("if-match")
     if raw is None:
         return None
-    text = raw.strip().removeprefix("W/").strip('"')
-    if not text.isdigit() or int(text) < 1:
+    # ASCII digits only (str.isdigit would take "²", which int() refuses).
+    match = _IF_MATCH.fullmatch(raw.strip())
+    if match is None:
         raise ValidationFailed.one("If-Match", 'must be the account version, e.g. "3"')
-    return int(text)
-
-
-def _query(call: Call) -> AccountQuery:
-    params: dict[str, Any] = dict(call.request.query_params)
-    if "limit" in params:
-        try:
-            params["limit"] = int(params["limit"])
-        except ValueError:
-            raise ValidationFailed.one("limit", "must be an integer") from None
-    return convert(params, AccountQuery)
+    return int(match.group(1))
 
 
 async def list_accounts(call: Call) -> AccountList:
-    q = _query(call)
+    q: AccountQuery = call.query
     repo = _repo(call)
     page = await repo.list_accounts(
         group=q.group, platform=q.platform, status=q.status, cursor=q.cursor, limit=q.limit
@@ -109,9 +121,15 @@ async def patch_account(call: Call) -> Response:
         raise PreconditionRequired(
             'say which version you change: an If-Match: "<version>" header or a version field'
         )
-    if field is not None and field != expected:
-        raise ValidationFailed.one("version", "differs from the If-Match header")
     repo = _repo(call)
+    if field is not None and field != expected:
+        # Two preconditions: the write applies only if the stored version is both.
+        current = await repo.get(call.request.path_params["id"])
+        raise Conflict(
+            f"If-Match names version {expected}, the body version {field}; "
+            f"the account is at version {current.version}",
+            current_version=current.version,
+        )
     account = await repo.update(call.request.path_params["id"], body, expected_version=expected)
     return _with_etag(account_view(account, repo.cipher))
 
@@ -128,6 +146,9 @@ async def delete_account(call: Call) -> Response:
 
 
 _TAGS = ("accounts",)
+_IF_MATCH_HEADER = Header(
+    "If-Match", IfMatch, 'the version you change: "<version>" (compare-and-set; 409 if stale)'
+)
 ENDPOINTS = [
     Endpoint(
         "GET",
@@ -136,15 +157,9 @@ ENDPOINTS = [
         "List accounts (filters, keyset pagination by cursor; credentials masked)",
         scope=Scope.ADMIN,
         response=AccountList,
-        errors=(422,),
+        errors=(422, 503),
         tags=_TAGS,
-        query={
-            "group": "only accounts in this group",
-            "platform": "only this platform (openai, anthropic, gemini, dashscope)",
-            "status": "only this status (active, disabled, error)",
-            "cursor": "next_cursor of the previous page",
-            "limit": f"page size, 1..{MAX_API_PAGE} (default 100)",
-        },
+        query=AccountQuery,
     ),
     Endpoint(
         "POST",
@@ -155,8 +170,9 @@ ENDPOINTS = [
         body=AccountCreate,
         response=AccountView,
         status=201,
-        errors=(413, 422),
+        errors=(409, 503),
         tags=_TAGS,
+        description="Names are unique in a deployment: a name in use answers 409.",
     ),
     Endpoint(
         "GET",
@@ -165,8 +181,9 @@ ENDPOINTS = [
         "One account (credentials masked); ETag is its version",
         scope=Scope.ADMIN,
         response=AccountView,
-        errors=(404,),
+        errors=(404, 503),
         tags=_TAGS,
+        path_types={"id": AccountId},
     ),
     Endpoint(
         "PATCH",
@@ -176,8 +193,12 @@ ENDPOINTS = [
         scope=Scope.ADMIN,
         body=AccountPatch,
         response=AccountView,
-        errors=(404, 409, 413, 422, 428),
+        errors=(404, 409, 428, 503),
         tags=_TAGS,
+        path_types={"id": AccountId},
+        headers=(_IF_MATCH_HEADER,),
+        description="With If-Match and a body version, both must be the stored version "
+        "(409 otherwise). A new name in use by another account answers 409.",
     ),
     Endpoint(
         "POST",
@@ -186,8 +207,10 @@ ENDPOINTS = [
         "Soft-disable an account (optional If-Match)",
         scope=Scope.ADMIN,
         response=AccountView,
-        errors=(404, 409),
+        errors=(404, 409, 503),
         tags=_TAGS,
+        path_types={"id": AccountId},
+        headers=(_IF_MATCH_HEADER,),
     ),
     Endpoint(
         "DELETE",
@@ -196,7 +219,9 @@ ENDPOINTS = [
         "Delete an account (optional If-Match)",
         scope=Scope.ADMIN,
         status=204,
-        errors=(404, 409),
+        errors=(404, 409, 503),
         tags=_TAGS,
+        path_types={"id": AccountId},
+        headers=(_IF_MATCH_HEADER,),
     ),
 ]

@@ -14,20 +14,24 @@ reaches everyone). A malformed bucket name is a 422 naming ``bucket``.
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 import msgspec
 
 from accounts.errors import StoreUnavailable
 from snapshot.builder import SnapshotBuilder
-from snapshot.keys import Bucket
+from snapshot.keys import BUCKET_PATTERN, Bucket
 from snapshot.schedule import describe
 
-from .endpoints import Call, Endpoint, Scope
+from .endpoints import Call, Endpoint, Scope, UtcTime, utc
+
+BucketName = Annotated[str, msgspec.Meta(pattern=BUCKET_PATTERN)]
 
 
 class LastRebuild(msgspec.Struct, frozen=True):
     outcome: str
-    at: float
+    # RFC 3339, UTC.
+    at: UtcTime
     seconds: float
     lag_s: float | None
 
@@ -50,7 +54,9 @@ class BucketList(msgspec.Struct, frozen=True):
 
 
 class RebuildRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    bucket: str | None = None
+    """No body, ``{}`` or ``{"bucket": null}``: every bucket; else the one named."""
+
+    bucket: BucketName | None = None
 
 
 class RebuildRow(msgspec.Struct, frozen=True):
@@ -92,7 +98,7 @@ async def list_buckets(call: Call) -> BucketList:
                 round(now - info.built_at, 3) if info.built_at is not None else None,
                 held.version if held is not None else None,
                 held.source if held is not None else None,
-                LastRebuild(last.outcome, last.at, last.seconds, last.lag_s) if last else None,
+                LastRebuild(last.outcome, utc(last.at), last.seconds, last.lag_s) if last else None,
                 active_epoch=info.active.epoch,
                 view_epoch=held.epoch if held is not None else None,
             )
@@ -139,7 +145,7 @@ ENDPOINTS = [
         "POST",
         "/v1/admin/buckets/rebuild",
         rebuild,
-        "Rebuild one bucket ({'bucket': 'group/platform'}) or all ({})",
+        "Rebuild one bucket ({'bucket': 'group/platform'}) or all (no body, or {})",
         scope=Scope.ADMIN,
         body=RebuildRequest,
         response=RebuildAnswer,

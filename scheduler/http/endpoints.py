@@ -6,11 +6,18 @@ turns them into starlette routes wrapped by :func:`_wrap`, and
 route cannot exist without appearing in ``/openapi.json``.
 
 A handler is ``async def handler(call: Call) -> Any``. ``call.body`` is the
-decoded, validated request struct (or None), ``call.request`` the starlette
-request, ``call.services`` the daemon's services. Returning a msgspec Struct,
-dict or list sends it as JSON with ``Endpoint.status``; returning a starlette
-``Response`` sends it as is. Raising a :class:`~accounts.errors.StationmasterError`
-sends the error body with its status.
+decoded, validated request struct (or None), ``call.query`` the decoded query
+struct (or None), ``call.request`` the starlette request, ``call.services`` the
+daemon's services. Returning a msgspec Struct, dict or list sends it as JSON
+with ``Endpoint.status``; returning a starlette ``Response`` sends it as is.
+Raising a :class:`~accounts.errors.StationmasterError` sends the error body with
+its status.
+
+What the wrapper answers before a handler runs, in order: 401/403 (token), 415
+(a route with a JSON body sent another ``Content-Type``), 400/413 (the body),
+422 (query or body invalid). The published schema is generated from the same
+structs that decode the request (body, query, path and header types), so what
+it says is what the server enforces.
 
 A store outage (:class:`~accounts.errors.StoreUnavailable`) is a 503
 ``store_unavailable`` with ``Retry-After``, on every route, and is logged once
@@ -28,7 +35,8 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import msgspec
 import structlog
@@ -38,12 +46,14 @@ from starlette.responses import Response
 from accounts.errors import (
     BadRequest,
     Forbidden,
+    MethodNotAllowed,
     PayloadTooLarge,
     StationmasterError,
     StoreUnavailable,
     Unauthorized,
+    UnsupportedMediaType,
 )
-from accounts.validation import decode_json
+from accounts.validation import convert_query, decode_json
 
 from ..core.logs import get_logger
 
@@ -75,9 +85,20 @@ class Call:
     body: Any
     services: Any
     scope: Scope | None
+    query: Any = None
 
 
 Handler = Callable[[Call], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A request header a route reads: documented as a parameter with this type's schema."""
+
+    name: str
+    type: Any
+    description: str
+    required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +111,39 @@ class Endpoint:
     body: type | None = None
     response: type | None = None
     status: int = 200
-    # Extra documented error statuses beyond those every route can answer.
+    # Extra documented error statuses beyond those the wrapper itself can answer.
     errors: tuple[int, ...] = ()
     tags: tuple[str, ...] = ()
-    query: Mapping[str, str] = field(default_factory=dict)
+    # A msgspec Struct of the query parameters (decoded into ``call.query``, documented
+    # one parameter per field, ``required`` when the field has no default).
+    query: type | None = None
+    # Path parameter name -> its type (a constrained ``str``); unlisted ones are plain strings.
+    path_types: Mapping[str, Any] = field(default_factory=dict)
+    headers: tuple[Header, ...] = ()
+    description: str = ""
+    # Statuses whose body is not the error body (a probe's 503 is its own report).
+    other_responses: Mapping[int, type] = field(default_factory=dict)
+    # Media type of a non-JSON answer (``/metrics``).
+    media_type: str = "application/json"
     # Stores a successful answer of this route proves reachable (ends an outage's log).
     stores: tuple[str, ...] = ()
+
+    @property
+    def reads_body(self) -> bool:
+        return self.method in ("POST", "PUT", "PATCH")
+
+
+# Every time in an answer: RFC 3339 with its offset (UTC, "Z"); published as date-time.
+UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+def utc(epoch_s: float) -> datetime:
+    """Epoch seconds as an aware UTC datetime: every time in an answer is RFC 3339."""
+    return datetime.fromtimestamp(epoch_s, UTC)
+
+
+def utc_or_none(epoch_s: float | None) -> datetime | None:
+    return None if epoch_s is None else utc(epoch_s)
 
 
 def json_response(
@@ -116,6 +164,8 @@ def error_response(exc: StationmasterError, request_id: str = "") -> Response:
         headers["retry-after"] = str(max(1, round(retry)))
     if exc.status == 401:
         headers["www-authenticate"] = "Bearer"
+    if isinstance(exc, MethodNotAllowed):
+        headers["allow"] = ", ".join(exc.allowed)
     body = ErrorBody(ErrorDetail(exc.code, exc.message, exc.details))
     return json_response(body, exc.status, headers)
 
@@ -249,6 +299,14 @@ def wrap(
     return handle
 
 
+def is_json(content_type: str) -> bool:
+    """``application/json`` or any ``+json`` type, parameters (charset) ignored."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 async def _run(
     endpoint: Endpoint, request: Request, rid: str, services: Any, tokens: TokenTable, max_body: int
 ) -> tuple[Response, StoreUnavailable | None]:
@@ -257,12 +315,20 @@ async def _run(
         scope = authorize(request, tokens, endpoint.scope) if endpoint.scope else None
         body: Any = None
         if endpoint.body is not None:
+            content_type = request.headers.get("content-type")
+            if content_type is not None and not is_json(content_type):
+                raise UnsupportedMediaType(
+                    "this route takes a JSON body (Content-Type: application/json)"
+                )
             raw = await read_body(request, max_body)
             body = decode_json(raw or b"{}", endpoint.body)
-        elif request.method in ("POST", "PUT", "PATCH"):
+        elif endpoint.reads_body:
             # Still bounded: a route without a body must not buffer an unbounded one.
             await read_body(request, max_body)
-        result = await endpoint.handler(Call(request, body, services, scope))
+        query = (
+            None if endpoint.query is None else convert_query(request.query_params, endpoint.query)
+        )
+        result = await endpoint.handler(Call(request, body, services, scope, query))
     except StoreUnavailable as exc:
         return error_response(exc, rid), exc
     except StationmasterError as exc:

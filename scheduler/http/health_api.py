@@ -8,14 +8,15 @@ import msgspec
 from starlette.responses import Response
 
 from ..core.metrics import CONTENT_TYPE
-from .endpoints import Call, Endpoint, json_response
+from .endpoints import Call, Endpoint, UtcTime, json_response, utc
 
 
 class ComponentState(msgspec.Struct, frozen=True):
     state: str
     essential: bool
     detail: str
-    since: float
+    # When the component entered this state (RFC 3339, UTC).
+    since: UtcTime
 
 
 class Readiness(msgspec.Struct, frozen=True):
@@ -37,9 +38,16 @@ async def livez(call: Call) -> Response:
 
 
 async def readyz(call: Call) -> Response:
-    health = call.services.health
-    snap: dict[str, Any] = health.snapshot()
-    return json_response(snap, 200 if snap["ready"] else 503)
+    snap: dict[str, Any] = call.services.health.snapshot()
+    body = Readiness(
+        ready=bool(snap["ready"]),
+        phase=str(snap["phase"]),
+        components={
+            name: ComponentState(c["state"], c["essential"], c["detail"], utc(c["since"]))
+            for name, c in snap["components"].items()
+        },
+    )
+    return json_response(body, 200 if body.ready else 503)
 
 
 async def metrics(call: Call) -> Response:
@@ -57,8 +65,9 @@ ENDPOINTS = [
         livez,
         "Liveness: the loop answers and supervision holds",
         response=Liveness,
-        errors=(503,),
+        other_responses={503: Liveness},
         tags=("health",),
+        description="503 (with the same body) when the loop lags or supervision failed.",
     ),
     Endpoint(
         "GET",
@@ -66,9 +75,17 @@ ENDPOINTS = [
         readyz,
         "Readiness, with each component's state",
         response=Readiness,
-        errors=(503,),
+        other_responses={503: Readiness},
         tags=("health",),
+        description="503 (with the same body) while warming up, draining or a store is down.",
     ),
-    Endpoint("GET", "/metrics", metrics, "Prometheus metrics (text format)", tags=("health",)),
-    Endpoint("GET", "/openapi.json", openapi, "This document", tags=("health",)),
+    Endpoint(
+        "GET",
+        "/metrics",
+        metrics,
+        "Prometheus metrics (text format)",
+        tags=("health",),
+        media_type="text/plain",
+    ),
+    Endpoint("GET", "/openapi.json", openapi, "This document (OpenAPI 3.1)", tags=("health",)),
 ]

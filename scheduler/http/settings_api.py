@@ -14,8 +14,8 @@ document 422 naming the field, and nothing is written. Both answers carry
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+import re
+from typing import Annotated, Any, get_type_hints
 
 import msgspec
 from starlette.responses import Response
@@ -23,9 +23,36 @@ from starlette.responses import Response
 from accounts.errors import PreconditionRequired, StoreUnavailable, ValidationFailed
 from snapshot.settings import Settings, SettingsRecord, SettingsSnapshot, SettingsStore
 
-from .endpoints import Call, Endpoint, Scope, json_response
+from .endpoints import Call, Endpoint, Header, Scope, UtcTime, json_response
 
 PATH = "/v1/admin/settings"
+# The settings version in If-Match: "3", 3 or W/"3" (0 = never written).
+IF_MATCH_PATTERN = r'^(?:W/)?"?([0-9]{1,18})"?$'
+IfMatch = Annotated[str, msgspec.Meta(pattern=IF_MATCH_PATTERN)]
+_IF_MATCH = re.compile(IF_MATCH_PATTERN)
+
+
+def _patch_struct(struct: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    """The merge-patch shape of ``struct``: every field optional, ``null`` allowed, no others.
+
+    Generated from the settings structs themselves, so the published body schema
+    and the decoding that enforces it cannot drift from the document's fields.
+    """
+    hints = get_type_hints(struct, include_extras=True)
+    fields: list[tuple[str, Any, Any]] = []
+    for name in struct.__struct_fields__:
+        tp = hints[name]
+        inner = msgspec.inspect.type_info(tp)
+        if isinstance(inner, msgspec.inspect.StructType):
+            tp = _patch_struct(inner.cls)
+        fields.append((name, tp | None | msgspec.UnsetType, msgspec.UNSET))
+    return msgspec.defstruct(
+        struct.__name__ + "Patch", fields, kw_only=True, forbid_unknown_fields=True
+    )
+
+
+# The PUT body: a JSON merge patch of the settings document (RFC 7386).
+SettingsPatch = _patch_struct(Settings)
 
 
 class SettingsView(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,7 +61,7 @@ class SettingsView(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     settings: Settings
     document: dict[str, Any]
-    updated_at: datetime | None
+    updated_at: UtcTime | None
     instance_version: int
 
 
@@ -63,10 +90,11 @@ def if_match_version(call: Call) -> int:
         raise PreconditionRequired(
             'settings writes need If-Match: "<version>" (GET shows the current version)'
         )
-    text = raw.strip().removeprefix("W/").strip('"')
-    if not text.isdigit() or len(text) > 18:
+    # ASCII digits only (str.isdigit would take "²", which int() refuses).
+    match = _IF_MATCH.fullmatch(raw.strip())
+    if match is None:
         raise ValidationFailed.one("If-Match", 'must be the settings version, e.g. "3"')
-    return int(text)
+    return int(match.group(1))
 
 
 async def get_settings(call: Call) -> Response:
@@ -77,7 +105,8 @@ async def get_settings(call: Call) -> Response:
 async def put_settings(call: Call) -> Response:
     snapshot = _snapshot(call)
     expected = if_match_version(call)
-    record = await snapshot.write(call.body, expected_version=expected)
+    patch: dict[str, Any] = msgspec.to_builtins(call.body)  # absent fields left out, nulls kept
+    record = await snapshot.write(patch, expected_version=expected)
     return _answer(record, snapshot)
 
 
@@ -99,9 +128,19 @@ ENDPOINTS = [
         "Change settings with a JSON merge patch (null resets to the default); "
         'needs If-Match: "<version>"',
         scope=Scope.ADMIN,
-        body=dict[str, Any],
+        body=SettingsPatch,
         response=SettingsView,
         errors=(409, 428, 503),
         tags=("settings",),
+        headers=(
+            Header(
+                "If-Match",
+                IfMatch,
+                'the version you change: "<version>" (0 = never written); 428 without it',
+                required=True,
+            ),
+        ),
+        description="Every field of the document may be set, or reset to its default with "
+        "null; unknown fields are refused (422). A stale version answers 409.",
     ),
 ]

@@ -1,11 +1,17 @@
-"""Nothing fits: the "no available accounts" answer, its counts and its retry hint."""
+"""Nothing fits: "model not served" (4xx, permanent) or "no available accounts" (503).
+
+A 503 tells a gateway to retry; that is only true when some account of the
+bucket could serve the model once a deadline passes or a slot frees. When none
+supports the model at all, :func:`model_not_served` answers instead, listing
+the models the bucket does serve.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 
-from accounts.errors import NoAccountAvailable
-from accounts.model import Account
+from accounts.errors import ModelNotServed, NoAccountAvailable
+from accounts.model import Account, model_matches
 from accounts.rules import Reason, quota_pause
 from snapshot.keys import Bucket
 from snapshot.schedule import BucketSnapshot
@@ -18,6 +24,19 @@ from .view import RuntimeView
 FULL_RETRY_S = 1.0
 # Hint when only hard reasons (disabled, error, model) excluded everything.
 HARD_RETRY_S = 30.0
+
+
+def model_not_served(snap: BucketSnapshot, model: str) -> ModelNotServed | None:
+    """The 404 when no account of the bucket supports ``model`` (None when one does)."""
+    if any(model_matches(a.models, model) for a in snap.accounts):
+        return None
+    served = sorted({m for a in snap.accounts for m in a.models})
+    return ModelNotServed(
+        f"no account in {snap.bucket} serves model {model!r}",
+        bucket=str(snap.bucket),
+        model=model,
+        served=served,
+    )
 
 
 def no_account(

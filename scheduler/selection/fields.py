@@ -23,6 +23,10 @@ UNSCHEDULABLE_UNTIL = "tu_until"
 UNSCHEDULABLE_REASON = "tu_reason"
 # When a lease of the account was last released.
 LAST_USED = "last_used"
+# What is left of the tightest OpenAI x-ratelimit-* family (remaining / limit), and
+# until when that figure holds (its reset): a soft penalty in scoring meanwhile.
+RATE_LIMIT_ROOM = "rl_room"
+RATE_LIMIT_ROOM_UNTIL = "rl_room_until"
 # Exponentially weighted averages of the reported outcomes.
 EWMA_ERROR = "ewma_err"
 EWMA_LATENCY = "ewma_lat"
@@ -40,6 +44,8 @@ STATE_FIELDS: frozenset[str] = frozenset(
     {
         *DEADLINE_FIELDS,
         UNSCHEDULABLE_REASON,
+        RATE_LIMIT_ROOM,
+        RATE_LIMIT_ROOM_UNTIL,
         LAST_USED,
         EWMA_ERROR,
         EWMA_LATENCY,

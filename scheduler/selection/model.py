@@ -20,9 +20,9 @@ ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"
 class SelectRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the gateway asks: an account for this group, platform and model."""
 
-    group: GroupName
-    platform: Platform
-    model: ModelName
+    group: Annotated[GroupName, msgspec.Meta(examples=["default"])]
+    platform: Annotated[Platform, msgspec.Meta(examples=["openai"])]
+    model: Annotated[ModelName, msgspec.Meta(examples=["gpt-4o"])]
     session_hash: SessionHash | None = None
     previous_response_id: ResponseId | None = None
     # Accounts the gateway already tried for this request.

@@ -5,6 +5,7 @@
 --       9 origin (the releasing instance's token), 10 apply when the lease is gone ('1'/'0'),
 --       11 rate-limited for ms, 12 overloaded for ms, 13 unschedulable for ms ('' = none each),
 --       14 unschedulable reason, 15 '1' to record last use,
+--       16 rate-limit room (remaining / limit, '' = none), 17 for how many ms it holds,
 --       then field/value pairs of quota readings whose observed_at / reset_at are seconds
 --       relative to now (JSON; this script makes them absolute in Redis time).
 -- Every deadline and time written here is Redis TIME + a duration: one clock, whatever
@@ -42,8 +43,12 @@ deadline('ol_until', ARGV[12])
 deadline('tu_until', ARGV[13])
 if ARGV[14] ~= '' then redis.call('HSET', KEYS[2], 'tu_reason', ARGV[14]) end
 if ARGV[15] == '1' then redis.call('HSET', KEYS[2], 'last_used', tostring(now)) end
+if ARGV[16] ~= '' then
+  redis.call('HSET', KEYS[2], 'rl_room', ARGV[16])
+  deadline('rl_room_until', ARGV[17])
+end
 local now_s = now / 1000
-for i = 16, #ARGV, 2 do
+for i = 18, #ARGV, 2 do
   local reading = cjson.decode(ARGV[i + 1])
   reading['observed_at'] = reading['observed_at'] + now_s
   if type(reading['reset_at']) == 'number' then reading['reset_at'] = reading['reset_at'] + now_s end

@@ -141,6 +141,10 @@ def score(
         cap = account.capacity
         load = state.leases / cap
         headroom, reset_soon = _quota_terms(state, now) if state.windows else (1.0, 0.0)
+        room = state.ratelimit_room
+        if room is not None and (state.ratelimit_room_until or 0.0) > now:
+            # Little left of an upstream rate limit: a soft penalty, until its reset.
+            headroom = min(headroom, clamp(room))
         t0 = 1.0 - clamp((account.priority - lo) / spread)
         t1 = 1.0 - clamp(load)
         t3 = 1.0 - clamp(state.error_rate)

@@ -13,6 +13,8 @@ per attempt (one Redis round trip on the common path), up to ``probe_limit``
 attempts. Nothing acquired: wait for a release in the platform (pub/sub wake-up
 plus a periodic retry) up to the request's limit, then
 :class:`~accounts.errors.NoAccountAvailable` with the counts (:mod:`scheduler.selection._none`).
+A model that no account of the bucket supports is
+:class:`~accounts.errors.ModelNotServed` at once (a 4xx: retrying cannot help).
 
 The state an acquire returns is checked again with the current time (quota
 readings written by another instance a moment ago, an expiry that just passed):
@@ -38,7 +40,7 @@ from snapshot.redis import RedisStore
 from snapshot.schedule import BucketSnapshot
 from snapshot.settings import Settings
 
-from ._none import no_account, retry_after_hint
+from ._none import model_not_served, no_account, retry_after_hint
 from ._sticky import try_sticky
 from ._waiting import WaitQueues
 from .bindings import BindingCache
@@ -178,6 +180,11 @@ class Selector:
             attempts += rnd.attempts
             if rnd.selection is not None:
                 return self._done(rnd.selection, attempts, start, waited, bucket)
+            if rnd.pool_counts.get(Reason.MODEL_UNSUPPORTED, 0) >= len(snap.accounts):
+                # No account could ever serve the model: a 404, never a wait or a 503.
+                missing = model_not_served(snap, req.model)
+                if missing is not None:
+                    raise missing
             if woken_by is not None:
                 self._pass_on(snap, woken_by)
                 woken_by = None

@@ -14,13 +14,17 @@ the acquire script must touch the bucket's session binding in the same call. A
 platform tag is the finest one under which both always share a Redis Cluster
 slot. The cost: on a cluster, one platform's runtime state lives on one shard.
 
-Lease ids are self-describing (``platform~group~account~random``), so releasing
-or renewing needs no lookup key and costs one script call.
+Lease ids are self-describing (``platform~group~account~<random>-<grant ms>``,
+the grant time in Redis server time appended by the acquire script), so
+releasing or renewing needs no lookup key and costs one script call, and renew
+can cap a lease's total lifetime. Changing any part of an id makes it an
+unknown lease.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -42,8 +46,16 @@ RELEASE_LUA = _HERE / "release.lua"
 RENEW_LUA = _HERE / "renew.lua"
 READ_LUA = _HERE / "runtime_read.lua"
 UNBIND_LUA = _HERE / "unbind.lua"
+READINGS_LUA = _HERE / "readings.lua"
 
 _SEP = "~"  # not allowed in group names, platforms, uuids or hex: splits lease ids safely
+# Every lease id this service issues matches this (published in the API schema as well);
+# the grant time is absent only from ids issued before it was added.
+LEASE_ID_PATTERN = (
+    r"^(?:" + "|".join(p.value for p in Platform) + r")~[A-Za-z0-9_.-]{1,64}~[A-Za-z0-9-]{1,64}"
+    r"~[0-9a-f]{1,32}(?:-[0-9]{1,15})?$"
+)
+_LEASE_ID = re.compile(LEASE_ID_PATTERN)
 
 
 class Keys:
@@ -72,14 +84,19 @@ class Keys:
         """Pub/sub channel of ``platform``'s releases: ``"<account_id> <origin>"`` each."""
         return self._redis.key("rt", "released", platform)
 
+    def readings_channel(self, platform: str) -> str:
+        """Pub/sub channel of readings written outside releases: ``"<account_id> <origin>"``."""
+        return self._redis.key("rt", "readings", platform)
+
 
 class LeaseRef(msgspec.Struct, frozen=True):
-    """What a lease id encodes."""
+    """What a lease id encodes; ``granted_ms`` is None for ids issued before it was added."""
 
     platform: Platform
     group: str
     account_id: str
     lease_id: str
+    granted_ms: int | None = None
 
 
 def new_lease_id(platform: str, group: str, account_id: str) -> str:
@@ -87,15 +104,14 @@ def new_lease_id(platform: str, group: str, account_id: str) -> str:
 
 
 def parse_lease_id(lease_id: str) -> LeaseRef:
-    """Decode a lease id; ValidationFailed (422) on a malformed one."""
-    parts = lease_id.split(_SEP)
-    if len(parts) != 4 or not all(parts) or len(lease_id) > 200:
+    """Decode a lease id; ValidationFailed (422) on one this service cannot have issued."""
+    if len(lease_id) > 200 or _LEASE_ID.fullmatch(lease_id) is None:
         raise ValidationFailed.one("lease_id", "not a lease id issued by this service")
-    try:
-        platform = Platform(parts[0])
-    except ValueError:
-        raise ValidationFailed.one("lease_id", "not a lease id issued by this service") from None
-    return LeaseRef(platform, parts[1], parts[2], lease_id)
+    platform, group, account_id, tail = lease_id.split(_SEP)
+    _random, _, granted = tail.partition("-")
+    return LeaseRef(
+        Platform(platform), group, account_id, lease_id, int(granted) if granted else None
+    )
 
 
 class RuntimeState(AccountRuntime, frozen=True, kw_only=True):
@@ -115,6 +131,10 @@ class RuntimeState(AccountRuntime, frozen=True, kw_only=True):
     error_rate: float = 0.0
     latency_ms: float | None = None
     ttft_ms: float | None = None
+    # What is left of the tightest upstream rate limit (0..1, OpenAI x-ratelimit-*),
+    # and until when that reading holds.
+    ratelimit_room: float | None = None
+    ratelimit_room_until: float | None = None
 
 
 EMPTY = RuntimeState()
@@ -145,6 +165,8 @@ def parse_state(leases: int, flat: Sequence[str], shift_s: float = 0.0) -> Runti
         error_rate=float(h.get(F.EWMA_ERROR) or 0.0),
         latency_ms=_float(h.get(F.EWMA_LATENCY)),
         ttft_ms=_float(h.get(F.EWMA_TTFT)),
+        ratelimit_room=_float(h.get(F.RATE_LIMIT_ROOM)),
+        ratelimit_room_until=_at(h.get(F.RATE_LIMIT_ROOM_UNTIL), shift_s),
         windows=tuple(windows),
     )
 
@@ -164,7 +186,18 @@ def _shift_reading(reading: QuotaWindow, shift_s: float) -> QuotaWindow:
 
 
 def _float(raw: str | None) -> float | None:
-    return float(raw) if raw else None
+    try:
+        return float(raw) if raw else None
+    except ValueError:  # a value we cannot read is no value: never a crash on the hot path
+        return None
+
+
+def _relative(reading: QuotaWindow, now: float) -> QuotaWindow:
+    """The reading with its times relative to ``now`` (the scripts add Redis TIME)."""
+    reset_at = None if reading.reset_at is None else reading.reset_at - now
+    return msgspec.structs.replace(
+        reading, observed_at=reading.observed_at - now, reset_at=reset_at
+    )
 
 
 def encode_reading(reading: QuotaWindow) -> tuple[str, str]:
@@ -175,12 +208,16 @@ def encode_reading(reading: QuotaWindow) -> tuple[str, str]:
 class Effects(msgspec.Struct, frozen=True, kw_only=True):
     """What a reported outcome does to the account's state, in durations.
 
-    ``release.lua`` turns each into a time by adding Redis ``TIME``; readings
-    carry ``observed_at`` / ``reset_at`` relative to the report (0 = now).
+    ``release.lua`` turns each into a time by adding Redis ``TIME``. Readings
+    are in this instance's clock; they travel relative to its now and the script
+    puts them on Redis ``TIME`` too.
     """
 
     rate_limited_s: float | None = None
     overloaded_s: float | None = None
+    # What is left of a rate limit (OpenAI x-ratelimit-*: remaining / limit), until when.
+    headroom: float | None = None
+    headroom_s: float | None = None
     unschedulable_s: float | None = None
     unschedulable_reason: str = ""
     readings: tuple[QuotaWindow, ...] = ()
@@ -213,6 +250,14 @@ class Acquired(msgspec.Struct, frozen=True):
     expires_at: float
     state: RuntimeState
     bound: str | None = None
+
+
+class RenewReply(msgspec.Struct, frozen=True):
+    """What renew.lua did (epoch seconds, Redis server time)."""
+
+    expires_at: float
+    now: float
+    previous: float
 
 
 class Refused(msgspec.Struct, frozen=True):
@@ -284,8 +329,10 @@ class RuntimeStore:
         if code == 1:
             bound = reply[5] if len(reply) > 5 and reply[5] else None
             state = parse_state(int(reply[1]), reply[4], self._shift(reply[3]))
-            # The lease expiry stays in Redis time: the gateway renews against it.
-            return Acquired(lease_id, int(reply[2]) / 1000.0, state, bound)
+            # The script appends the grant time to the id (older scripts did not). The
+            # lease expiry stays in Redis time: the gateway renews against it.
+            issued = str(reply[6]) if len(reply) > 6 else lease_id
+            return Acquired(issued, int(reply[2]) / 1000.0, state, bound)
         if code == -1:
             until = int(reply[2]) / 1000.0 + self._shift(reply[3])
             return Refused(_DEADLINE_KIND[int(reply[1])], until=until)
@@ -311,8 +358,9 @@ class RuntimeStore:
         """
         k = self.keys
         readings: list[str] = []
+        now = self.clock()
         for reading in effects.readings:
-            readings.extend(encode_reading(reading))
+            readings.extend(encode_reading(_relative(reading, now)))
         error = None if effects.error is None else (1.0 if effects.error else 0.0)
         self.round_trips += 1
         done: Any = await self._call(
@@ -338,6 +386,8 @@ class RuntimeStore:
                 _ms_arg(effects.unschedulable_s),
                 effects.unschedulable_reason,
                 "1" if effects.last_used else "0",
+                "" if effects.headroom is None else repr(effects.headroom),
+                _ms_arg(effects.headroom_s),
                 *readings,
             ],
         )
@@ -346,15 +396,26 @@ class RuntimeStore:
         shift = self._shift(done[3])
         return Released(bool(int(done[0])), parse_state(int(done[1]), done[2], shift))
 
-    async def renew(self, ref: LeaseRef, ttl_s: float) -> float | None:
-        """New expiry (epoch s, server time) or None if the lease is gone or expired."""
+    async def renew(
+        self, ref: LeaseRef, ttl_s: float, *, max_lifetime_s: float | None = None
+    ) -> RenewReply | None:
+        """Extend to now + ttl_s, never past grant + ``max_lifetime_s``, never shorter.
+
+        None if the lease is gone or expired.
+        """
+        end_ms = 0
+        if max_lifetime_s is not None and ref.granted_ms is not None:
+            end_ms = ref.granted_ms + int(max_lifetime_s * 1000)
         self.round_trips += 1
         reply = await self._call(
             RENEW_LUA,
             [self.keys.leases(ref.platform, ref.account_id)],
-            [ref.lease_id, F.s_to_ms(ttl_s)],
+            [ref.lease_id, F.s_to_ms(ttl_s), end_ms],
         )
-        return int(reply) / 1000.0 if int(reply) else None
+        new, now, old = (int(x) for x in reply)
+        if not new:
+            return None
+        return RenewReply(new / 1000.0, now / 1000.0, old / 1000.0)
 
     async def read_many(self, platform: str, account_ids: Sequence[str]) -> dict[str, RuntimeState]:
         """Runtime state of many accounts of one platform: one script call."""
@@ -383,3 +444,53 @@ class RuntimeStore:
         """
         self.round_trips += 1
         return bool(await self._call(UNBIND_LUA, [key], [account_id]))
+
+    async def write_readings(
+        self,
+        platform: str,
+        account_id: str,
+        windows: Sequence[QuotaWindow],
+        *,
+        now: float | None = None,
+    ) -> RuntimeState | None:
+        """Store quota readings the way a release stores those of its usage headers.
+
+        The same fields (``q:5h`` / ``q:7d``, the reading as JSON) in the same hash,
+        so the rules and every instance read them alike. ``now`` is this instance's
+        clock when the readings were taken (default: now): their times are sent
+        relative to it and the script puts them on Redis TIME, as a release does.
+        Every other instance is told on :meth:`Keys.readings_channel` (its release
+        watcher re-reads the account), so an account the readings unpause is
+        schedulable everywhere at once. Returns the account's state after the write
+        (None when there was nothing to write). One script call.
+        """
+        if not windows:
+            return None
+        at = self.clock() if now is None else now
+        flat = [x for w in windows for x in encode_reading(_relative(w, at))]
+        self.round_trips += 1
+        reply = await self._call(
+            READINGS_LUA,
+            [self.keys.leases(platform, account_id), self.keys.state(platform, account_id)],
+            [self.keys.readings_channel(platform), account_id, self.origin, *flat],
+        )
+        return parse_state(int(reply[0]), reply[1], self._shift(reply[2]))
+
+    async def apply(
+        self, platform: str, account_id: str, effects: Effects, *, alpha: float
+    ) -> RuntimeState:
+        """Apply account-level effects without a lease (a 401 the usage prober met, say).
+
+        The release script with a lease id no lease has: nothing of the lease
+        bookkeeping happens, every deadline is Redis TIME + its duration.
+        """
+        ref = LeaseRef(Platform(platform), "-", account_id, "-")
+        released = await self.release(ref, effects, alpha=alpha, when_gone=True)
+        assert released is not None  # when_gone: the script always applies and answers
+        return released.state
+
+    async def set_state(self, platform: str, account_id: str, fields: dict[str, str]) -> None:
+        """HSET fields on one account's state hash as they are (tests; another writer's write)."""
+        self.round_trips += 1
+        with translated():
+            await self.redis.client.hset(self.keys.state(platform, account_id), fields)

@@ -127,3 +127,55 @@ async def test_0007_drops_the_scoring_queue_weight_from_a_stored_document(
     assert record.version == 5
     assert record.document == {"scoring": {"top_k": 3}, "wait": {"max_wait_ms": 5}}
     assert record.settings.scoring.top_k == 3
+
+
+async def test_0008_keeps_the_oldest_name_and_renames_later_duplicates(
+    aio_loop: None, pg_server_dsn: str, tmp_path: Path
+) -> None:
+    """Existing duplicates (allowed before 0008): the oldest keeps the name, later ones
+    become "<name> #<id>" with their version bumped; then the unique index refuses more."""
+    from accounts.migrate import MIGRATIONS_DIR
+
+    name = f"smtest_m8_{tmp_path.name[-12:].replace('-', '_')}"
+    await admin_execute(pg_server_dsn, f'CREATE DATABASE "{name}"')
+    try:
+        before = [f for f in sorted(MIGRATIONS_DIR.glob("*.sql")) if f.name < "0008"]
+        for f in before:
+            (tmp_path / f.name).write_text(f.read_text())
+        async with open_database(DatabaseConfig(dsn=with_database(pg_server_dsn, name))) as db:
+            await migrate(db, tmp_path)
+            insert = (
+                "INSERT INTO accounts (id, name, platform, kind, groups, concurrency, created_at)"
+                " VALUES ($1::uuid, $2, 'openai', 'apikey', '{g}', 1, $3::text::timestamptz)"
+            )
+            rows = [
+                ("00000000-0000-0000-0000-000000000003", "main", "2024-01-01T00:00:00Z"),
+                ("00000000-0000-0000-0000-000000000001", "main", "2024-01-02T00:00:00Z"),
+                ("00000000-0000-0000-0000-000000000002", "x" * 200, "2024-01-01T00:00:00Z"),
+                ("00000000-0000-0000-0000-000000000004", "x" * 200, "2024-01-01T00:00:00Z"),
+                ("00000000-0000-0000-0000-000000000005", "solo", "2024-01-01T00:00:00Z"),
+            ]
+            for row in rows:
+                await db.execute(insert, *row)
+            assert 8 in await migrate(db)  # the real directory: 0008 and whatever follows
+            got = {
+                str(r["id"])[-1]: (r["name"], r["version"])
+                for r in await db.fetch("SELECT id, name, version FROM accounts")
+            }
+            assert got["3"] == ("main", 1)  # oldest keeps it
+            assert got["1"] == ("main #00000000-0000-0000-0000-000000000001", 2)
+            assert got["2"] == ("x" * 200, 1)  # same time: the lower id is the older
+            assert got["4"] == ("x" * 160 + " #00000000-0000-0000-0000-000000000004", 2)
+            assert got["5"] == ("solo", 1)
+            assert (
+                await db.fetchval(
+                    "SELECT count(*) FROM schedule_events WHERE kind = 'accounts_renamed'"
+                )
+                == 1
+            )
+            with pytest.raises(PostgresError):
+                await db.execute(
+                    insert, "00000000-0000-0000-0000-000000000006", "solo", "2025-01-01"
+                )
+    finally:
+        await admin_execute(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

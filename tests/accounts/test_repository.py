@@ -102,8 +102,11 @@ async def test_stale_version_conflicts_and_changes_nothing(repo: AccountReposito
         assert info.value.current_version == 2
         with pytest.raises(Conflict):
             await repo.delete(acct.id, expected_version=1)
-        with pytest.raises(ValidationFailed):
-            await repo.update(acct.id, AccountPatch(), expected_version=2)
+        # An empty patch is a no-op: the version is checked, not bumped.
+        same = await repo.update(acct.id, AccountPatch(), expected_version=2)
+        assert (same.version, same.priority) == (2, 1)
+        with pytest.raises(Conflict):
+            await repo.update(acct.id, AccountPatch(), expected_version=1)
         assert (await repo.get(acct.id)).priority == 1
 
 

@@ -44,6 +44,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("wait.retry_interval_ms", 5),
     ("leases.ttl_s", 0.5),
     ("leases.max_ttl_s", 8 * 86400),
+    ("leases.max_lifetime_s", 0),
     ("runtime.overloaded_s", 0),
     ("runtime.rate_limited_default_s", -5),
     ("runtime.ewma_alpha", 0),
@@ -53,6 +54,26 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("snapshot.grace_s", 0.5),
     ("snapshot.full_rebuild_s", 5),
     ("snapshot.view_poll_s", 0.01),
+    ("usage.enabled", "yes"),
+    ("usage.global_rate_per_s", 0),
+    ("usage.platform_rate_per_s", 10_001),
+    ("usage.platform_rates", {"nope": 1.0}),
+    ("usage.burst", 0),
+    ("usage.after_reset_s", -1),
+    ("usage.paused_interval_s", 0),
+    ("usage.near_margin", 1.5),
+    ("usage.near_interval_s", 31 * 86400),
+    ("usage.idle_interval_s", -3),
+    ("usage.min_interval_s", 86401),
+    ("usage.failure_backoff_s", 0),
+    ("usage.failure_backoff_max_s", 1),
+    ("usage.cannot_probe_retry_s", 0),
+    ("usage.jitter", 2),
+    ("usage.start_spread_s", 3601),
+    ("usage.concurrency", 0),
+    ("usage.timeout_s", 121),
+    ("usage.lock_ttl_s", 5),
+    ("usage.accounts_refresh_s", 0.5),
 ]
 
 
@@ -89,11 +110,12 @@ def test_out_of_range_values_name_the_field(key: str, value: Any) -> None:
     assert info.value.errors[0].field == key
 
 
-def test_cross_field_and_unknown_keys_are_refused() -> None:
-    """Bad input tried: max_ttl_s < ttl_s, unknown top-level/nested keys, a section as a scalar."""
-    with pytest.raises(ValidationFailed) as info:
-        parse_document({"leases": {"ttl_s": 600, "max_ttl_s": 300}})
-    assert info.value.errors[0].field == "leases.max_ttl_s"
+def test_no_cross_field_rule_and_unknown_keys_are_refused() -> None:
+    """Every value valid alone is valid together (the published schema can say so): a
+    max_ttl_s below ttl_s only caps renewals. Bad input tried: unknown top-level/nested
+    keys, a section as a scalar."""
+    leases = parse_document({"leases": {"ttl_s": 600, "max_ttl_s": 300}}).leases
+    assert (leases.ttl_s, leases.max_ttl_s) == (600, 300)
     with pytest.raises(ValidationFailed) as info:
         parse_document({"quota": {"default_5h_treshold": 0.9}, "nope": 1})
     assert [e.field for e in info.value.errors] == ["nope", "quota.default_5h_treshold"]

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -65,11 +66,15 @@ def _server_processes(state_dir: Path) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def _dev(
-    state_dir: Path, port: int = 0, config: dict[str, dict[str, object]] | None = None
+    state_dir: Path,
+    port: int = 0,
+    config: dict[str, dict[str, object]] | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[DaemonProcess]:
     """The dev subprocess; killed if still running at the end, its pipe always closed."""
-    args = ("dev", "--state-dir", str(state_dir), "--port", str(port))
-    proc = DaemonProcess(config or {}, args=args)
+    # --simulator-port 0: the default 8090 may be taken by another run on this machine.
+    args = ("dev", "--state-dir", str(state_dir), "--port", str(port), "--simulator-port", "0")
+    proc = DaemonProcess(config or {}, args=args, extra_env=env)
     try:
         yield proc
     finally:
@@ -104,8 +109,14 @@ async def _stop(proc: DaemonProcess, state_dir: Path) -> None:
 
 
 async def test_dev_serves_then_stops_both_servers_and_reuses_tokens(state_dir: Path) -> None:
-    with trio.fail_after(120):
-        async with _dev(state_dir) as first:
+    """Two runs on one state dir (the default one: $XDG_STATE_HOME/stationmaster). During
+    the second, the CLI in another shell reaches it with no flags and no variables
+    (the dev profile); after it, a command names the socket and database it tried."""
+    home = state_dir.parent
+    state_dir = home / "stationmaster"
+    env = {"XDG_STATE_HOME": str(home)}
+    with trio.fail_after(180):
+        async with _dev(state_dir, env=env) as first:
             url = await _wait_ready(first)
             assert url.startswith("http://127.0.0.1:")
             assert _banner_value(first, "stationmaster dev") == f"serving on {url}"
@@ -118,11 +129,65 @@ async def test_dev_serves_then_stops_both_servers_and_reuses_tokens(state_dir: P
         stored = json.loads(secrets_file.read_text())
         assert (stored["admin_token"], stored["gateway_token"]) == tokens
 
-        async with _dev(state_dir) as second:
-            await _wait_ready(second)
+        async with _dev(state_dir, env=env) as second:
+            url = await _wait_ready(second)
             again = (_banner_value(second, "admin token"), _banner_value(second, "gateway token"))
             assert again == tokens
+            await _check_demo(second, url, tokens[0])
+            await _cli_reaches_dev(home, second)
             await _stop(second, state_dir)
+
+        code, out, err = await _cli_plain(home, "accounts", "list")
+        assert code == 1, (out, err)
+        assert "not running" in err
+        assert "socket " in err and "database 'stationmaster'" in err, err
+
+
+async def _cli_reaches_dev(home: Path, dev: DaemonProcess) -> None:
+    profile = home / "stationmaster" / "dev-profile.toml"
+    assert profile.stat().st_mode & 0o777 == 0o600
+    assert f"CLI profile:   {profile}" in dev.output()
+    # The start-up hint no longer implies /openapi.json needs a token.
+    assert "Bearer" not in dev.output() and "need no token" in dev.output()
+    creds = json.dumps({"api_key": "sk-dev-profile-test-key"}).encode()
+    add = ("accounts", "add", "--name", "first", "--platform", "openai", "--group", "default",
+           "--model", "gpt-4o", "--credentials-file", "-")  # fmt: skip
+    code, out, err = await _cli_plain(home, *add, stdin=creds)
+    assert code == 0, (out, err)
+    assert f"using the `stationmaster dev` profile {profile}" in err
+    explain = ("explain", "--group", "default", "--platform", "openai", "--model", "gpt-4o")
+    outputs = {}
+    for args in (("accounts", "list"), ("check",), ("settings", "show"), ("buckets", "list"),
+                 explain):  # fmt: skip
+        code, out, err = await _cli_plain(home, *args)
+        assert code == 0, (args, out, err)
+        assert "profile" in err, (args, err)
+        outputs[args[0]] = out
+    assert "first" in outputs["accounts"]
+    assert "config: valid (from the dev profile" in outputs["check"]
+    assert any(
+        line.startswith("ok   database: reachable") for line in outputs["check"].splitlines()
+    )
+    # The daemon's own answer, over HTTP with the profile's token (the demo account too).
+    assert "first" in outputs["explain"] and "demo-openai-1" not in outputs["explain"]
+
+
+async def _check_demo(proc: DaemonProcess, url: str, admin_token: str) -> None:
+    """The demo accounts exist (seeded by the first run) and point at THIS run's simulator."""
+    sim_url = _banner_value(proc, "simulator").split()[0]
+    while not any(r.get("raw", "").strip().startswith("demo:") for r in proc.log_lines):
+        await trio.sleep(0.05)  # the line comes once seeding is done (under fail_after)
+    assert "6 accounts" in _banner_value(proc, "demo")
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        assert (await client.get(sim_url + "/_sim/health")).json()["ok"] is True
+        listed = await client.get(
+            url + "/v1/admin/accounts",
+            params={"group": "demo"},
+            headers={"authorization": f"Bearer {admin_token}"},
+        )
+    items = listed.json()["items"]
+    assert {a["platform"] for a in items} == {"dashscope", "kling", "openai", "anthropic"}
+    assert len(items) == 6 and all(a["base_url"] == sim_url for a in items)
 
 
 async def test_dev_daemon_failing_to_start_leaves_no_servers(state_dir: Path) -> None:
@@ -167,3 +232,24 @@ async def test_dev_recovers_from_a_killed_run(state_dir: Path) -> None:
             if leftover.poll() is None:
                 leftover.send_signal(signal.SIGKILL)
                 leftover.wait()
+
+
+async def _cli_plain(home: Path, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """The CLI as a user types it in a second shell: no flags, no STATIONMASTER_* variables.
+
+    Only the XDG state home differs from this machine's (so the default state dir
+    is the test's); the working directory holds no stationmaster.toml.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATIONMASTER_")}
+    env["XDG_STATE_HOME"] = str(home)
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [sys.executable, "-m", "scheduler", *args],
+            stdin=stdin,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+            cwd=home,
+        )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()

@@ -49,7 +49,8 @@ def test_env_overrides_win_over_file(tmp_path: Path) -> None:
         "STATIONMASTER_HTTP_PORT": "9100",
         "STATIONMASTER_AUTH_ADMIN_TOKENS": '["from-the-env-xxxxxxxxx"]',
         "STATIONMASTER_REDIS_KEY_PREFIX": "12345",  # a string key keeps digits as text
-        "STATIONMASTER_STATE_DIR": "/not/a/config/key",  # no section: ignored
+        "STATIONMASTER_STATE_DIR": "/not/a/config/key",  # allow-listed: not a config key
+        "STATIONMASTER_TEST_PG_DSN": "postgresql://x@127.0.0.1/y",  # reserved for the tests
     }
     config = load_config(file, env)
     assert config.http.port == 9100
@@ -61,10 +62,45 @@ def test_env_overrides_win_over_file(tmp_path: Path) -> None:
 def test_env_unknown_key_and_bad_value() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(None, {"STATIONMASTER_HTTP_PROT": "1"})
-    assert info.value.key == "http.prot"
+    assert info.value.key == "STATIONMASTER_HTTP_PROT"
+    assert "http.prot" in info.value.reason
     with pytest.raises(ConfigError) as info:
         load_config(None, {"STATIONMASTER_HTTP_PORT": "-4"})
     assert info.value.key == "http.port"
+
+
+@pytest.mark.parametrize("name", ["STATIONMASTER_POSTGRES_DSN", "STATIONMASTER_NOSUCH_KEY"])
+def test_env_unknown_variables_are_refused_by_name(name: str) -> None:
+    """A mistyped variable is an error naming it, like an unknown key in the file."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {name: "postgresql://127.0.0.1/x"})
+    assert info.value.key == name
+    assert "unknown variable" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),  # bare text
+        ('"redis://127.0.0.1:6379/0"', "redis://127.0.0.1:6379/0"),  # a TOML string
+        ("'redis://127.0.0.1:6379/0'", "redis://127.0.0.1:6379/0"),  # a TOML literal string
+    ],
+)
+def test_env_string_keys_take_bare_and_toml_strings(raw: str, expected: str) -> None:
+    config = load_config(None, {"STATIONMASTER_REDIS_URL": raw})
+    assert config.redis.url == expected
+    # Not a string key: the value is TOML (a quoted number is not a port).
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"STATIONMASTER_HTTP_PORT": '"9000"'})
+    assert info.value.key == "http.port"
+
+
+def test_cli_refuses_an_unknown_variable_with_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATIONMASTER_POSTGRES_DSN", "postgresql://127.0.0.1/x")
+    assert main(["check"]) == 2
+    assert "STATIONMASTER_POSTGRES_DSN" in capsys.readouterr().err
 
 
 def test_config_file_lookup(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -10,7 +11,7 @@ import trio
 
 from accounts.crypto import Cipher, CryptoConfig, generate_key
 from accounts.db import Database
-from accounts.errors import ConfigError
+from accounts.errors import ConfigError, NameTaken
 from accounts.inputs import AccountCreate
 from accounts.repository import AccountRepository
 from accounts.validation import convert
@@ -77,13 +78,18 @@ async def test_crud_versions_and_masking(config: Config, db: Database) -> None:
             r = await http.patch(one, json={"priority": 7}, headers={"if-match": "1"})
             assert r.status_code == 409
             assert r.json()["error"]["details"]["current_version"] == 3
+            # Both given: both must be the stored version (two preconditions), else 409.
             r = await http.patch(one, json={"priority": 7, "version": 2}, headers={"if-match": "3"})
-            assert r.status_code == 422 and r.json()["error"]["details"]["errors"][0]["field"] == (
-                "version"
-            )
-            r = await http.patch(one, json={"priority": 7}, headers={"if-match": "abc"})
-            assert r.status_code == 422
+            assert r.status_code == 409 and r.json()["error"]["details"]["current_version"] == 3
+            for bad in (b"abc", b"0", b"\xb2", b"3x"):  # "²" passes str.isdigit, not int()
+                r = await http.patch(one, json={"priority": 7}, headers={"if-match": bad})
+                assert r.status_code == 422, bad
+                assert r.json()["error"]["details"]["errors"][0]["field"] == "If-Match"
             assert (await http.get(one)).json()["priority"] == 6
+            # An empty merge patch is a no-op (version checked, not bumped).
+            r = await http.patch(one, json={}, headers={"if-match": '"3"'})
+            assert r.status_code == 200 and r.json()["version"] == 3
+            assert (await http.patch(one, json={}, headers={"if-match": "2"})).status_code == 409
 
             r = await http.post(one + "/disable")
             assert r.status_code == 200 and r.json()["status"] == "disabled"
@@ -197,7 +203,9 @@ async def test_invalid_bodies_answer_422_and_change_nothing(
                 "field": "credentials",
                 "reason": "required",
             }
-            r = await http.post(BASE, content=b"{not json", headers={"content-type": "text/json"})
+            r = await http.post(
+                BASE, content=b"{not json", headers={"content-type": "application/json"}
+            )
             assert r.status_code == 400
             big = body(credentials={"api_key": "x" * 10_000})
             assert (await http.post(BASE, json=big)).status_code == 413
@@ -205,6 +213,60 @@ async def test_invalid_bodies_answer_422_and_change_nothing(
             assert r.status_code == 413
             items = (await http.get(BASE)).json()["items"]
             assert [a["id"] for a in items] == [ok["id"]] and items[0]["version"] == 1
+
+
+async def test_names_are_unique_nul_refused_content_type_and_whole_floats(
+    config: Config, db: Database
+) -> None:
+    """Bad inputs tried: a second account named like the first (create and rename), an
+    import naming one account twice, NUL in name and base_url (create and patch), a
+    text/plain and a form body. 2.0 for an integer field is an integer (JSON Schema)."""
+    with trio.fail_after(30):
+        async with open_daemon(config) as (_daemon, url), admin_client(url) as http:
+            first = (await http.post(BASE, json=body(name="main"))).json()
+            r = await http.post(BASE, json=body(name="main"))
+            assert r.status_code == 409 and r.json()["error"]["code"] == "name_taken"
+            assert r.json()["error"]["details"]["field"] == "name"
+            second = (await http.post(BASE, json=body(name="spare", concurrency=2.0))).json()
+            assert second["concurrency"] == 2 and isinstance(second["concurrency"], int)
+            r = await http.patch(
+                f"{BASE}/{second['id']}", json={"name": "main"}, headers={"if-match": "1"}
+            )
+            assert r.status_code == 409 and r.json()["error"]["code"] == "name_taken"
+            for field, value in (("name", "a\u0000b"), ("base_url", "https://x.example/\u0000")):
+                r = await http.post(BASE, json=body(**{"name": "third", field: value}))
+                assert r.status_code == 422, (field, r.text)
+                assert r.json()["error"]["details"]["errors"][0]["field"] == field
+                r = await http.patch(
+                    f"{BASE}/{first['id']}", json={field: value}, headers={"if-match": "1"}
+                )
+                assert r.status_code == 422, (field, r.text)
+                assert r.json()["error"]["details"]["errors"][0]["field"] == field
+            for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+                r = await http.post(
+                    BASE,
+                    content=json.dumps(body(name="fourth")).encode(),
+                    headers={"content-type": content_type},
+                )
+                assert r.status_code == 415, (content_type, r.text)
+                assert r.json()["error"]["code"] == "unsupported_media_type"
+            r = await http.post(
+                BASE,
+                content=json.dumps(body(name="fifth")).encode(),
+                headers={"content-type": "application/json; charset=utf-8"},
+            )
+            assert r.status_code == 201
+            names = sorted(a["name"] for a in (await http.get(BASE)).json()["items"])
+            assert names == ["fifth", "main", "spare"]
+
+
+async def test_duplicate_names_in_an_import(db: Database) -> None:
+    repo = AccountRepository(db, Cipher(CryptoConfig(keys=[CRYPTO_KEY])))
+    rows = [convert(body(name=n), AccountCreate) for n in ("x", "y", "x")]
+    with pytest.raises(NameTaken) as info:
+        await repo.create_many(rows)
+    assert info.value.details["row"] == 3 and info.value.status == 409
+    assert await db.fetchval("SELECT count(*) FROM accounts") == 0
 
 
 async def test_openapi_documents_the_routes(config: Config) -> None:

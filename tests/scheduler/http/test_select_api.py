@@ -8,6 +8,8 @@ in a release, an admin token on the gateway route.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import httpx
 import trio
 
@@ -59,7 +61,9 @@ async def test_select_release_renew_and_503(config, db):
                 assert got["attempts"] == 1 and got["sticky"] is False
                 lease = got["lease_id"]
                 r = await gw.post(f"/v1/leases/{lease}/renew", json={"ttl_s": 600})
-                assert r.status_code == 200 and r.json()["expires_at"] > got["lease_expires_at"]
+                assert r.status_code == 200
+                renewed = datetime.fromisoformat(r.json()["expires_at"])
+                assert renewed > datetime.fromisoformat(got["lease_expires_at"])
                 r = await gw.post("/v1/select", json=SELECT)
                 assert r.status_code == 503
                 assert r.json()["error"]["code"] == "no_available_accounts"

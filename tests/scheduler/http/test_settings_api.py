@@ -97,8 +97,10 @@ async def test_bad_writes_answer_4xx_and_change_nothing(db: Database, config: Co
                 (lambda: _put(client, {"nope": {}}, 1), 422, "nope"),
                 (lambda: _put(client, {"quota": {"nope": None}}, 1), 422, "quota.nope"),
                 (lambda: _put(client, [1, 2], 1), 422, None),
-                (lambda: _put(client, {"leases": {"ttl_s": 900, "max_ttl_s": 60}}, 1), 422,
-                 "leases.max_ttl_s"),
+                (lambda: _put(client, {"leases": {"ttl_s": 900, "max_lifetime_s": "x"}}, 1), 422,
+                 "leases.max_lifetime_s"),
+                (lambda: client.put(PATH, content=b'{"scoring": {"top_k": 4}}', headers={
+                 "if-match": "1", "content-type": "text/plain"}), 415, None),
                 (lambda: client.put(PATH, content=b"{not json", headers={"if-match": "1"}), 400,
                  None),
                 (lambda: _put(client, {"scoring": {"top_k": 4}}, None), 428, None),

@@ -4,7 +4,8 @@ The runtime-state fields live in :mod:`scheduler.selection.fields`; the only
 other lower-case words the scripts return are the snapshot's activation
 outcomes (:class:`snapshot.schedule.PublishOutcome` and ``MOVED``), the field
 names of a quota reading (:class:`accounts.model.QuotaWindow`, whose times
-``release.lua`` rebases) and Lua's type names. A misspelt field in a
+``release.lua`` rebases), the snapshot's ``seq`` hash, the usage prober's
+probe record (``scheduler.usage.store.RECORD_FIELDS``) and Lua's type names. A misspelt field in a
 script (``'rl_untill'``) would silently never match what Python writes: this
 test reads every ``.lua`` file under ``scheduler/`` and ``snapshot/`` and fails
 on any name-like string literal declared in neither place.
@@ -19,6 +20,7 @@ import pytest
 
 from accounts.model import QuotaWindow
 from scheduler.selection import fields
+from scheduler.usage.store import RECORD_FIELDS
 from snapshot.keys import SEQ_EPOCH, SEQ_NUMBER
 from snapshot.schedule import MOVED, PublishOutcome
 
@@ -36,6 +38,8 @@ DECLARED = (
     | {MOVED}
     # alloc.lua: the fields of a bucket's seq hash.
     | {SEQ_NUMBER, SEQ_EPOCH}
+    # The usage prober's scripts: the fields of its probe record hash.
+    | set(RECORD_FIELDS)
     # release.lua rebases a quota reading's times: the reading's own field names.
     | set(QuotaWindow.__struct_fields__)
     | LUA_WORDS

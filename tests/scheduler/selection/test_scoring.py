@@ -113,3 +113,21 @@ def test_weights_from_settings_section():
     w = Weights.from_settings(Settings().scoring)
     assert w.priority == Settings().scoring.priority
     assert w.reset_soon == Settings().scoring.reset_soon
+
+
+@given(room=st.floats(0, 1), left_s=st.floats(-100, 100).filter(lambda x: abs(x) > 1e-3))
+def test_low_upstream_rate_limit_room_is_a_soft_penalty_until_its_reset(
+    room: float, left_s: float
+) -> None:
+    """OpenAI x-ratelimit-* room lowers quota_headroom to it while the reading holds; once
+    its reset passed it counts no more. Nothing else of the score moves."""
+    a = account(1)
+    plain = score([(a, RuntimeState())], Weights(), NOW)[0]
+    low = RuntimeState(ratelimit_room=room, ratelimit_room_until=NOW + left_s)
+    got = score([(a, low)], Weights(), NOW)[0]
+    assert got.terms is not None and plain.terms is not None
+    if left_s > 0:
+        assert got.terms.quota_headroom == min(1.0, room)
+        assert got.score <= plain.score
+    else:
+        assert got.terms == plain.terms and got.score == plain.score

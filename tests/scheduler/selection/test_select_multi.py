@@ -27,6 +27,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -192,20 +193,21 @@ class Hammer:
                 continue
             assert r.status_code == 200, r.text
             got = r.json()
+            expires = datetime.fromisoformat(got["lease_expires_at"]).timestamp()
             account_id, lease_id = got["account"]["id"], got["lease_id"]
             self.tracker.granted(account_id, lease_id)
             self.counts["selects"] += 1
             self.per_url[str(gw.base_url)] += 1
             if len(self.abandoned) < ABANDON_BUDGET and rng.random() < ABANDON_P:
-                self.tracker.abandoned(account_id, lease_id, got["lease_expires_at"])
-                self.abandoned[lease_id] = got["lease_expires_at"]
+                self.tracker.abandoned(account_id, lease_id, expires)
+                self.abandoned[lease_id] = expires
                 continue
             await trio.sleep(rng.random() * 0.02)
             self.tracker.released(account_id, lease_id)
             r = await gw.post(f"/v1/leases/{lease_id}/release", json={"status": 200})
             if r.status_code == 404:
                 # Only a lease older than its TTL may be gone (it expired first).
-                assert time.time() >= got["lease_expires_at"], r.text
+                assert time.time() >= expires, r.text
                 self.counts["expired_before_release"] += 1
             else:
                 assert r.status_code == 200, r.text

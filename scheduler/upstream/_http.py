@@ -1,0 +1,174 @@
+"""One HTTP exchange with an upstream, every failure translated into our errors.
+
+The adapters build the request and read the answer; this module owns what is
+common: timeouts (httpx's per-phase ones plus one overall deadline, so a body
+trickling a byte at a time cannot hold a poller forever), the per-platform
+connection limit, and the translation of transport failures. For a submit the
+question that matters is whether the request may have reached the upstream: a
+failure to connect is ``Transient`` (nothing was sent, retry is safe), anything
+after the request went out is ``Ambiguous``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+import trio
+
+from .errors import Ambiguous, AuthFailed, RateLimited, Rejected, Transient, UpstreamError
+
+T = TypeVar("T")
+
+# Beyond an hour a Retry-After is garbage or a daily quota; either way not a delay to sleep.
+MAX_RETRY_AFTER_S = 3600.0
+
+
+class Reply(msgspec.Struct, frozen=True):
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+
+class Exchange:
+    """Sends requests for one platform through the shared client."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        platform: str,
+        *,
+        connect_timeout_s: float,
+        timeout_s: float,
+        submit_timeout_s: float,
+        max_connections: int,
+    ) -> None:
+        self.client = client
+        self.platform = platform
+        self._connect_s = connect_timeout_s
+        self._timeout_s = timeout_s
+        self._submit_s = submit_timeout_s
+        self._limiter = trio.CapacityLimiter(max_connections)
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        account_id: str | None,
+        headers: Mapping[str, str],
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        submit: bool = False,
+    ) -> Reply:
+        """The upstream's answer (any status); raises Transient, or Ambiguous for a submit."""
+        read_s = self._submit_s if submit else self._timeout_s
+        timeout = httpx.Timeout(read_s, connect=self._connect_s, pool=self._connect_s)
+        content = msgspec.json.encode(json) if json is not None else None
+        hdrs = dict(headers)
+        if content is not None:
+            hdrs["content-type"] = "application/json"
+        sent = False
+        # The overall deadline covers the pool wait, connect, send and a slow body.
+        with trio.move_on_after(self._connect_s * 2 + read_s) as deadline:
+            try:
+                async with self._limiter:
+                    request = self.client.build_request(
+                        method, url, headers=hdrs, content=content, params=params, timeout=timeout
+                    )
+                    sent = True
+                    response = await self.client.send(request)
+                    try:
+                        body = await response.aread()
+                    finally:
+                        await response.aclose()
+                return Reply(response.status_code, response.headers, body)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise self._transient(
+                    f"cannot reach upstream ({type(exc).__name__})", account_id
+                ) from None
+            except httpx.HTTPError as exc:
+                what = f"no complete answer ({type(exc).__name__})"
+                raise self._lost(what, account_id, submit) from None
+        assert deadline.cancelled_caught
+        raise self._lost("no complete answer in time", account_id, submit and sent)
+
+    def _transient(self, message: str, account_id: str | None) -> Transient:
+        return Transient(message, platform=self.platform, account_id=account_id)
+
+    def _lost(self, message: str, account_id: str | None, submit: bool) -> UpstreamError:
+        if submit:
+            return Ambiguous(
+                f"submit outcome unknown: {message}", platform=self.platform, account_id=account_id
+            )
+        return self._transient(message, account_id)
+
+    def decode(self, reply: Reply, type_: type[T], *, account_id: str | None, submit: bool) -> T:
+        """The body as ``type_``; a body we cannot read is Transient (Ambiguous on submit)."""
+        try:
+            return msgspec.json.decode(reply.body, type=type_)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # The decoder's message names the field, never the body's content.
+            raise self._lost(
+                f"unreadable answer (HTTP {reply.status}): {exc}", account_id, submit
+            ) from None
+
+    def error(
+        self,
+        reply: Reply,
+        reason: str,
+        *,
+        account_id: str | None,
+        submit: bool = False,
+    ) -> UpstreamError:
+        """The generic classification of a non-2xx answer by its HTTP status."""
+        status = reply.status
+        msg = f"HTTP {status}: {reason}"
+        if status == 429:
+            return RateLimited(
+                msg,
+                platform=self.platform,
+                account_id=account_id,
+                retry_after_s=retry_after_s(reply.headers),
+            )
+        if status in (401, 403):
+            return AuthFailed(msg, platform=self.platform, account_id=account_id)
+        if submit and status in (502, 504):
+            # A gateway in front timed out: the origin may have created the task.
+            return self._lost(msg, account_id, submit=True)
+        if status >= 500 or status == 408:
+            return self._transient(msg, account_id)
+        return Rejected(msg, platform=self.platform, account_id=account_id)
+
+
+def retry_after_s(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (delay or HTTP date)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        value = _number(raw_ms)
+        if value is not None:
+            return min(value / 1000.0, MAX_RETRY_AFTER_S)
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    value = _number(raw)
+    if value is None:
+        try:
+            when = email.utils.parsedate_to_datetime(raw).timestamp()
+        except (TypeError, ValueError):
+            return None
+        value = when - (time.time() if now is None else now)
+    return min(max(value, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _number(raw: str) -> float | None:
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None

@@ -1,0 +1,238 @@
+"""RESP on one connection: hiredis parsing, request/reply matching, the write path.
+
+The private half of :mod:`snapshot.lean_redis` and the only module that imports
+hiredis. A :class:`Connection` pipelines the commands of every caller that uses
+it and hands replies back in request order; :class:`Waiter` is one caller
+waiting for its reply (or replies). The pool, timeouts, backoff and scripts are
+:mod:`snapshot.lean_redis`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+import outcome
+import trio
+
+from accounts.errors import StoreUnavailable
+
+# One read takes whatever Redis sent, up to this; a 500-account runtime read is ~60 kB.
+_RECV_BYTES = 256 * 1024
+# Error replies that mean the server cannot serve now, not that the command is wrong.
+_UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
+_CLUSTER_REPLIES = ("MOVED", "ASK", "CLUSTERDOWN")
+# A decoded RESP value: str, int, None, a list of those (or hiredis.ReplyError).
+Reply = Any
+ProtocolError = hiredis.ProtocolError
+
+
+class RedisReplyError(Exception):
+    """Redis answered with an error about the command itself (wrong type, script error...)."""
+
+
+class Waiter:
+    """One call waiting for ``want`` replies on a connection."""
+
+    __slots__ = ("abandoned", "parked", "replies", "result", "task", "want")
+
+    def __init__(self, want: int) -> None:
+        self.task = trio.lowlevel.current_task()
+        self.want = want
+        self.replies: list[Reply] = []
+        self.result: outcome.Outcome[list[Reply]] | None = None
+        self.parked = False
+        self.abandoned = False
+
+    def add(self, reply: Reply) -> bool:
+        """Record one reply; True once the call has all it asked for."""
+        self.replies.append(reply)
+        if len(self.replies) < self.want:
+            return False
+        self._finish(outcome.Value(self.replies))
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        self._finish(outcome.Error(exc))
+
+    def _finish(self, result: outcome.Outcome[list[Reply]]) -> None:
+        if self.abandoned or self.result is not None:
+            return
+        self.result = result
+        if self.parked:
+            trio.lowlevel.reschedule(self.task, result)
+
+    def abort(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
+        # Cancelled while parked: the reply will still arrive and be dropped.
+        self.abandoned = True
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
+class Connection:
+    """One socket, its hiredis reader, the waiters in request order, the queued writes."""
+
+    def __init__(
+        self, stream: trio.abc.Stream, reader: hiredis.Reader, pool: list[Connection]
+    ) -> None:
+        self.stream = stream
+        self.reader = reader
+        # The pool's list of open connections: a closed one leaves it at once, so no
+        # call is ever queued on a connection nobody reads any more.
+        self._pool = pool
+        # Plain sockets are written and read on their fd directly (see write_nowait);
+        # TLS goes through the stream. -1: no fd fast path.
+        self.fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        self.pending: deque[Waiter] = deque()
+        self.out: list[bytes] = []
+        self.writing = False
+        self.closed = False
+
+    def fail(self, exc: StoreUnavailable) -> None:
+        """Close for good; every waiter gets ``exc``. Idempotent and synchronous."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(ValueError):
+            self._pool.remove(self)
+        while self.pending:
+            self.pending.popleft().fail(exc)
+        close_now(self.stream)
+
+    def write_nowait(self) -> None:
+        """Write the queued command now if the socket takes it (the usual case).
+
+        ``send_all`` would also write at once, but then yields to the scheduler
+        (a trio checkpoint): one extra pass, with its epoll call, on every call.
+        Whatever the socket does not take is left for :meth:`flush`.
+        """
+        data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+        try:
+            sent = os.write(self.fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.fail(StoreUnavailable("redis", f"connection lost ({type(exc).__name__})"))
+            return
+        self.out.clear()
+        if sent < len(data):
+            self.out.append(data[sent:])
+
+    async def flush(self, deadline: float) -> None:
+        """Send everything queued (commands queued meanwhile too), shielded from cancels.
+
+        A half-sent command would corrupt the connection for everyone, so an outside
+        cancel waits for the write (the socket buffer normally takes it at once); only
+        the call's own deadline interrupts it, and then the connection is closed.
+        """
+        self.writing = True
+        try:
+            with trio.CancelScope(shield=True, deadline=deadline) as scope:
+                while self.out and not self.closed:
+                    data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+                    self.out.clear()
+                    await self.stream.send_all(data)
+            if scope.cancelled_caught:
+                self.fail(StoreUnavailable("redis", "could not send a command in time"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.fail(StoreUnavailable("redis", f"connection lost ({type(exc).__name__})"))
+        finally:
+            self.writing = False
+
+    async def read_loop(self) -> None:
+        """Hand replies to waiters in order until the connection ends."""
+        try:
+            while not self.closed:
+                data: bytes | bytearray
+                if self.fd >= 0:
+                    # Wait first, then read: no speculative read that finds nothing.
+                    await trio.lowlevel.wait_readable(self.fd)
+                    try:
+                        data = os.read(self.fd, _RECV_BYTES)
+                    except BlockingIOError:
+                        continue
+                else:
+                    data = await self.stream.receive_some(_RECV_BYTES)
+                if not data:
+                    self.fail(StoreUnavailable("redis", "the server closed the connection"))
+                    return
+                self.reader.feed(data)  # type: ignore[arg-type]  # stub says str|bytes; any buffer works
+                self._dispatch()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.fail(StoreUnavailable("redis", f"connection lost ({type(exc).__name__})"))
+        except hiredis.ProtocolError as exc:
+            self.fail(StoreUnavailable("redis", f"protocol error ({exc})"))
+
+    def _dispatch(self) -> None:
+        reader, pending = self.reader, self.pending
+        while (reply := reader.gets()) is not False:
+            if not pending:
+                self.fail(StoreUnavailable("redis", "a reply nobody asked for"))
+                return
+            if pending[0].add(reply):
+                pending.popleft()
+
+
+def close_now(stream: trio.abc.Stream) -> None:
+    """Close the socket under ``stream`` synchronously (wakes its reader with an error)."""
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(inner, trio.SocketStream):
+        inner.socket.close()
+
+
+async def start_connection(
+    stream: trio.abc.Stream, handshake: Sequence[tuple[str | int, ...]], pool: list[Connection]
+) -> Connection:
+    """A Connection on ``stream`` once ``handshake`` (AUTH, SELECT) is answered.
+
+    A refused handshake is StoreUnavailable naming the command and Redis' answer
+    (WRONGPASS, invalid DB), never the secret. The stream is closed on any failure.
+    """
+    try:
+        reader = hiredis.Reader(encoding="utf-8")
+        if handshake:
+            await stream.send_all(b"".join(pack(c) for c in handshake))
+            for command in handshake:
+                reply = await _read_one(stream, reader)
+                if isinstance(reply, hiredis.ReplyError):
+                    raise StoreUnavailable("redis", f"{command[0]} refused: {reply}")
+    except BaseException:
+        close_now(stream)
+        raise
+    return Connection(stream, reader, pool)
+
+
+async def _read_one(stream: trio.abc.Stream, reader: hiredis.Reader) -> Reply:
+    while (reply := reader.gets()) is False:
+        data = await stream.receive_some(_RECV_BYTES)
+        if not data:
+            raise trio.BrokenResourceError("the server closed the connection")
+        reader.feed(data)  # type: ignore[arg-type]  # as in read_loop
+    return reply
+
+
+def pack(args: tuple[Any, ...]) -> bytes:
+    # hiredis' stub types the argument as a 1-tuple; any tuple of str/int/float/bytes works.
+    return hiredis.pack_command(args)  # type: ignore[arg-type]
+
+
+def checked(reply: Reply) -> Reply:
+    if not isinstance(reply, hiredis.ReplyError):
+        return reply
+    text = str(reply)
+    code = text.split(" ", 1)[0]
+    if code in _UNAVAILABLE_REPLIES:
+        raise StoreUnavailable("redis", f"server answered {code}")
+    if code in _CLUSTER_REPLIES:
+        raise StoreUnavailable(
+            "redis", f"server answered {code}: Redis Cluster is not supported on the lean path"
+        )
+    raise RedisReplyError(text)
+
+
+def is_noscript(reply: Reply) -> bool:
+    """True for Redis' answer to EVALSHA of a script it does not have."""
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
