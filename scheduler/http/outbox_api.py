@@ -19,12 +19,12 @@ a ``limit`` out of range or not a number, a malformed ``after`` cursor or id.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Literal
 
 import msgspec
 
 from accounts.errors import StoreUnavailable, ValidationFailed
-from accounts.validation import convert
 
 from ..outbox import Cursor, FeedPage, OutboxEvent, OutboxStore, Status
 from .endpoints import Call, Endpoint, Scope
@@ -32,17 +32,45 @@ from .endpoints import Call, Endpoint, Scope
 MAX_FEED_PAGE = 1000
 MAX_ADMIN_PAGE = 500
 _ID_MAX = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 class FeedQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    after: str | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_FEED_PAGE)] = 100
+    after: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=64,
+                description="next_cursor of the previous page (omit to start from the oldest kept)",
+            ),
+        ]
+        | None
+    ) = None
+    limit: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=MAX_FEED_PAGE, description=f"page size, 1..{MAX_FEED_PAGE}"),
+    ] = 100
 
 
 class OutboxQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    status: Literal["pending", "published", "consumed", "dead"] | None = None
-    after: Annotated[int, msgspec.Meta(ge=0, le=_ID_MAX)] = 0
-    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_ADMIN_PAGE)] = 100
+    status: (
+        Annotated[
+            Literal["pending", "published", "consumed", "dead"],
+            msgspec.Meta(description="only events in this status (default: all)"),
+        ]
+        | None
+    ) = None
+    after: Annotated[
+        int, msgspec.Meta(ge=0, le=_ID_MAX, description="next_after of the previous page")
+    ] = 0
+    limit: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=MAX_ADMIN_PAGE, description=f"page size, 1..{MAX_ADMIN_PAGE}"),
+    ] = 100
+
+
+# An outbox event id in a path: a positive integer that fits a bigint.
+EventId = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,19}$", description="outbox event id")]
 
 
 class OutboxList(msgspec.Struct, frozen=True):
@@ -58,32 +86,22 @@ def _store(call: Call) -> OutboxStore:
     return store
 
 
-def _query(call: Call, type_: type[Any], ints: tuple[str, ...]) -> Any:
-    params: dict[str, Any] = dict(call.request.query_params)
-    for name in ints:
-        if name in params:
-            text = params[name]
-            if not text.isdigit() or len(text) > 19:
-                raise ValidationFailed.one(name, "must be a non-negative integer")
-            params[name] = int(text)
-    return convert(params, type_)
-
-
 def _event_id(call: Call) -> int:
     text = call.request.path_params["id"]
-    if not text.isdigit() or len(text) > 19 or int(text) > _ID_MAX:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if not _DIGITS.fullmatch(text) or int(text) > _ID_MAX:
         raise ValidationFailed.one("id", "must be an outbox event id (a positive integer)")
     return int(text)
 
 
 async def pull_events(call: Call) -> FeedPage:
-    query: FeedQuery = _query(call, FeedQuery, ("limit",))
+    query: FeedQuery = call.query
     after = Cursor() if query.after is None else Cursor.parse(query.after, field="after")
     return await _store(call).feed(after, query.limit)
 
 
 async def list_outbox(call: Call) -> OutboxList:
-    query: OutboxQuery = _query(call, OutboxQuery, ("after", "limit"))
+    query: OutboxQuery = call.query
     status = None if query.status is None else Status(query.status)
     items = await _store(call).list(status, after_id=query.after, limit=query.limit)
     return OutboxList(items, items[-1].id if len(items) == query.limit else None)
@@ -109,10 +127,7 @@ ENDPOINTS = [
         response=FeedPage,
         errors=(422, 503),
         tags=("events",),
-        query={
-            "after": "next_cursor of the previous page (omit to start from the oldest kept)",
-            "limit": f"page size, 1..{MAX_FEED_PAGE} (default 100)",
-        },
+        query=FeedQuery,
     ),
     Endpoint(
         "GET",
@@ -123,11 +138,7 @@ ENDPOINTS = [
         response=OutboxList,
         errors=(422, 503),
         tags=_TAGS,
-        query={
-            "status": "pending, published, consumed or dead (default: all)",
-            "after": "next_after of the previous page",
-            "limit": f"page size, 1..{MAX_ADMIN_PAGE} (default 100)",
-        },
+        query=OutboxQuery,
     ),
     Endpoint(
         "GET",
@@ -137,6 +148,7 @@ ENDPOINTS = [
         scope=Scope.ADMIN,
         response=OutboxEvent,
         errors=(404, 422, 503),
+        path_types={"id": EventId},
         tags=_TAGS,
     ),
     Endpoint(
@@ -147,6 +159,7 @@ ENDPOINTS = [
         scope=Scope.ADMIN,
         response=OutboxEvent,
         errors=(404, 409, 422, 503),
+        path_types={"id": EventId},
         tags=_TAGS,
     ),
 ]
