@@ -75,9 +75,12 @@ async def test_redis_restarted_empty_is_healed_and_followed(
                 a, b = await _account(admin, "a"), await _account(admin, "b")
                 while (await gw.post("/v1/select", json=SELECT)).status_code != 200:
                     await trio.sleep(0.05)
-                for _ in range(3):  # push the version number up
+                done = 0
+                while done < 3:  # push the version number up
                     r = await admin.post("/v1/admin/buckets/rebuild", json={"bucket": "g1/openai"})
-                    assert r.json()["results"][0]["outcome"] == "activated"
+                    outcome = r.json()["results"][0]["outcome"]
+                    assert outcome in ("activated", "busy"), r.text  # busy: the builder is at it
+                    done += outcome == "activated"
                 held = daemon.services.schedule.view.get(BUCKET)
                 while held is None or held.version < 4:
                     await trio.sleep(0.05)
