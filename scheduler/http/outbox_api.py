@@ -26,7 +26,7 @@ import msgspec
 
 from accounts.errors import StoreUnavailable, ValidationFailed
 
-from ..outbox import Cursor, FeedPage, OutboxEvent, OutboxStore, Status
+from ..outbox import CURSOR_PATTERN, Cursor, FeedPage, OutboxEvent, OutboxStore, Status
 from .endpoints import Call, Endpoint, Scope
 
 MAX_FEED_PAGE = 1000
@@ -40,7 +40,7 @@ class FeedQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         Annotated[
             str,
             msgspec.Meta(
-                max_length=64,
+                pattern=CURSOR_PATTERN,
                 description="next_cursor of the previous page (omit to start from the oldest kept)",
             ),
         ]

@@ -6,7 +6,7 @@ and the probe rates apply; its schedule does not) and answers what it read: the
 weeks, shown only), the pause verdict with the new readings, and the result
 (``ok``, ``cannot_probe``, ``auth_failed``, ``rate_limited``, ``failed``). A probe that
 reached the upstream answers 200 whatever the upstream said; 404 for an unknown
-account, 422 for an account without a usage endpoint, 409 (with Retry-After)
+account, 409 `not_probeable` for an account without a usage endpoint, 409 (with Retry-After)
 while another probe holds the account, 429 (with Retry-After) while the probe
 rates stay used up.
 """

@@ -38,6 +38,7 @@ from ._install import Outbox, build_outbox
 from ._metrics import OutboxMetrics
 from ._rules import Status, Verdict, classify, may_move, retry_delay_s, settle
 from ._store import (
+    CURSOR_PATTERN,
     Backlog,
     Claim,
     Cursor,
@@ -51,6 +52,7 @@ from ._store import (
 from ._upkeep import BacklogMonitor, Purger
 
 __all__ = [
+    "CURSOR_PATTERN",
     "Backlog",
     "BacklogMonitor",
     "Claim",

@@ -26,7 +26,10 @@ from ._rules import Status, display_url
 # xid8 is an unsigned 64-bit counter; ids are bigint.
 _MAX_XID = 2**64 - 1
 _MAX_ID = 2**63 - 1
-_CURSOR = re.compile(r"^(\d{1,20})\.(\d{1,19})$")
+# ASCII digits, at most 19 / 18 of them: every such number fits xid8 / bigint, so the
+# published pattern (CURSOR_PATTERN) is exactly what parse() accepts.
+CURSOR_PATTERN = r"^([0-9]{1,19})\.([0-9]{1,18})$"
+_CURSOR = re.compile(CURSOR_PATTERN)
 
 
 class StateConflict(Conflict):

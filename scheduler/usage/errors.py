@@ -43,6 +43,20 @@ class CannotProbe(UpstreamError):
     status = 422
 
 
+class NotProbeable(StationmasterError):
+    """The account exists but has no usage endpoint (an API-key account, or a platform without one).
+
+    409, not 422: the request is well formed; it is the account's kind that
+    cannot be probed, as a later change of the account could make it probeable.
+    """
+
+    code = "not_probeable"
+    status = 409
+
+    def __init__(self, message: str, *, account_id: str) -> None:
+        super().__init__(message, details={"account_id": account_id})
+
+
 class ProbeBusy(StationmasterError):
     """An operator's probe could not start now: another probe holds the account."""
 

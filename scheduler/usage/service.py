@@ -24,7 +24,6 @@ import msgspec
 import trio
 
 from accounts.crypto import DecryptError
-from accounts.errors import ValidationFailed
 from accounts.model import Account, QuotaWindow
 from accounts.rules import quota_pause
 from snapshot.settings import Settings, UsageSettings
@@ -34,7 +33,15 @@ from ..selection.reports import account_error
 from ..selection.store import RuntimeState, RuntimeStore
 from . import rules
 from .adapters import UsageAdapter, adapter_for, read_usage
-from .errors import AuthFailed, CannotProbe, ProbeBusy, ProbeRateLimited, RateLimited, Transient
+from .errors import (
+    AuthFailed,
+    CannotProbe,
+    NotProbeable,
+    ProbeBusy,
+    ProbeRateLimited,
+    RateLimited,
+    Transient,
+)
 from .model import ExtraWindow, UsageReport
 from .store import Claimed, Locked, OverRate, ProbeStore
 
@@ -114,15 +121,15 @@ class UsageProbe:
         """Probe one account now (``POST /v1/admin/accounts/{id}/probe``, ``accounts probe``).
 
         The schedule's due time does not apply; the lock and the rates do. Raises
-        NotFound, ValidationFailed (no usage endpoint for the account), ProbeBusy
+        NotFound, NotProbeable (no usage endpoint for the account), ProbeBusy
         (another probe holds it) or ProbeRateLimited (no rate slot within a few seconds).
         """
         account = await self.accounts.get(account_id)
         adapter = adapter_for(account)
         if adapter is None:
-            raise ValidationFailed.one(
-                "account",
+            raise NotProbeable(
                 f"a {account.platform} {account.kind} account has no usage endpoint to probe",
+                account_id=account.id,
             )
         platform = str(account.platform)
         before = (await self.runtime.read_many(platform, [account.id])).get(account.id)

@@ -71,8 +71,9 @@ async def test_admin_probe_runs_one_probe_and_shows_the_reading(
             assert missing.status_code == 404
             assert (await http.post("/v1/admin/accounts/not-a-uuid/probe")).status_code == 404
             nope = await http.post(f"/v1/admin/accounts/{apikey.id}/probe")
-            assert nope.status_code == 422
-            assert "no usage endpoint" in nope.json()["error"]["details"]["errors"][0]["reason"]
+            assert nope.status_code == 409
+            assert nope.json()["error"]["code"] == "not_probeable"
+            assert "no usage endpoint" in nope.json()["error"]["message"]
 
             claim = await ProbeStore(redis).claim(held.id, "openai", UsageSettings())
             assert isinstance(claim, Claimed)

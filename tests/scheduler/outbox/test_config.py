@@ -35,7 +35,7 @@ def test_env_overrides_the_outbox_section():
         ({"TIMEOUT_S": "60", "LEASE_S": "30"}, "outbox.lease_s"),
         ({"PER_DESTINATION": "100", "CONCURRENCY": "10"}, "outbox.per_destination"),
         ({"JITTER": "2"}, "outbox.jitter"),
-        ({"NOPE": "1"}, "outbox.nope"),
+        ({"NOPE": "1"}, "STATIONMASTER_OUTBOX_NOPE"),
     ],
 )
 def test_bad_values_name_the_key_and_never_the_secret(env, key):
