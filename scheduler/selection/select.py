@@ -10,8 +10,10 @@ order seeded by the session; the verdicts and scores are kept between selects
 in a :class:`~scheduler.selection.pool.PoolCache` (rebuilt on every view refresh, only
 changed accounts re-checked in between). Leases are acquired by one Lua script
 per attempt (one Redis round trip on the common path), up to ``probe_limit``
-attempts. Nothing acquired: wait for a release in the platform (pub/sub wake-up
-plus a periodic retry) up to the request's limit, then
+attempts. Nothing acquired: wait in the bucket's queue (:mod:`._waiting`: a release
+wakes one waiter; every waiter also retries each ``wait.retry_interval_ms``, all
+of a bucket's waiters sharing one Redis read per period) up to the request's
+limit, then
 :class:`~accounts.errors.NoAccountAvailable` with the counts (:mod:`scheduler.selection._none`).
 A model that no account of the bucket supports is
 :class:`~accounts.errors.ModelNotServed` at once (a 4xx: retrying cannot help).
