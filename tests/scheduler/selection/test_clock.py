@@ -5,7 +5,9 @@ reporting instance's ``time.time()``, enforced by ``acquire.lua`` in Redis time
 and re-checked by ``select.py`` in the local time. Two instances here run with
 clocks 30 s fast and 30 s slow (injected); one reports a 429 (Retry-After 10 s)
 and a quota reading, and all three views -- Redis's, the fast and the slow
-instance's -- agree on the deadline and the reading's age to the second.
+instance's -- agree on the deadline and the reading's age to the second (the
+bounds allow a loaded machine's delays between two awaits; a mixed-in clock is
+30 s off).
 """
 
 from __future__ import annotations
@@ -56,16 +58,18 @@ async def test_deadlines_hold_to_the_second_on_skewed_instances(redis) -> None: 
         # Redis: the deadline is Redis TIME + 10 s, the reading observed at Redis TIME.
         state_key = fast.runtime.keys.state("openai", a.id)
         rl_until = int(await redis.client.hget(state_key, "rl_until")) / 1000
-        assert 9 <= rl_until - await redis_time(fast) <= 10.5
+        # Bounds: the 10 s, less what a loaded machine may take between two awaits (the
+        # skews are 30 s: any clock mixed in shows as 20 s off or more).
+        assert 8 <= rl_until - await redis_time(fast) <= 10.5
         # Each instance sees the same 10 s on its own clock, and the reading as just made.
         for sel in (fast, slow):
             state = (await sel.runtime.read_many("openai", [a.id]))[a.id]
             assert state.rate_limited_until is not None
-            assert 9 <= state.rate_limited_until - sel.clock() <= 10.5
+            assert 8 <= state.rate_limited_until - sel.clock() <= 10.5
             [reading] = state.windows
-            assert abs(reading.observed_at - sel.clock()) <= 1
+            assert abs(reading.observed_at - sel.clock()) <= 2
             resets = reading.resets_at()
-            assert resets is not None and 3598 <= resets - sel.clock() <= 3601
+            assert resets is not None and 3597 <= resets - sel.clock() <= 3601
 
         # The slow instance never met the account: it reads the bucket, sees the limit
         # and goes to b without a refused attempt; with b out, the hint is ~10 s.
@@ -76,4 +80,4 @@ async def test_deadlines_hold_to_the_second_on_skewed_instances(redis) -> None: 
             with pytest.raises(NoAccountAvailable) as info:
                 await sel.select(without_b)
             assert info.value.exclusions == {"excluded_by_request": 1, "rate_limited": 1}
-            assert 8.5 <= info.value.retry_after_s <= 10.5
+            assert 7 <= info.value.retry_after_s <= 10.5
