@@ -8,6 +8,7 @@ code and one JSON body::
     ├── ConfigError                 invalid configuration (key path + reason); exit 2
     ├── ValidationFailed            bad input: one or more (field, reason) pairs; 422
     ├── NotFound                    the named thing does not exist; 404
+    │   └── UnknownBucket           no account in that group for that platform
     ├── Conflict                    compare-and-set lost (carries current version); 409
     │   └── NameTaken               another account has this name; 409
     ├── PreconditionRequired        a compare-and-set write sent no version; 428
@@ -107,6 +108,12 @@ class NotFound(StationmasterError):
     status = 404
 
 
+class UnknownBucket(NotFound):
+    """No account anywhere in this (group, platform): nothing was kept of the request."""
+
+    code = "unknown_bucket"
+
+
 class Conflict(StationmasterError):
     """A compare-and-set lost; ``current_version`` is what is stored now."""
 
@@ -161,13 +168,19 @@ class MethodNotAllowed(StationmasterError):
 
 
 class StoreUnavailable(StationmasterError):
-    """PostgreSQL or Redis did not answer; ``store`` names which."""
+    """PostgreSQL or Redis did not answer; ``store`` names which.
+
+    ``retry_after_s`` is the hint an HTTP answer carries (``Retry-After``): an
+    outage is usually short, and the daemon recovers from it by itself.
+    """
 
     code = "store_unavailable"
     status = 503
 
-    def __init__(self, store: str, message: str) -> None:
-        super().__init__(f"{store}: {message}", details={"store": store})
+    def __init__(self, store: str, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(
+            f"{store}: {message}", details={"store": store, "retry_after_s": retry_after_s}
+        )
         self.store = store
 
 

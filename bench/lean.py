@@ -164,7 +164,7 @@ class _LeanScripts:
 async def selects(url: str, n: int, rounds: int) -> None:
     from bench.selection import BUCKET, WARMUP, _Source, bench_accounts
     from scheduler.selection.refresher import ViewRefresher
-    from scheduler.selection.reports import Outcome, Reporter
+    from scheduler.selection.reports import ReleaseOutcome, Reporter
     from scheduler.selection.select import Selector, SelectRequest
     from snapshot.schedule import set_snapshot
     from snapshot.settings import Settings
@@ -190,7 +190,7 @@ async def selects(url: str, n: int, rounds: int) -> None:
                     await nursery.start(ViewRefresher(sel).run)
                     for _ in range(WARMUP):
                         await reporter.release(
-                            (await sel.select(req)).lease_id, Outcome(status=200)
+                            (await sel.select(req)).lease_id, ReleaseOutcome(status=200)
                         )
                 ping = (await measure(lambda: lean.execute("PING"), n))[1]
                 for _ in range(rounds):
@@ -201,7 +201,9 @@ async def selects(url: str, n: int, rounds: int) -> None:
                             t0 = time.perf_counter()
                             got = await sel.select(req)
                             times.append(time.perf_counter() - t0)
-                            await reporter.release(got.lease_id, Outcome(status=200, latency_ms=5))
+                            await reporter.release(
+                                got.lease_id, ReleaseOutcome(status=200, latency_ms=5)
+                            )
                         cpu = (time.process_time() - cpu0) / n
                         rows[name].append((cpu, percentile(sorted(times), 50), 0.0))
                 nursery.cancel_scope.cancel()

@@ -45,7 +45,7 @@ from accounts.migrate import migrate  # noqa: E402
 from accounts.model import Kind, Platform, QuotaWindow, Window  # noqa: E402
 from accounts.repository import AccountRepository  # noqa: E402
 from bench._common import bench_database, print_setup  # noqa: E402
-from scheduler.selection.store import RuntimeStore, window_field  # noqa: E402
+from scheduler.selection.store import RuntimeStore, encode_reading  # noqa: E402
 from scheduler.usage import (  # noqa: E402
     Prober,
     ProbeStore,
@@ -87,7 +87,7 @@ async def _seed(repo: AccountRepository, runtime: RuntimeStore, n: int) -> None:
             window=Window.FIVE_HOURS, used_ratio=0.1, observed_at=now, reset_at=now + 4 * 3600
         )
         await pipe_client.hset(
-            runtime.keys.state(account.platform.value, account.id), dict([window_field(reading)])
+            runtime.keys.state(account.platform.value, account.id), dict([encode_reading(reading)])
         )
 
 

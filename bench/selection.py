@@ -53,9 +53,9 @@ from bench._common import (  # noqa: E402
     percentile,
     print_setup,
 )
-from scheduler.selection.reports import Outcome, Reporter  # noqa: E402
+from scheduler.selection.reports import ReleaseOutcome, Reporter  # noqa: E402
 from scheduler.selection.select import Selector, SelectRequest  # noqa: E402
-from scheduler.selection.store import Acquired, parse_lease_id  # noqa: E402
+from scheduler.selection.store import Acquired  # noqa: E402
 
 try:  # absent before the refresher existed: lets this script measure older commits too
     from scheduler.selection.refresher import ViewRefresher
@@ -123,10 +123,7 @@ async def round_trip_floor(sel: Selector, n: int) -> tuple[list[float], list[flo
         got = await sel.runtime.acquire("openai", "bench", "acc-0001", concurrency=50, ttl_s=60)
         script.append(time.perf_counter() - t0)
         assert isinstance(got, Acquired)
-        await sel.runtime.release(
-            parse_lease_id(got.lease_id), alpha=0.2, fields={}, samples=("", "", ""),
-            response_key=None, response_ttl_s=0.0,
-        )  # fmt: skip
+        await sel.give_back(got.lease_id)
     return ping, script
 
 
@@ -147,7 +144,7 @@ async def timed_selects(
         got = await sel.select(req)
         times.append(time.perf_counter() - t0)
         trips += sel.runtime.round_trips - before
-        await reporter.release(got.lease_id, Outcome(status=200, latency_ms=5))
+        await reporter.release(got.lease_id, ReleaseOutcome(status=200, latency_ms=5))
     return times, trips
 
 
@@ -165,7 +162,9 @@ async def in_process(redis_url: str, n: int, pace: float) -> None:
                 if ViewRefresher is not None:
                     await nursery.start(ViewRefresher(sel).run)
                 for _ in range(WARMUP):
-                    await reporter.release((await sel.select(req)).lease_id, Outcome(status=200))
+                    await reporter.release(
+                        (await sel.select(req)).lease_id, ReleaseOutcome(status=200)
+                    )
                 reads = sel.view.reads if hasattr(sel.view, "reads") else None
                 before_server = await server_calls(redis)
                 times, trips = await timed_selects(sel, reporter, req, n, pace)

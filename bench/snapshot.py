@@ -22,7 +22,7 @@ from accounts.model import Account, Kind, Platform
 from snapshot.keys import Bucket
 from snapshot.redis import RedisConfig, open_redis
 from snapshot.schedule import read_active, set_snapshot
-from snapshot.source import BucketSource
+from snapshot.source import AccountSource
 from snapshot.view import ScheduleView
 from snapshot.watcher import ScheduleWatcher
 
@@ -95,7 +95,7 @@ async def main() -> None:
 
 async def change_to_visible(store: object) -> None:
     """Publish -> a second view (pub/sub watcher) holds the new version; 500-account bucket."""
-    source: BucketSource = NoSource()
+    source: AccountSource = NoSource()
     view = ScheduleView(store, source, poll_s=1.0)  # type: ignore[arg-type]
     bucket = Bucket("visible", Platform.OPENAI)
     await set_snapshot(store, bucket, accounts(500, "seed"), grace_s=5)  # type: ignore[arg-type]
@@ -108,7 +108,7 @@ async def change_to_visible(store: object) -> None:
             res = await set_snapshot(store, bucket, accounts(500, str(r)), grace_s=5)  # type: ignore[arg-type]
             with trio.fail_after(5):
                 # Busy-wait on purpose: the figure is when the copy changes, to the tick.
-                while view.get(bucket).version < res.version:  # type: ignore[union-attr]
+                while view.get(bucket).stamp < res.version:  # type: ignore[union-attr]
                     await trio.lowlevel.checkpoint()
             delays.append(time.perf_counter() - start)
         nursery.cancel_scope.cancel()

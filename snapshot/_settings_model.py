@@ -47,7 +47,6 @@ class ScoringSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
     priority: Weight = 1.0
     load: Weight = 1.0
-    queue: Weight = 1.0
     error_rate: Weight = 1.0
     ttft: Weight = 0.5
     quota_headroom: Weight = 0.5

@@ -6,17 +6,24 @@ sources, all funnelled into the same version-gated :meth:`SettingsSnapshot._appl
 1. **write-through** — :meth:`SettingsSnapshot.write` commits in PostgreSQL and
    installs the new value locally before it returns;
 2. **invalidation** — the actor listens on the Redis settings channel; a
-   message naming a newer version installs the document it carries (validated
-   here again) or, failing that, triggers a reload from PostgreSQL;
+   message naming a newer version is a *hint*: it triggers a reload from
+   PostgreSQL, and nothing it carries is installed. Anything that can publish on
+   the channel could otherwise set thresholds on every instance, or freeze them
+   with a huge version; now a forged message costs one read and changes nothing;
 3. **version check** — every ``check_interval_s`` a ``SELECT version`` covers lost
-   messages and Redis outages;
+   messages and Redis outages, and a stored version that *differs* from the one
+   held (a restored or recreated row, lower than before) reloads too;
 4. **stale-while-revalidate** — once the value is older than ``ttl_s`` (``error_ttl_s``
    after a failed refresh), the next ``get()`` asks for a reload and still
    answers at once with the value it has.
 
 Reloads are single-flight: requests coalesce into one pending wake-up of one
-refresh task. Versions only move forward, so a refresh that read an old row, or
-a message that arrives late, can never replace a newer value.
+refresh task. PostgreSQL is the record, so what is installed is the value read
+*last*, not the highest version: every read and every write-through takes a
+ticket (a read when it starts, a write once committed) and a value is installed
+only if its ticket is newer than the installed one's. A refresh that read an old
+row before a write committed can never replace the write's value, while a row
+restored to an older version is followed, without a restart.
 
 Redis outages never crash the actor (the listener reconnects with backoff and
 the version check keeps propagation going), so readiness does not flap with
@@ -25,6 +32,7 @@ Redis; PostgreSQL outages keep the last good value.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,7 +46,7 @@ import trio
 from accounts.errors import StoreUnavailable, ValidationFailed
 from snapshot.redis import UNAVAILABLE, RedisStore
 
-from ._settings_model import DEFAULT_SETTINGS, Settings, parse_document
+from ._settings_model import DEFAULT_SETTINGS, Settings
 from ._settings_store import (
     Invalidation,
     SettingsRecord,
@@ -111,6 +119,10 @@ class SettingsSnapshot:
         self._on_event = on_event
         self._value: Settings = DEFAULT_SETTINGS
         self._version = -1  # below every stored version: nothing loaded yet
+        self._document: dict[str, Any] | None = None
+        # Order of reads and writes (see the module doc): the installed value's ticket.
+        self._tickets = itertools.count(1)
+        self._ticket = 0
         self._stale = False
         self._refreshing = False
         self._wake = trio.Event()
@@ -146,18 +158,25 @@ class SettingsSnapshot:
         nothing changes then. A failed publish is logged, not raised.
         """
         record = await self._store.write(patch, expected_version=expected_version)
-        self._apply(record, "write")
+        self._apply(record, "write", next(self._tickets))
         if self._redis is not None and not await publish_invalidation(self._redis, record):
             self._count("publish_failures")
         return record
 
-    def _apply(self, record: SettingsRecord, source: str) -> bool:
-        """Install ``record`` unless it is not newer than what we hold (no going back)."""
-        if record.version <= self._version:
-            if record.version < self._version:
-                self._count("stale_discarded")
+    def _apply(self, record: SettingsRecord, source: str, ticket: int) -> bool:
+        """Install ``record`` unless a later read or write was installed already.
+
+        ``ticket``: when the read started, or when the write committed. True if
+        the value changed.
+        """
+        if ticket < self._ticket:
+            self._count("stale_discarded")
             return False
+        self._ticket = ticket
+        if record.version == self._version and record.document == self._document:
+            return False  # confirmed: what we hold is current
         self._value, self._version = record.settings, record.version
+        self._document = record.document
         self._count("applied")
         # Rare (an operator's change) and useful: when each instance switched.
         log.info("settings applied", version=record.version, source=source)
@@ -168,9 +187,10 @@ class SettingsSnapshot:
 
     async def warm(self) -> int:
         """Load now (start-up); returns the version. Raises if the store fails."""
+        ticket = next(self._tickets)
         with trio.fail_after(self._load_timeout_s):
             record = await self._store.load()
-        self._apply(record, "warm")
+        self._apply(record, "warm", ticket)
         self._schedule_stale(self._ttl_s)
         self.warmed = True
         return record.version
@@ -205,6 +225,7 @@ class SettingsSnapshot:
 
     async def _refresh_once(self) -> None:
         self._count("refreshes")
+        ticket = next(self._tickets)
         try:
             with trio.fail_after(self._load_timeout_s):
                 record = await self._store.load()
@@ -219,8 +240,8 @@ class SettingsSnapshot:
                 reason=getattr(exc, "message", type(exc).__name__),
             )
             return
-        if not self._apply(record, "refresh"):
-            # Same (or older) version: the value we hold is confirmed current.
+        if not self._apply(record, "refresh", ticket):
+            # Unchanged (or overtaken by a write): the value we hold is current.
             self._schedule_stale(self._ttl_s)
 
     def _schedule_stale(self, after_s: float) -> None:
@@ -247,7 +268,11 @@ class SettingsSnapshot:
             await self.check_version()
 
     async def check_version(self) -> None:
-        """``SELECT version``; request a reload if PostgreSQL holds a newer one."""
+        """``SELECT version``; request a reload if PostgreSQL holds another one.
+
+        Another, not only a newer one: a restored (or deleted and recreated) row
+        goes back to a lower version, and PostgreSQL is the record.
+        """
         self._count("version_checks")
         try:
             with trio.fail_after(self._load_timeout_s):
@@ -257,32 +282,24 @@ class SettingsSnapshot:
             log.debug("settings version check failed", reason=type(exc).__name__)
             return
         # After a failed refresh, wait out the short TTL instead of retrying every check.
-        if stored > self._version and trio.current_time() >= self._retry_at:
+        if stored != self._version and trio.current_time() >= self._retry_at:
             self.request_refresh()
 
     def on_message(self, data: str | bytes) -> None:
-        """One invalidation: install its document if newer and valid, else reload if newer."""
+        """One invalidation: a hint. If it names a newer version, reload from PostgreSQL.
+
+        Nothing in the message is installed (a document it carries is ignored):
+        the channel is not a trusted source, the settings row is.
+        """
         self._count("invalidations")
         try:
             decoded = msgspec.json.decode(data, type=Invalidation | int)
         except msgspec.DecodeError:
             log.warning("ignoring a malformed settings invalidation")
             return
-        message = Invalidation(decoded) if isinstance(decoded, int) else decoded
-        if message.version <= self._version:
-            return
-        if message.document is not None:
-            try:
-                settings = parse_document(message.document)
-            except ValidationFailed:
-                pass  # e.g. a newer release's field: let the reload decide
-            else:
-                record = SettingsRecord(
-                    version=message.version, document=message.document, settings=settings
-                )
-                self._apply(record, "message")
-                return
-        self.request_refresh()
+        version = decoded if isinstance(decoded, int) else decoded.version
+        if version > self._version:
+            self.request_refresh()
 
     async def _listen_loop(
         self, redis: RedisStore, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

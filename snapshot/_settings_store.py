@@ -9,7 +9,8 @@ with the new weights.
 
 After the commit, the writer PUBLISHes the new version on :func:`settings_channel`.
 That message is only a hint to reload: receivers read PostgreSQL again, so a
-lost, duplicated or reordered message can delay a change but never corrupt one.
+lost, duplicated, reordered or forged message can delay a change (or cost a
+read) but never make one.
 """
 
 from __future__ import annotations
@@ -136,12 +137,12 @@ def settings_channel(redis: RedisStore) -> str:
     return redis.key("settings", "changed")
 
 
-class Invalidation(msgspec.Struct, frozen=True):
-    """The message on :func:`settings_channel`: a version, and (when known) its document.
+class Invalidation(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The message on :func:`settings_channel`: "settings are at version N now".
 
-    Receivers apply ``document`` directly when it validates (saving a PostgreSQL
-    round trip on every instance), else reload; a bare integer message (older
-    writers) means "reload if newer".
+    A hint only: receivers reload from PostgreSQL when N is newer than theirs.
+    ``document`` is what earlier releases sent along; it is never installed (the
+    channel is not trusted) and no longer sent. A bare integer means the same.
     """
 
     version: int
@@ -149,16 +150,13 @@ class Invalidation(msgspec.Struct, frozen=True):
 
 
 async def publish_invalidation(redis: RedisStore, change: SettingsRecord | int) -> bool:
-    """PUBLISH the new version (with its document); False (logged) if Redis did not take it.
+    """PUBLISH the new version; False (logged) if Redis did not take it.
 
     Never raises for an unavailable Redis: the write has committed already, and
     every instance's periodic version check picks it up without the message.
     """
     channel = settings_channel(redis)
-    if isinstance(change, SettingsRecord):
-        message = Invalidation(change.version, change.document)
-    else:
-        message = Invalidation(change)
+    message = Invalidation(change.version if isinstance(change, SettingsRecord) else change)
     try:
         with trio.fail_after(PUBLISH_TIMEOUT_S):
             await redis.client.publish(channel, msgspec.json.encode(message).decode())

@@ -6,9 +6,19 @@ them into dirty buckets (a NULL bucket means every bucket), and rebuilds each
 dirty bucket once with :func:`~snapshot.schedule.set_snapshot` (PostgreSQL read
 under the bucket's lock). An event is marked consumed only after its bucket's
 new version was activated; when another instance holds the lock (BUSY) or the
-activation lost (STALE/FENCED) the event stays pending and the next round
+activation lost (STALE/FENCED/MISSING) the event stays pending and the next round
 retries, so no change is lost to a race. Every bucket is rebuilt at start-up
 and every ``full_rebuild_s`` (default 300 s).
+
+Healing: every ``heal_s`` (default 1 s) two pipelined round trips check that each
+bucket this builder knows still has an active version in Redis, and that its keys
+are there; one that vanished, whole or in part (Redis
+restarted empty, a flush, a failover that lost it) is rebuilt at once, under a
+new epoch (see :mod:`snapshot.keys`) that every view follows, instead of waiting
+for the next account change or full rebuild.
+
+Housekeeping: consumed events older than :data:`EVENT_RETENTION_S` are deleted
+every :data:`PRUNE_EVERY_S`, :data:`PRUNE_BATCH` rows per statement.
 
 Each publish reports to the observer with the lag: the age of the oldest event
 of the bucket when its version became active.
@@ -17,7 +27,7 @@ of the bucket when its version became active.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -28,11 +38,11 @@ from accounts.db import Database
 from accounts.errors import StoreUnavailable
 from accounts.model import Platform
 
-from .keys import Bucket
+from .keys import NO_VERSION, Bucket, Stamp
 from .observer import NullObserver, ScheduleObserver
 from .redis import RedisStore
-from .schedule import Outcome, PublishResult, set_snapshot
-from .source import BucketSource
+from .schedule import PublishOutcome, PublishResult, lost_snapshots, set_snapshot
+from .source import AccountSource
 from .tunable import Tunable, current
 
 log = structlog.get_logger("snapshot.builder")
@@ -40,6 +50,13 @@ log = structlog.get_logger("snapshot.builder")
 CHANNEL = "schedule_events"
 # Events read per round; a burst beyond this is picked up by the next round.
 EVENT_BATCH = 5000
+# Consumed events are kept this long (what changed, and when, stays visible), then deleted.
+EVENT_RETENTION_S = 24 * 3600.0
+# Rows per DELETE: short statements that never hold the table for long.
+PRUNE_BATCH = 1000
+# DELETEs per pass at most; a larger backlog goes on in the next pass.
+PRUNE_BATCHES = 20
+PRUNE_EVERY_S = 60.0
 # Backoff between attempts to LISTEN again after the connection was lost: quick
 # for a restarted server, capped so a long outage costs one attempt per 30 s.
 _RELISTEN_MIN_S = 0.1
@@ -50,7 +67,7 @@ class BucketStatus(msgspec.Struct, frozen=True):
     """This instance's last rebuild of a bucket."""
 
     outcome: str
-    version: int
+    version: Stamp
     size: int
     at: float
     seconds: float
@@ -80,14 +97,20 @@ class SnapshotBuilder:
         self,
         db: Database,
         store: RedisStore,
-        source: BucketSource,
+        source: AccountSource,
         *,
         grace_s: Tunable = 60.0,
         full_rebuild_s: Tunable = 300.0,
         poll_s: float = 1.0,
         lock_ttl_s: float = 30.0,
+        heal_s: float = 1.0,
+        retention_s: float = EVENT_RETENTION_S,
+        prune_batch: int = PRUNE_BATCH,
+        seen: Callable[[Bucket], Stamp] | None = None,
         observer: ScheduleObserver | None = None,
     ) -> None:
+        """``seen(bucket)`` is the version this process's view holds (a lost counter
+        shows as a number at or below it: see :func:`~snapshot.schedule.write_version`)."""
         self.db = db
         self.store = store
         self.source = source
@@ -96,8 +119,18 @@ class SnapshotBuilder:
         self.poll_s = poll_s
         self.lock_ttl_s = lock_ttl_s
         self.observer: ScheduleObserver = observer or NullObserver()
+        self.heal_s = heal_s
+        self.retention_s = retention_s
+        self.prune_batch = prune_batch
+        self._seen = seen
         self.status: dict[Bucket, BucketStatus] = {}
+        # Every bucket this builder rebuilt or found in PostgreSQL: what healing watches.
+        self.known: set[Bucket] = set()
+        # The newest version seen of each bucket (our results' active versions).
+        self.stamps: dict[Bucket, Stamp] = {}
         self.rounds = 0
+        self.healed = 0
+        self.pruned = 0
         self._wake = trio.Event()
 
     def wake(self) -> None:
@@ -142,10 +175,12 @@ class SnapshotBuilder:
 
     async def _loop(self, task_status: trio.TaskStatus[Any]) -> None:
         await self._safe(self.rebuild_all())
-        next_full = trio.current_time() + current(self.full_rebuild_s)
+        now = trio.current_time()
+        next_full = now + current(self.full_rebuild_s)
+        next_heal, next_prune = now + self.heal_s, now
         task_status.started()
         while True:
-            timeout = min(self.poll_s, max(0.0, next_full - trio.current_time()))
+            timeout = min(self.poll_s, self.heal_s, max(0.0, next_full - trio.current_time()))
             with trio.move_on_after(timeout):
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -153,6 +188,12 @@ class SnapshotBuilder:
                 await self._safe(self.rebuild_all())
                 next_full = trio.current_time() + current(self.full_rebuild_s)
             await self._safe(self.process_events())
+            if trio.current_time() >= next_heal:
+                await self._safe(self.heal())
+                next_heal = trio.current_time() + self.heal_s
+            if trio.current_time() >= next_prune:
+                await self._safe(self.prune_events())
+                next_prune = trio.current_time() + PRUNE_EVERY_S
             self.rounds += 1
 
     async def _safe(self, work: Any) -> None:
@@ -171,23 +212,66 @@ class SnapshotBuilder:
         async def load() -> Any:
             return await self.source.bucket_accounts(bucket)
 
+        self.known.add(bucket)
         result = await set_snapshot(
-            self.store, bucket, load, grace_s=current(self.grace_s), lock_ttl_s=self.lock_ttl_s
+            self.store,
+            bucket,
+            load,
+            grace_s=current(self.grace_s),
+            lock_ttl_s=self.lock_ttl_s,
+            known=self.newest(bucket),
         )
+        if result.outcome is not PublishOutcome.BUSY:
+            self.stamps[bucket] = max(result.active, self.stamps.get(bucket, NO_VERSION))
         lag = None
-        if lag_from is not None and result.outcome is Outcome.ACTIVATED:
+        if lag_from is not None and result.outcome is PublishOutcome.ACTIVATED:
             lag = time.perf_counter() - lag_from
-        if result.outcome is not Outcome.BUSY:
+        if result.outcome is not PublishOutcome.BUSY:
             self.status[bucket] = BucketStatus(
                 result.outcome.value, result.active, result.size, time.time(), result.seconds, lag
             )
         self.observer.rebuilt(bucket, result.outcome.value, result.seconds, lag)
         return result
 
+    def newest(self, bucket: Bucket) -> Stamp:
+        """The newest version of ``bucket`` this process has seen (builder or view)."""
+        seen = self._seen(bucket) if self._seen is not None else NO_VERSION
+        return max(seen, self.stamps.get(bucket, NO_VERSION))
+
     async def rebuild_all(self) -> dict[Bucket, PublishResult]:
         """Rebuild every known bucket (PostgreSQL's list plus any rebuilt before)."""
-        buckets = sorted(set(await self.source.buckets()) | set(self.status))
+        buckets = sorted(set(await self.source.buckets()) | self.known)
         return {b: await self.rebuild(b) for b in buckets}
+
+    async def heal(self) -> list[Bucket]:
+        """Rebuild each known bucket whose active version is gone from Redis; those buckets."""
+        if not self.known:
+            return []
+        lost = await lost_snapshots(self.store, sorted(self.known))
+        for bucket in lost:
+            log.warning("snapshot gone from Redis; rebuilding", bucket=str(bucket))
+            await self.rebuild(bucket)
+            self.healed += 1
+        return lost
+
+    async def prune_events(self) -> int:
+        """Delete consumed events older than the retention, in small batches; how many."""
+        total = 0
+        for _ in range(PRUNE_BATCHES):
+            status = await self.db.execute(
+                "DELETE FROM schedule_events WHERE id IN ("
+                " SELECT id FROM schedule_events"
+                " WHERE consumed_at < now() - make_interval(secs => $1)"
+                " ORDER BY consumed_at LIMIT $2)",
+                self.retention_s,
+                self.prune_batch,
+            )
+            deleted = int(status.split()[-1])
+            total += deleted
+            if deleted < self.prune_batch:
+                break
+        self.pruned += total
+        return total
 
     async def process_events(self) -> dict[Bucket, PublishResult]:
         """One round: read pending events, rebuild each dirty bucket once, consume on success."""
@@ -202,7 +286,7 @@ class SnapshotBuilder:
         read_at = time.perf_counter()
         dirty, everything, unusable = _group(rows)
         if everything is not None:
-            for b in set(await self.source.buckets()) | set(self.status):
+            for b in set(await self.source.buckets()) | self.known:
                 dirty.setdefault(b, _Pending([], everything.oldest_age_s))
         results: dict[Bucket, PublishResult] = {}
         # A row naming a platform this build does not know can never be rebuilt;
@@ -214,9 +298,11 @@ class SnapshotBuilder:
         for bucket, pending in sorted(dirty.items()):
             result = await self.rebuild(bucket, lag_from=read_at - pending.oldest_age_s)
             results[bucket] = result
-            if result.outcome is Outcome.ACTIVATED:
+            if result.outcome is PublishOutcome.ACTIVATED:
                 done.extend(pending.ids)
-        if everything is not None and all(r.outcome is Outcome.ACTIVATED for r in results.values()):
+        if everything is not None and all(
+            r.outcome is PublishOutcome.ACTIVATED for r in results.values()
+        ):
             done.extend(everything.ids)
         if done:
             await self.db.execute(

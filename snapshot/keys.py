@@ -2,22 +2,33 @@
 
 A bucket is one (group, platform) pair, written ``group/platform`` (group names
 never contain ``/``, ``{`` or ``}``; see :data:`accounts.model.GroupName`). Every
-key of one bucket carries the hash tag ``{sched/group/platform}``, so all of them
-live in one Redis Cluster slot and each Lua script touches a single slot::
+key of one bucket carries the hash tag ``{<group>/<platform>}`` (the part between
+the braces is what Redis Cluster hashes), so all of them live in one slot and
+each Lua script touches a single slot::
 
-    <prefix>sched:{<group>/<platform>}:counter        INCR: next version number
-    <prefix>sched:{<group>/<platform>}:active         the active version (decimal)
-    <prefix>sched:{<group>/<platform>}:ready          "1" once a version was activated
-    <prefix>sched:{<group>/<platform>}:lock           rebuild lock: random owner token
-    <prefix>sched:{<group>/<platform>}:v:<N>:meta     JSON {count, built_at} (present even if empty)
-    <prefix>sched:{<group>/<platform>}:v:<N>:members  LIST of account ids in priority order
-    <prefix>sched:{<group>/<platform>}:v:<N>:records  HASH id -> msgspec JSON Account record
+    <prefix>sched:{<group>/<platform>}:seq                HASH n (next number), epoch
+    <prefix>sched:{<group>/<platform>}:active             the active version, "<n>:<epoch>"
+    <prefix>sched:{<group>/<platform>}:ready              "1" once a version was activated
+    <prefix>sched:{<group>/<platform>}:lock               rebuild lock: random owner token
+    <prefix>sched:{<group>/<platform>}:v:<n>:<epoch>:meta     JSON {count, built_at}
+    <prefix>sched:{<group>/<platform>}:v:<n>:<epoch>:members  LIST of account ids, in order
+    <prefix>sched:{<group>/<platform>}:v:<n>:<epoch>:records  HASH id -> msgspec JSON Account
+
+A version is a :class:`Stamp`: an *epoch* and a number. The epoch is made (from
+Redis ``TIME``, in microseconds) together with the counter, so when the counter
+is lost -- a flush, a restart without persistence, a failover that lost writes --
+the next version carries a new, larger epoch and outranks every version of the
+old one, though its number starts again at 1. Readers never go back within an
+epoch and always follow a newer epoch. (A legacy ``active`` holding a bare
+number reads as epoch 0.)
 
 ``<prefix>sched:activated`` is the pub/sub channel (a channel, not a key: PUBLISH
-reaches every node of a cluster). Messages are ``<group>/<platform> <version>``.
+reaches every node of a cluster). Messages are ``<group>/<platform> <n>:<epoch>``.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import msgspec
 
@@ -55,21 +66,52 @@ class Bucket(msgspec.Struct, frozen=True, order=True):
             raise ValidationFailed.one(field, f"unknown platform (one of {allowed})") from None
 
 
+# Fields of the ``seq`` hash (alloc.lua uses these names).
+SEQ_NUMBER = "n"
+SEQ_EPOCH = "epoch"
+
+
+class Stamp(NamedTuple):
+    """A snapshot version: (epoch, number), compared in that order. See the module doc."""
+
+    epoch: int
+    number: int
+
+    def encode(self) -> str:
+        return f"{self.number}:{self.epoch}"
+
+    @classmethod
+    def decode(cls, raw: str | bytes | None) -> Stamp:
+        """``"<n>:<epoch>"``, a legacy ``"<n>"`` (epoch 0), or nothing (:data:`NO_VERSION`)."""
+        if not raw:
+            return NO_VERSION
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        number, _, epoch = text.partition(":")
+        return cls(int(epoch or 0), int(number))
+
+    def __str__(self) -> str:
+        return self.encode()
+
+
+# No version at all (no snapshot): below every real one.
+NO_VERSION = Stamp(0, 0)
+
+
 class BucketKeys:
     """Key names of one bucket under one deployment prefix."""
 
-    __slots__ = ("active", "base", "counter", "lock", "ready")
+    __slots__ = ("active", "base", "lock", "ready", "seq")
 
     def __init__(self, prefix: str, bucket: Bucket) -> None:
         self.base = f"{prefix}sched:{{{bucket}}}:"
-        self.counter = self.base + "counter"
+        self.seq = self.base + "seq"
         self.active = self.base + "active"
         self.ready = self.base + "ready"
         self.lock = self.base + "lock"
 
-    def version(self, version: int) -> tuple[str, str, str]:
-        """(meta, members, records) of ``version``: a version is self-contained."""
-        v = f"{self.base}v:{version}:"
+    def version(self, stamp: Stamp) -> tuple[str, str, str]:
+        """(meta, members, records) of one version: a version is self-contained."""
+        v = f"{self.base}v:{stamp.number}:{stamp.epoch}:"
         return (v + "meta", v + "members", v + "records")
 
 
@@ -78,23 +120,27 @@ def channel(prefix: str) -> str:
     return f"{prefix}sched:activated"
 
 
-def activation_message(bucket: Bucket, version: int) -> str:
-    return f"{bucket} {version}"
+def activation_message(bucket: Bucket, stamp: Stamp) -> str:
+    return f"{bucket} {stamp.encode()}"
 
 
-def parse_activation(data: str) -> tuple[Bucket, int] | None:
-    """``group/platform N`` -> (Bucket, N); None for anything else (ignored, never fatal)."""
+def parse_activation(data: str) -> tuple[Bucket, Stamp] | None:
+    """``group/platform <n>:<epoch>`` -> (Bucket, Stamp); None for anything else (ignored)."""
     name, _, version = data.partition(" ")
     try:
-        return Bucket.parse(name), int(version)
+        return Bucket.parse(name), Stamp.decode(version)
     except (ValidationFailed, ValueError):
         return None
 
 
 # Keys each script receives, in KEYS order. The scripts touch no other key, so
 # the Cluster slot test can check exactly these lists.
-def activate_keys(keys: BucketKeys, new: int, previous: int) -> list[str]:
+def activate_keys(keys: BucketKeys, new: Stamp, previous: Stamp) -> list[str]:
     return [keys.active, keys.ready, keys.lock, *keys.version(new), *keys.version(previous)]
+
+
+def alloc_keys(keys: BucketKeys) -> list[str]:
+    return [keys.seq]
 
 
 def unlock_keys(keys: BucketKeys) -> list[str]:

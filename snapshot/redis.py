@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -32,10 +32,26 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
     coredis.exceptions.ConnectionError,
     coredis.exceptions.BusyLoadingError,
+    # A replica that was the primary before a failover refuses writes until the
+    # client reconnects to the new one: unavailable for now, not a wrong command.
+    coredis.exceptions.ReadOnlyError,
 )
 ResponseError = coredis.exceptions.ResponseError
 # SET's NX condition, re-exported so callers never import coredis themselves.
 SET_NX: Final = PureToken.NX
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Redis failures inside the block leave as StoreUnavailable (503, retry soon).
+
+    What callers above the store modules see of an outage: never a driver
+    exception, never a traceback per request.
+    """
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise StoreUnavailable("redis", type(exc).__name__) from exc
 
 
 class RedisConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -1,6 +1,6 @@
 """Where the snapshot reads the system of record: the schedulable accounts of a bucket.
 
-:class:`BucketSource` is the seam the builder and the view's fallback use.
+:class:`AccountSource` is the seam the builder and the view's fallback use.
 :class:`RepositorySource` adapts ``accounts.repository.AccountRepository``
 (``bucket_accounts`` / ``buckets``); :class:`SqlSource` is the same two queries
 written directly against the ``accounts`` table, for when no repository is
@@ -17,7 +17,7 @@ from accounts.model import Account, Kind, Platform, Status
 from .keys import Bucket
 
 
-class BucketSource(Protocol):
+class AccountSource(Protocol):
     """The schedulable accounts of buckets, from PostgreSQL."""
 
     async def bucket_accounts(self, bucket: Bucket) -> list[Account]: ...

@@ -9,11 +9,25 @@ an older version (no rollback).
 Freshness comes from :class:`~snapshot.watcher.ScheduleWatcher`: activation
 messages (pub/sub) and a periodic check of the active versions.
 
-Fallback: when Redis does not answer, or a bucket has no snapshot yet, the
-bucket is loaded from PostgreSQL (``source == "postgres"``, version 0), at most
+Versions are :class:`~snapshot.keys.Stamp` values (epoch, number): a copy is
+replaced only by a newer one, and a new epoch (Redis lost the bucket's counter
+and the builder made it again) is newer than every version of the old one, so a
+flush or a failover is followed without a restart.
+
+Fallback: when Redis does not answer for a bucket this instance holds, the
+bucket is loaded from PostgreSQL (``source == "postgres"``, no version), at most
 ``fallback_qps`` loads per second across all buckets, each bounded by
 ``fallback_timeout_s``. The view then reports DEGRADED through its observer
 until every copy comes from Redis again.
+
+Unknown buckets leave no trace. A bucket met for the first time that Redis has
+no snapshot of (or Redis is down) is looked up in PostgreSQL once: accounts
+there (a bucket the builder has not published yet) become a PostgreSQL copy; none
+is :class:`~accounts.errors.UnknownBucket` (404), remembered for
+:data:`NEGATIVE_TTL_S` so a name costs at most one look-up per that period.
+These look-ups have their own rate (:data:`LOOKUP_QPS`, beyond it the answer is
+404 without one) and never spend the fallback budget a real outage needs; an
+unknown bucket is never installed, listed, polled, nor seen by readiness.
 """
 
 from __future__ import annotations
@@ -21,18 +35,26 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import trio
 
-from accounts.errors import StoreUnavailable
+from accounts.errors import StoreUnavailable, UnknownBucket
 
-from .keys import Bucket
+from .keys import NO_VERSION, Bucket, Stamp
 from .observer import NullObserver, ScheduleObserver, ViewState
 from .redis import RedisStore
 from .schedule import BucketSnapshot, active_versions, read_active
-from .source import BucketSource
+from .source import AccountSource
+from .ttlcache import TtlCache
 from .tunable import Tunable, current
+
+# A bucket name found nowhere is answered 404 from memory this long (one PostgreSQL
+# look-up per name per period), at most this many names remembered.
+NEGATIVE_TTL_S = 5.0
+NEGATIVE_MAX = 10_000
+# First-time look-ups of buckets Redis has no snapshot of, per second (burst 1 s):
+# beyond it the answer is 404 without asking PostgreSQL.
+LOOKUP_QPS = 20.0
 
 
 class RateLimiter:
@@ -43,12 +65,16 @@ class RateLimiter:
         self._tokens = max(1.0, current(rate))
         self._at = trio.current_time()
 
-    def try_acquire(self) -> bool:
+    def available(self) -> float:
+        """Tokens there are now (refilled), without taking one."""
         rate = current(self._rate)
         now = trio.current_time()
         self._tokens = min(max(1.0, rate), self._tokens + (now - self._at) * rate)
         self._at = now
-        if self._tokens >= 1.0:
+        return self._tokens
+
+    def try_acquire(self) -> bool:
+        if self.available() >= 1.0:
             self._tokens -= 1.0
             return True
         return False
@@ -60,7 +86,7 @@ class ScheduleView:
     def __init__(
         self,
         store: RedisStore,
-        source: BucketSource,
+        source: AccountSource,
         *,
         poll_s: Tunable = 1.0,
         fallback_qps: Tunable = 10.0,
@@ -76,14 +102,18 @@ class ScheduleView:
         self.redis_timeout_s = redis_timeout_s
         self.observer: ScheduleObserver = observer or NullObserver()
         self._limiter = RateLimiter(fallback_qps)
+        self._lookup_limiter = RateLimiter(LOOKUP_QPS)
+        self._unknown: TtlCache[Bucket, bool] = TtlCache(NEGATIVE_TTL_S, NEGATIVE_MAX)
         self._snaps: dict[Bucket, BucketSnapshot] = {}
         self._locks: dict[Bucket, trio.Lock] = {}
         self._redis_ok = True
         self._state = ViewState.UP
         self._detail = ""
-        self._pending: dict[Bucket, int] = {}
+        self._pending: dict[Bucket, Stamp] = {}
         self._wake = trio.Event()
         self.fallback_loads = 0
+        # PostgreSQL look-ups of buckets met for the first time without a Redis snapshot.
+        self.lookups = 0
 
     # --- hot path ---------------------------------------------------------------
 
@@ -94,13 +124,24 @@ class ScheduleView:
     async def ensure(self, bucket: Bucket) -> BucketSnapshot:
         """The bucket's copy, loading it on first use (Redis, else PostgreSQL).
 
-        Raises StoreUnavailable when neither store can provide it (or the
-        fallback's QPS limit is exhausted and there is no copy yet).
+        Raises UnknownBucket (404) for a bucket neither store knows (nothing is
+        kept of it), StoreUnavailable when neither store answers.
         """
         snap = self._snaps.get(bucket)
         if snap is not None:
             return snap
+        if self._unknown.lookup(bucket)[0]:
+            raise _unknown(bucket)
         return await self.refresh(bucket)
+
+    def held_stamp(self, bucket: Bucket) -> Stamp:
+        """The version of this view's Redis copy of ``bucket`` (NO_VERSION if none)."""
+        snap = self._snaps.get(bucket)
+        return snap.stamp if snap is not None and snap.source == "redis" else NO_VERSION
+
+    def fallback_budget(self) -> float:
+        """PostgreSQL fallback loads this view may do right now (tokens of its limiter)."""
+        return self._limiter.available()
 
     # --- state ------------------------------------------------------------------
 
@@ -130,34 +171,66 @@ class ScheduleView:
 
     # --- loading ----------------------------------------------------------------
 
-    async def refresh(self, bucket: Bucket, *, min_version: int = 0) -> BucketSnapshot:
-        """Reload from Redis (else PostgreSQL) unless a copy of at least ``min_version`` is held."""
+    async def refresh(self, bucket: Bucket, *, min_stamp: Stamp = NO_VERSION) -> BucketSnapshot:
+        """Reload from Redis (else PostgreSQL) unless a copy of at least ``min_stamp`` is held."""
         lock = self._locks.setdefault(bucket, trio.Lock())
-        async with lock:
-            cur = self._snaps.get(bucket)
-            if cur is not None and cur.source == "redis" and 0 < min_version <= cur.version:
-                return cur  # another task loaded it while we waited for the lock
-            started = time.perf_counter()
-            snap: BucketSnapshot | None = None
-            try:
-                with trio.fail_after(self.redis_timeout_s):
-                    snap = await read_active(self.store, bucket)
-                self._redis_ok = True
-            except (StoreUnavailable, trio.TooSlowError):
-                self._redis_ok = False
-            try:
-                if snap is None:
-                    return await self._fallback(bucket, cur, started)
-                if cur is not None and cur.source == "redis" and snap.version < cur.version:
-                    return cur  # never roll back
-                return self._install(snap, started)
-            finally:
-                self._update_state()
+        try:
+            async with lock:
+                return await self._refresh(bucket, min_stamp)
+        finally:
+            if bucket not in self._snaps and not lock.statistics().tasks_waiting:
+                self._locks.pop(bucket, None)  # an unknown bucket keeps no lock either
+
+    async def _refresh(self, bucket: Bucket, min_stamp: Stamp) -> BucketSnapshot:
+        cur = self._snaps.get(bucket)
+        if cur is not None and cur.source == "redis" and NO_VERSION < min_stamp <= cur.stamp:
+            return cur  # another task loaded it while we waited for the lock
+        started = time.perf_counter()
+        snap: BucketSnapshot | None = None
+        try:
+            with trio.fail_after(self.redis_timeout_s):
+                snap = await read_active(self.store, bucket)
+            self._redis_ok = True
+        except (StoreUnavailable, trio.TooSlowError):
+            self._redis_ok = False
+        try:
+            if snap is None and cur is None:
+                return await self._first_load(bucket, started)
+            if snap is None:
+                return await self._fallback(bucket, cur, started)
+            if cur is not None and cur.source == "redis" and snap.stamp < cur.stamp:
+                return cur  # never roll back (a newer epoch is never older: see keys.py)
+            return self._install(snap, started)
+        finally:
+            self._update_state()
+
+    async def _first_load(self, bucket: Bucket, started: float) -> BucketSnapshot:
+        """A bucket met for the first time without a Redis snapshot: ask PostgreSQL once.
+
+        Accounts there: a PostgreSQL copy (the builder publishes it soon). None:
+        UnknownBucket, remembered for NEGATIVE_TTL_S; nothing else is kept.
+        """
+        if not self._lookup_limiter.try_acquire():
+            raise _unknown(bucket)  # too many strangers at once: not worth a query each
+        self.lookups += 1
+        try:
+            with trio.fail_after(current(self.fallback_timeout_s)):
+                accounts = await self.source.bucket_accounts(bucket)
+        except trio.TooSlowError as exc:
+            raise StoreUnavailable("postgres", f"look-up of {bucket} timed out") from exc
+        if not accounts:
+            self._unknown.put(bucket, True)
+            raise _unknown(bucket)
+        now = time.time()
+        snap = BucketSnapshot(
+            bucket, NO_VERSION, accounts, loaded_at=now, built_at=now, source="postgres"
+        )
+        return self._install(snap, started)
 
     async def _fallback(
         self, bucket: Bucket, cur: BucketSnapshot | None, started: float
     ) -> BucketSnapshot:
-        """Load from PostgreSQL within the QPS limit; keep ``cur`` when limited or failing."""
+        """Reload a held bucket from PostgreSQL within the QPS limit; keep ``cur`` when limited."""
         if not self._limiter.try_acquire():
             self.observer.fallback("limited")
             if cur is not None:
@@ -176,17 +249,19 @@ class ScheduleView:
         self.fallback_loads += 1
         self.observer.fallback("loaded")
         now = time.time()
-        snap = BucketSnapshot(bucket, 0, accounts, loaded_at=now, built_at=now, source="postgres")
+        snap = BucketSnapshot(
+            bucket, NO_VERSION, accounts, loaded_at=now, built_at=now, source="postgres"
+        )
         return self._install(snap, started)
 
     # --- freshness (driven by the watcher) --------------------------------------
 
-    def request_reload(self, bucket: Bucket, version: int) -> None:
+    def request_reload(self, bucket: Bucket, stamp: Stamp) -> None:
         """An activation message: reload ``bucket`` if we hold an older copy. No I/O."""
         cur = self._snaps.get(bucket)
-        if cur is None or (cur.source == "redis" and version <= cur.version):
+        if cur is None or (cur.source == "redis" and stamp <= cur.stamp):
             return
-        self._pending[bucket] = max(version, self._pending.get(bucket, 0))
+        self._pending[bucket] = max(stamp, self._pending.get(bucket, NO_VERSION))
         self._wake.set()
 
     async def reload_pending(self) -> None:
@@ -195,8 +270,8 @@ class ScheduleView:
             await self._wake.wait()
             self._wake = trio.Event()
             pending, self._pending = self._pending, {}
-            for bucket, version in pending.items():
-                await self._try_refresh(bucket, version)
+            for bucket, stamp in pending.items():
+                await self._try_refresh(bucket, stamp)
 
     async def poll_once(self) -> None:
         """Compare every held copy with the active versions; reload what changed.
@@ -208,7 +283,7 @@ class ScheduleView:
             return
         try:
             with trio.fail_after(self.redis_timeout_s):
-                versions: dict[Bucket, Any] = await active_versions(self.store, held)
+                stamps = await active_versions(self.store, held)
             self._redis_ok = True
         except (StoreUnavailable, trio.TooSlowError):
             self._redis_ok = False
@@ -216,19 +291,27 @@ class ScheduleView:
                 await self._try_fallback(bucket)
             self._update_state()
             return
-        for bucket, version in versions.items():
+        for bucket, stamp in stamps.items():
             cur = self._snaps[bucket]
-            if cur.source != "redis" or version > cur.version:
-                await self._try_refresh(bucket, version)
+            if cur.source != "redis" or stamp > cur.stamp:
+                await self._try_refresh(bucket, stamp)
         self._update_state()
 
-    async def _try_refresh(self, bucket: Bucket, version: int) -> None:
+    async def _try_refresh(self, bucket: Bucket, stamp: Stamp) -> None:
         # On failure keep serving the copy we have; the next poll retries.
         with contextlib.suppress(StoreUnavailable):
-            await self.refresh(bucket, min_version=version)
+            await self.refresh(bucket, min_stamp=stamp)
 
     async def _try_fallback(self, bucket: Bucket) -> None:
         lock = self._locks.setdefault(bucket, trio.Lock())
         async with lock:
             with contextlib.suppress(StoreUnavailable):
                 await self._fallback(bucket, self._snaps.get(bucket), time.perf_counter())
+
+
+def _unknown(bucket: Bucket) -> UnknownBucket:
+    return UnknownBucket(
+        f"unknown bucket {bucket}: no account in group {bucket.group!r} "
+        f"for platform {bucket.platform.value}",
+        details={"group": bucket.group, "platform": bucket.platform.value},
+    )

@@ -25,7 +25,7 @@ from accounts.errors import ValidationFailed
 from accounts.repository import AccountRepository
 from snapshot.keys import Bucket
 from snapshot.redis import open_redis
-from snapshot.schedule import Outcome, describe, set_snapshot
+from snapshot.schedule import PublishOutcome, describe, set_snapshot
 from snapshot.source import RepositorySource
 
 from ..core.config import Config
@@ -53,6 +53,7 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
                     _print(
                         bucket=str(info.bucket),
                         active_version=info.active_version,
+                        active_epoch=info.active.epoch,
                         size=info.size,
                         age_s=age,
                     )
@@ -67,11 +68,12 @@ async def _main(args: argparse.Namespace, config: Config) -> int:
                 _print(
                     bucket=str(bucket),
                     outcome=r.outcome.value,
-                    version=r.active,
+                    version=r.active.number,
+                    epoch=r.active.epoch,
                     size=r.size,
                     seconds=round(r.seconds, 4),
                 )
-                if r.outcome is not Outcome.ACTIVATED:
+                if r.outcome is not PublishOutcome.ACTIVATED:
                     code = EXIT_FAILURE
             return code
 

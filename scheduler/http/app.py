@@ -24,7 +24,7 @@ from . import (
     tasks_api,
     usage_api,
 )
-from .endpoints import Endpoint, TokenTable, error_response, wrap
+from .endpoints import Endpoint, Outages, TokenTable, error_response, wrap
 from .openapi import openapi_document
 
 
@@ -75,6 +75,7 @@ def build_app(services: Services, endpoints: Iterable[Endpoint] | None = None) -
     endpoints = list(all_endpoints() if endpoints is None else endpoints)
     cfg = services.config
     tokens = TokenTable(cfg.auth.admin_tokens, cfg.auth.gateway_tokens)
+    outages = Outages()
     by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
     for e in endpoints:
         by_path.setdefault(e.path, {})[e.method] = wrap(
@@ -83,6 +84,7 @@ def build_app(services: Services, endpoints: Iterable[Endpoint] | None = None) -
             tokens=tokens,
             max_body=cfg.http.max_body_bytes,
             metrics=services.metrics,
+            outages=outages,
         )
     # One route per path that dispatches on the method itself: a 405 then lists every
     # method of the path in Allow (starlette's per-route 405 would name only one route's).

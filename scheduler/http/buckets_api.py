@@ -44,6 +44,9 @@ class BucketRow(msgspec.Struct, frozen=True):
     view_version: int | None
     view_source: str | None
     last_rebuild: LastRebuild | None
+    # Epochs of the active version and of this instance's copy (see snapshot.keys).
+    active_epoch: int = 0
+    view_epoch: int | None = None
 
 
 class BucketList(msgspec.Struct, frozen=True):
@@ -59,7 +62,9 @@ class RebuildRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class RebuildRow(msgspec.Struct, frozen=True):
     bucket: str
     outcome: str
+    # The active version after the rebuild: its number and its epoch (see snapshot.keys).
     version: int
+    epoch: int
     size: int
     seconds: float
 
@@ -94,6 +99,8 @@ async def list_buckets(call: Call) -> BucketList:
                 held.version if held is not None else None,
                 held.source if held is not None else None,
                 LastRebuild(last.outcome, utc(last.at), last.seconds, last.lag_s) if last else None,
+                active_epoch=info.active.epoch,
+                view_epoch=held.epoch if held is not None else None,
             )
         )
     return BucketList(rows)
@@ -109,7 +116,14 @@ async def rebuild(call: Call) -> RebuildAnswer:
         results = await builder.rebuild_all()
     return RebuildAnswer(
         [
-            RebuildRow(str(b), r.outcome.value, r.active, r.size, round(r.seconds, 4))
+            RebuildRow(
+                str(b),
+                r.outcome.value,
+                r.active.number,
+                r.active.epoch,
+                r.size,
+                round(r.seconds, 4),
+            )
             for b, r in results.items()
         ]
     )
@@ -125,6 +139,7 @@ ENDPOINTS = [
         response=BucketList,
         errors=(503,),
         tags=("buckets",),
+        stores=("redis", "postgres"),
     ),
     Endpoint(
         "POST",
@@ -136,5 +151,6 @@ ENDPOINTS = [
         response=RebuildAnswer,
         errors=(503,),
         tags=("buckets",),
+        stores=("redis", "postgres"),
     ),
 ]

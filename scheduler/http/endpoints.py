@@ -18,6 +18,12 @@ What the wrapper answers before a handler runs, in order: 401/403 (token), 415
 422 (query or body invalid). The published schema is generated from the same
 structs that decode the request (body, query, path and header types), so what
 it says is what the server enforces.
+
+A store outage (:class:`~accounts.errors.StoreUnavailable`) is a 503
+``store_unavailable`` with ``Retry-After``, on every route, and is logged once
+per outage (:class:`Outages`), not once per request: with Redis down a busy
+gateway would otherwise write a line per select. The outage is over, and said
+so once, when a route that needs that store (``Endpoint.stores``) answers again.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from accounts.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     StationmasterError,
+    StoreUnavailable,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -118,6 +125,8 @@ class Endpoint:
     other_responses: Mapping[int, type] = field(default_factory=dict)
     # Media type of a non-JSON answer (``/metrics``).
     media_type: str = "application/json"
+    # Stores a successful answer of this route proves reachable (ends an outage's log).
+    stores: tuple[str, ...] = ()
 
     @property
     def reads_body(self) -> bool:
@@ -223,19 +232,58 @@ def _request_id(request: Request) -> str:
     return secrets.token_hex(8)
 
 
+class Outages:
+    """Store outages as requests meet them: one log line when one starts, one when it ends."""
+
+    def __init__(self) -> None:
+        # store -> monotonic time the first failing request met the outage
+        self._down: dict[str, float] = {}
+
+    def failed(self, exc: StoreUnavailable) -> None:
+        if exc.store not in self._down:
+            self._down[exc.store] = time.monotonic()
+            log.warning(
+                "store unavailable: answering 503 until it is back",
+                store=exc.store,
+                reason=exc.message,
+            )
+
+    def succeeded(self, stores: tuple[str, ...]) -> None:
+        for store in stores:
+            since = self._down.pop(store, None)
+            if since is not None:
+                log.info(
+                    "store back: requests succeed again",
+                    store=store,
+                    outage_s=round(time.monotonic() - since, 3),
+                )
+
+    def down(self) -> list[str]:
+        return sorted(self._down)
+
+
 def wrap(
-    endpoint: Endpoint, *, services: Any, tokens: TokenTable, max_body: int, metrics: Any
+    endpoint: Endpoint,
+    *,
+    services: Any,
+    tokens: TokenTable,
+    max_body: int,
+    metrics: Any,
+    outages: Outages | None = None,
 ) -> Callable[[Request], Awaitable[Response]]:
     """The starlette handler for ``endpoint``: auth, body, call, errors, metrics, logs."""
+    outages = outages if outages is not None else Outages()
 
     async def handle(request: Request) -> Response:
         rid = _request_id(request)
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(request_id=rid):
-            response = await _run(endpoint, request, rid, services, tokens, max_body)
+            response, unavailable = await _run(endpoint, request, rid, services, tokens, max_body)
             response.headers.setdefault("x-request-id", rid)
             metrics.http_requests.labels(endpoint.path, str(response.status_code)).inc()
-            if response.status_code >= 500:
+            if unavailable is not None:
+                outages.failed(unavailable)
+            elif response.status_code >= 500:
                 log.warning(
                     "request failed",
                     method=endpoint.method,
@@ -243,6 +291,8 @@ def wrap(
                     status=response.status_code,
                     ms=round((time.perf_counter() - started) * 1000, 2),
                 )
+            elif response.status_code < 400:
+                outages.succeeded(endpoint.stores)
             return response
 
     handle.__name__ = endpoint.handler.__name__
@@ -259,7 +309,8 @@ def is_json(content_type: str) -> bool:
 
 async def _run(
     endpoint: Endpoint, request: Request, rid: str, services: Any, tokens: TokenTable, max_body: int
-) -> Response:
+) -> tuple[Response, StoreUnavailable | None]:
+    """The response, and the store outage behind it if that is what it answers."""
     try:
         scope = authorize(request, tokens, endpoint.scope) if endpoint.scope else None
         body: Any = None
@@ -278,14 +329,16 @@ async def _run(
             None if endpoint.query is None else convert_query(request.query_params, endpoint.query)
         )
         result = await endpoint.handler(Call(request, body, services, scope, query))
+    except StoreUnavailable as exc:
+        return error_response(exc, rid), exc
     except StationmasterError as exc:
-        return error_response(exc, rid)
+        return error_response(exc, rid), None
     except Exception:
         # Log the traceback (redacted by the log pipeline); answer without details.
         log.exception("unhandled error", route=endpoint.path)
         return error_response(
             StationmasterError("internal error; see the daemon log with this request id"), rid
-        )
+        ), None
     if isinstance(result, Response):
-        return result
-    return json_response(result, endpoint.status)
+        return result, None
+    return json_response(result, endpoint.status), None

@@ -61,5 +61,6 @@ ENDPOINTS = [
         errors=(404, 503),
         tags=("selection",),
         query=ExplainQuery,
+        stores=("redis",),
     ),
 ]

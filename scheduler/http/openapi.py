@@ -43,6 +43,8 @@ def _statuses(e: Endpoint) -> set[int]:
         out |= {415, 422}
     if e.query is not None or e.path_types or e.headers:
         out.add(422)
+    if e.stores:
+        out.add(503)  # a store outage: 503 store_unavailable with Retry-After
     return out
 
 

@@ -2,20 +2,24 @@
 
 ``POST /v1/select`` is the only answer that carries an account's decrypted
 credentials, and only to a gateway token. Decrypted values are registered with
-:func:`scheduler.core.logs.register_secret` the first time they are seen, so they
-never reach a log line or an error message.
+:func:`scheduler.core.logs.register_secret` the first time they are seen
+(:mod:`scheduler.selection.credentials`), so they never reach a log line or an
+error message. A select whose answer cannot be built (credentials no key opens)
+gives its lease back before answering the error.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any, Literal
 
 import msgspec
+import trio
 
-from accounts.errors import NoAccountAvailable
+from accounts.errors import NoAccountAvailable, StoreUnavailable
 from accounts.model import Kind, Platform
 
-from ..selection.reports import RELEASE_HEADERS_DOC, Outcome, Released, Renewed
+from ..selection.reports import RELEASE_HEADERS_DOC, Released, ReleaseOutcome, Renewed
 from ..selection.select import SelectRequest
 from ..selection.store import LEASE_ID_PATTERN, parse_lease_id
 from .endpoints import Call, Endpoint, Scope, UtcTime, error_response, utc, utc_or_none
@@ -23,6 +27,9 @@ from .endpoints import Call, Endpoint, Scope, UtcTime, error_response, utc, utc_
 LeaseId = Annotated[str, msgspec.Meta(pattern=LEASE_ID_PATTERN, max_length=200)]
 # The largest TTL a renew can ask for: the highest leases.max_ttl_s settings allow.
 MAX_RENEW_TTL_S = 7 * 86400
+
+# Giving back a lease whose answer failed is one script call; never hold the error longer.
+_GIVE_BACK_S = 2.0
 
 
 class SelectedAccount(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,6 +92,14 @@ async def select(call: Call) -> Any:
     except NoAccountAvailable as exc:
         return error_response(exc)
     account = sel.account
+    try:
+        credentials = s.credentials.get(account)
+    except BaseException:
+        # The lease is taken but the answer cannot be built (a credential no configured
+        # key opens, mid-rotation): give the slot back now rather than after ttl_s.
+        with trio.move_on_after(_GIVE_BACK_S, shield=True), contextlib.suppress(StoreUnavailable):
+            await s.selector.give_back(sel.lease_id)
+        raise
     granted_ms = parse_lease_id(sel.lease_id).granted_ms
     ttl_ms = round(sel.expires_at * 1000) - granted_ms if granted_ms is not None else 0
     return SelectAnswer(
@@ -97,7 +112,7 @@ async def select(call: Call) -> Any:
             platform=account.platform,
             kind=account.kind,
             base_url=account.base_url,
-            credentials=s.credentials.get(account),
+            credentials=credentials,
         ),
         sticky=sel.sticky,
         path=sel.path,
@@ -143,6 +158,7 @@ ENDPOINTS = [
         "(`details.served_models` lists what it serves), so retrying cannot help; 503 "
         "`no_available_accounts`: some account could serve it but none can now "
         "(`Retry-After` and `details.retry_after_s` say when to try again).",
+        stores=("redis",),
     ),
     Endpoint(
         "POST",
@@ -150,12 +166,13 @@ ENDPOINTS = [
         release,
         "Release a lease and report the request's outcome",
         scope=Scope.GATEWAY,
-        body=Outcome,
+        body=ReleaseOutcome,
         response=Released,
         errors=(404, 503),
         tags=("selection",),
         path_types={"lease_id": LeaseId},
         description=RELEASE_HEADERS_DOC,
+        stores=("redis",),
     ),
     Endpoint(
         "POST",
@@ -171,5 +188,6 @@ ENDPOINTS = [
         description="Extends the lease to now + `ttl_s` (default `leases.ttl_s`), capped at "
         "`leases.max_ttl_s` and at grant + `leases.max_lifetime_s`; never earlier than "
         "its current expiry. `clamped_by` names the cap that cut the TTL asked for.",
+        stores=("redis",),
     ),
 ]

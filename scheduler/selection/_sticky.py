@@ -2,13 +2,13 @@
 
 A bound account passes the very same filter as the pool (:func:`accounts.rules.check`,
 quota pause included) against the live local view, never the pool cache; a hard
-failure deletes the binding, a soft miss (full, rate-limited, overloaded, slow)
+failure deletes the binding (compare-and-delete: only if it still names that
+account), a soft miss (full, rate-limited, overloaded, slow)
 keeps it and lets the request spill over to the pool.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Protocol
 
 from accounts.model import Account
@@ -46,11 +46,10 @@ class Selector(Protocol):
 
 async def read_bindings(sel: Selector, keys: list[str]) -> dict[str, str | None]:
     """Bound account ids, from the local cache or one MGET for the missing ones."""
-    now = time.monotonic()
     found: dict[str, str | None] = {}
     missing = []
     for key in keys:
-        live, account_id = sel.bindings.lookup(key, now)
+        live, account_id = sel.bindings.lookup(key)
         if live:
             found[key] = account_id
         else:
@@ -82,8 +81,10 @@ async def try_sticky(
         rnd.sticky_reasons.append((path, reason))
         if is_hard(reason):
             assert key is not None
-            await sel.runtime.delete(key)
-            sel.remember_binding(key, None)
+            # Only if it still names this account: another instance may have re-bound
+            # the session since our (up to 2 s old) read. Either way, read it afresh next.
+            await sel.runtime.unbind(key, account_id)
+            sel.bindings.discard(key)
             session_bound = session_bound and key != sess_key
     return session_bound
 

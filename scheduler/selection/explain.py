@@ -9,7 +9,6 @@ rule's reasoning, for every candidate. Times are RFC 3339 (UTC).
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import msgspec
@@ -114,7 +113,7 @@ async def explain(selector: Selector, req: SelectRequest) -> Explanation:
     resp_key, sess_key = selector.binding_keys(req)
     keys = [k for k in (resp_key, sess_key) if k]
     bound = dict(zip(keys, await selector.runtime.bindings(keys), strict=True)) if keys else {}
-    now = time.time()
+    now = selector.clock()
     excluded = {a: "excluded_by_request" for a in req.exclude}
     passed = []
     candidates = {}
@@ -127,7 +126,7 @@ async def explain(selector: Selector, req: SelectRequest) -> Explanation:
         quota = quota_pause(account, state.windows, cfg.quota, now).why
         candidates[account.id] = (account, state, reason, quota)
         if reason is None:
-            passed.append((account, state, 0))
+            passed.append((account, state))
     scored = {x.account.id: x for x in score(passed, Weights.from_settings(cfg.scoring), now)}
     counts: dict[str, int] = {}
     out = []

@@ -44,7 +44,7 @@ class Selection(msgspec.Struct, frozen=True, kw_only=True):
     waited_s: float
 
 
-class BucketSource(Protocol):
+class BucketSnapshots(Protocol):
     """Where bucket snapshots come from (``snapshot.view.ScheduleView`` in the daemon)."""
 
     def get(self, bucket: Bucket) -> BucketSnapshot | None: ...

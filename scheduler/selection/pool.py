@@ -90,7 +90,7 @@ class PoolCache:
         """Whether this cache describes ``snap`` under ``cfg`` as of view ``generation``."""
         return self.snap is snap and self.cfg is cfg and self.generation == generation
 
-    def build(self, state_of: StateOf, waiting: Mapping[str, int], now: float) -> None:
+    def build(self, state_of: StateOf, now: float) -> None:
         """Check and score every candidate of the snapshot."""
         passed = []
         for account in self.snap.accounts:
@@ -100,7 +100,7 @@ class PoolCache:
             if reason is not None:
                 self.reasons[account.id] = reason
             else:
-                passed.append((account, state, waiting.get(account.id, 0)))
+                passed.append((account, state))
         self.counts = Counter(self.reasons.values())
         self.norm = normalisation(passed)
         index = self._index
@@ -111,9 +111,7 @@ class PoolCache:
             self._order.append(key)
         self._order.sort()
 
-    def update(
-        self, ids: Iterable[str], state_of: StateOf, waiting: Mapping[str, int], now: float
-    ) -> None:
+    def update(self, ids: Iterable[str], state_of: StateOf, now: float) -> None:
         """Check and score again the given accounts (ids outside the bucket are ignored)."""
         by_id = self.snap.by_id
         passed = []
@@ -128,7 +126,7 @@ class PoolCache:
                 self.reasons[account_id] = reason
                 self.counts[reason] += 1
             else:
-                passed.append((account, state, waiting.get(account_id, 0)))
+                passed.append((account, state))
         for s in score(passed, self.weights, now, with_terms=False, norm=self.norm):
             self._insert(s)
 

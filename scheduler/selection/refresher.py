@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 import trio.lowlevel
 
-from snapshot.redis import UNAVAILABLE
+from accounts.errors import StoreUnavailable
 
 from ..core.logs import get_logger
 
@@ -51,6 +51,8 @@ class ViewRefresher:
         self.selector = selector
         self.active_s = active_s
         self.rounds = 0
+        # Whether the last read failed (Redis down): logs once per outage.
+        self.failing = False
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -70,8 +72,16 @@ class ViewRefresher:
                 continue
             try:
                 await self._refresh(bucket)
-            except UNAVAILABLE as exc:
-                log.warning("runtime view refresh failed", bucket=str(bucket), error=str(exc))
+            except StoreUnavailable as exc:
+                if not self.failing:  # once per outage, not every period and bucket
+                    log.warning(
+                        "runtime view refresh failed", bucket=str(bucket), error=exc.message
+                    )
+                self.failing = True
+                continue
+            if self.failing:
+                log.info("runtime view refresh works again", bucket=str(bucket))
+                self.failing = False
             # Let requests in between buckets: each read and rebuild is CPU on the loop.
             await trio.lowlevel.checkpoint()
 
@@ -91,6 +101,6 @@ class ViewRefresher:
             chunk=CHUNK,
         )
         cfg = sel.settings()
-        now = time.time()
+        now = sel.clock()
         for model in sel.pool_models(bucket):
             sel.pool(model, snap, cfg, now)

@@ -20,15 +20,24 @@ selection):
 :data:`RELEASE_HEADERS_DOC` says the same to API users (the release route's
 OpenAPI description).
 
+Deadlines go to Redis as durations: the script adds Redis ``TIME`` (one clock
+for every instance, whatever their own clocks say).
+
+A late report (the lease expired, or was given back already) still applies its
+account-level effects: a 401 after the lease's TTL must take the account out of
+rotation all the same. Only the lease bookkeeping depends on the lease, and the
+answer's ``lease`` says which happened (``released`` or ``gone``). A lease id
+naming an account this instance does not know in that bucket is a 404 and
+changes nothing (nothing is written for made-up accounts).
+
 Unparseable header *values* are ignored (upstream garbage must not fail a
 release); a malformed header *map* (bad names, control characters) is a 422.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -36,11 +45,12 @@ from accounts.errors import NotFound, ValidationFailed
 from accounts.openai_limits import openai_headroom
 from accounts.quota import parse_usage
 from accounts.retry import retry_after
+from snapshot.keys import Bucket
 from snapshot.settings import Settings
 
 from ..core.logs import get_logger
 from .select import ResponseId, Selector
-from .store import LeaseRef, RenewReply, RuntimeStore, parse_lease_id, window_field
+from .store import Effects, LeaseRef, RenewReply, RuntimeStore, parse_lease_id
 
 log = get_logger("reports")
 
@@ -58,7 +68,7 @@ HeaderValue = Annotated[str, msgspec.Meta(max_length=8192, pattern=r"^[^\x00-\x0
 Millis = Annotated[float, msgspec.Meta(ge=0, le=86_400_000)]
 
 
-class Outcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ReleaseOutcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How the request on a lease ended, as the gateway saw it."""
 
     status: Annotated[int, msgspec.Meta(ge=100, le=599)]
@@ -72,6 +82,9 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 class Released(msgspec.Struct, frozen=True, kw_only=True):
     account_id: str
+    # "released": the lease was live and is given back; "gone": it had expired or
+    # was released before; the outcome's effects applied to the account all the same.
+    lease: Literal["released", "gone"]
     # What the outcome changed: rate_limited, overloaded, account_error, quota, response_binding.
     effects: list[str]
 
@@ -95,43 +108,59 @@ class Renewed(msgspec.Struct, frozen=True, kw_only=True):
     lifetime_ends_at: float | None
 
 
-def _ms(epoch_s: float) -> str:
-    return str(int(epoch_s * 1000))
+def outcome_effects(
+    ref: LeaseRef, outcome: ReleaseOutcome, cfg: Settings, now: float
+) -> tuple[Effects, list[str]]:
+    """What the outcome does to the account (durations, relative readings), and its names. Pure.
 
-
-def outcome_fields(
-    ref: LeaseRef, outcome: Outcome, cfg: Settings, now: float
-) -> tuple[dict[str, str], list[str]]:
-    """The state-hash fields the outcome sets, and the names of its effects. Pure."""
-    fields = {"last_used": _ms(now)}
-    effects = []
+    ``now`` is this instance's clock, used only to turn absolute times in the
+    headers (an HTTP date, an epoch reset) into durations.
+    """
+    names = []
+    rate_limited_s = overloaded_s = unschedulable_s = None
+    reason = ""
     status = outcome.status
     if status == 429:
-        until = retry_after(outcome.headers, now) or now + cfg.runtime.rate_limited_default_s
-        fields["rl_until"] = _ms(until)
-        effects.append("rate_limited")
+        until = retry_after(outcome.headers, now)
+        rate_limited_s = max(0.0, until - now) if until else cfg.runtime.rate_limited_default_s
+        names.append("rate_limited")
     elif status == 529:
-        fields["ol_until"] = _ms(now + cfg.runtime.overloaded_s)
-        effects.append("overloaded")
+        overloaded_s = cfg.runtime.overloaded_s
+        names.append("overloaded")
     elif status in (401, 403):
-        fields.update(auth_hold_fields(status, now))
-        effects.append("account_error")
-    for window in parse_usage(ref.platform, outcome.headers, now):
-        name, value = window_field(window)
-        fields[name] = value
-        if "quota" not in effects:
-            effects.append("quota")
+        unschedulable_s = AUTH_HOLD_S
+        reason = f"upstream answered {status}"
+        names.append("account_error")
+    readings = tuple(parse_usage(ref.platform, outcome.headers, now))
+    if readings:
+        names.append("quota")
+    headroom = headroom_s = None
     room = openai_headroom(outcome.headers, now)
     if room is not None:
-        fields["rl_room"] = repr(room.fraction)
-        fields["rl_room_until"] = _ms(room.until)
-        effects.append("rate_limit_headroom")
-    return fields, effects
+        headroom, headroom_s = room.fraction, max(0.0, room.until - now)
+        names.append("rate_limit_headroom")
+    effects = Effects(
+        rate_limited_s=rate_limited_s,
+        overloaded_s=overloaded_s,
+        unschedulable_s=unschedulable_s,
+        unschedulable_reason=reason,
+        headroom=headroom,
+        headroom_s=headroom_s,
+        readings=readings,
+        error=outcome.status >= 500 or outcome.status in _ERROR_STATUSES,
+        latency_ms=outcome.latency_ms,
+        ttft_ms=outcome.ttft_ms,
+    )
+    return effects, names
 
 
-def auth_hold_fields(status: int, now: float) -> dict[str, str]:
-    """The state-hash fields a 401/403 sets: held out while PostgreSQL and the snapshot catch up."""
-    return {"tu_until": _ms(now + AUTH_HOLD_S), "tu_reason": f"upstream answered {status}"}
+def auth_hold(status: int) -> Effects:
+    """What a 401/403 does in Redis: held out while PostgreSQL and the snapshot catch up."""
+    return Effects(
+        unschedulable_s=AUTH_HOLD_S,
+        unschedulable_reason=f"upstream answered {status}",
+        last_used=False,
+    )
 
 
 async def mark_account_error(accounts: Any, account_id: str, status: int) -> bool:
@@ -144,15 +173,22 @@ async def mark_account_error(accounts: Any, account_id: str, status: int) -> boo
 
 
 async def account_error(
-    runtime: RuntimeStore, accounts: Any, platform: str, account_id: str, status: int
+    runtime: RuntimeStore,
+    accounts: Any,
+    platform: str,
+    account_id: str,
+    status: int,
+    *,
+    alpha: float = 0.2,
 ) -> bool:
     """The account-error path of a 401/403 seen outside a release (the usage prober).
 
-    The same as a reported 401/403: the same temporary hold in Redis (so no
-    instance picks the account while its buckets are rebuilt) and the same
-    ``mark_error`` with the same reason. Returns True if the row changed.
+    The same as a reported 401/403: the same temporary hold in Redis, computed by
+    the script from Redis TIME (so no instance picks the account while its
+    buckets are rebuilt), and the same ``mark_error`` with the same reason.
+    Returns True if the row changed.
     """
-    await runtime.set_state(platform, account_id, auth_hold_fields(status, time.time()))
+    await runtime.apply(platform, account_id, auth_hold(status), alpha=alpha)
     return await mark_account_error(accounts, account_id, status)
 
 
@@ -190,13 +226,6 @@ Status 529: overloaded for `runtime.overloaded_s`. 401/403: the account is marke
 with `response_id` binds it to the account for `previous_response_id`."""
 
 
-def _samples(outcome: Outcome) -> tuple[str, str, str]:
-    failed = outcome.status >= 500 or outcome.status in _ERROR_STATUSES
-    latency = "" if outcome.latency_ms is None else repr(outcome.latency_ms)
-    ttft = "" if outcome.ttft_ms is None else repr(outcome.ttft_ms)
-    return ("1" if failed else "0", latency, ttft)
-
-
 class Reporter:
     """Applies release outcomes and renewals for one Selector's runtime store."""
 
@@ -208,36 +237,50 @@ class Reporter:
         # accounts.repository.AccountRepository (mark_error); None in pure-Redis setups.
         self.accounts = accounts
 
-    async def release(self, lease_id: str, outcome: Outcome) -> Released:
-        """Give the lease back with its outcome; NotFound (nothing changed) if it is unknown."""
+    async def release(self, lease_id: str, outcome: ReleaseOutcome) -> Released:
+        """Give the lease back with its outcome; its effects apply even when it is gone.
+
+        NotFound (nothing changed) only when the lease names an account this
+        instance does not know in that bucket.
+        """
         ref = parse_lease_id(lease_id)
         cfg = self.settings()
-        now = time.time()
-        fields, effects = outcome_fields(ref, outcome, cfg, now)
-        ok_status = 200 <= outcome.status < 300
-        keys = self.selector.runtime.keys
+        effects, names = outcome_effects(ref, outcome, cfg, self.selector.clock())
         response_key = None
-        if ok_status and outcome.response_id:
+        if 200 <= outcome.status < 300 and outcome.response_id:
+            keys = self.selector.runtime.keys
             response_key = keys.response(ref.platform, ref.group, outcome.response_id)
-            effects.append("response_binding")
-        state = await self.selector.runtime.release(
+            names.append("response_binding")
+        released = await self.selector.runtime.release(
             ref,
+            effects,
             alpha=cfg.runtime.ewma_alpha,
-            fields=fields,
-            samples=_samples(outcome),
             response_key=response_key,
             response_ttl_s=cfg.sticky.response_ttl_s,
+            when_gone=self._known(ref),
         )
-        if state is None:
-            raise NotFound("unknown lease: never granted, already released, or expired")
+        if released is None:
+            raise NotFound("unknown lease: not an account of that bucket here, and not live")
         # The state after the release (quota readings, deadlines) goes into this
         # instance's view at once: the very next select here sees a pause it caused.
-        self.selector.on_release(ref.platform.value, ref.account_id, state)
+        if released.live:
+            self.selector.on_release(ref.platform.value, ref.account_id, released.state)
+        else:
+            self.selector.view.put(ref.account_id, released.state)
         if response_key is not None:
             self.selector.remember_binding(response_key, ref.account_id)
-        if "account_error" in effects:
+        if "account_error" in names:
             await mark_account_error(self.accounts, ref.account_id, outcome.status)
-        return Released(account_id=ref.account_id, effects=effects)
+        return Released(
+            account_id=ref.account_id,
+            lease="released" if released.live else "gone",
+            effects=names,
+        )
+
+    def _known(self, ref: LeaseRef) -> bool:
+        """Whether the lease's account is in its bucket's snapshot here (late reports apply)."""
+        snap = self.selector.buckets.get(Bucket(ref.group, ref.platform))
+        return snap is not None and ref.account_id in snap.by_id
 
     async def renew(self, lease_id: str, ttl_s: float | None) -> Renewed:
         """Extend the lease to now + ttl; never shorter than it is, and say what capped it.

@@ -22,7 +22,7 @@ from typing import Any
 from snapshot.builder import SnapshotBuilder
 from snapshot.keys import Bucket
 from snapshot.observer import ViewState
-from snapshot.source import BucketSource, RepositorySource, SqlSource
+from snapshot.source import AccountSource, RepositorySource, SqlSource
 from snapshot.view import ScheduleView
 from snapshot.watcher import ScheduleWatcher
 
@@ -78,7 +78,7 @@ class Schedule:
 def build_schedule(services: Any) -> Schedule:
     """The view, watcher and builder for ``services``, tuned by the settings snapshot if any."""
     observer = HealthObserver(services.metrics, services.health)
-    source: BucketSource = (
+    source: AccountSource = (
         RepositorySource(services.accounts)
         if services.accounts is not None
         else SqlSource(services.db)
@@ -104,6 +104,7 @@ def build_schedule(services: Any) -> Schedule:
         source,
         grace_s=tuned("snapshot", "grace_s", 60.0),
         full_rebuild_s=tuned("snapshot", "full_rebuild_s", 300.0),
+        seen=view.held_stamp,
         observer=observer,
     )
     return Schedule(view, ScheduleWatcher(view), builder)

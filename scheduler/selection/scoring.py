@@ -2,9 +2,10 @@
 
 No I/O and no clock reads: callers pass ``now`` and the runtime states they hold.
 Every term is a float in [0, 1] where 1 is best, so weights from the settings
-mean what they say whatever the load: load is ``(leases + waiting) / capacity``
-as a float (capacity = load_factor or concurrency), never an integer percentage
-that rounds low loads to zero.
+mean what they say whatever the load: load is ``leases / capacity`` as a float
+(capacity = load_factor or concurrency), never an integer percentage that rounds
+low loads to zero. (There is no "queue" term: selects wait per bucket, never for
+one account, so there is no per-account queue to weigh.)
 
 The order of the best K is drawn by weight without replacement
 (Efraimidis-Spirakis: sort by ``u ** (1 / w)``), seeded from the session hash or
@@ -41,7 +42,6 @@ class Weights(msgspec.Struct, frozen=True, kw_only=True):
 
     priority: float = _DEFAULT.priority
     load: float = _DEFAULT.load
-    queue: float = _DEFAULT.queue
     error_rate: float = _DEFAULT.error_rate
     ttft: float = _DEFAULT.ttft
     quota_headroom: float = _DEFAULT.quota_headroom
@@ -58,7 +58,6 @@ class Weights(msgspec.Struct, frozen=True, kw_only=True):
 class Terms(msgspec.Struct, frozen=True, kw_only=True):
     priority: float
     load: float
-    queue: float
     error_rate: float
     ttft: float
     quota_headroom: float
@@ -104,25 +103,25 @@ class Norm(msgspec.Struct, frozen=True):
     ttft_ref: float
 
 
-def normalisation(candidates: Sequence[tuple[Account, RuntimeState, int]]) -> Norm:
+def normalisation(candidates: Sequence[tuple[Account, RuntimeState]]) -> Norm:
     """The :class:`Norm` of a candidate set (what :func:`score` uses when given none)."""
     if not candidates:
         return Norm(0, 1.0, 1.0)
-    prios = [a.priority for a, _, _ in candidates]
+    prios = [a.priority for a, _ in candidates]
     lo, hi = min(prios), max(prios)
-    ttfts = [s.ttft_ms for _, s, _ in candidates if s.ttft_ms]
+    ttfts = [s.ttft_ms for _, s in candidates if s.ttft_ms]
     return Norm(lo, float(hi - lo) or 1.0, max(ttfts) if ttfts else 1.0)
 
 
 def score(
-    candidates: Sequence[tuple[Account, RuntimeState, int]],
+    candidates: Sequence[tuple[Account, RuntimeState]],
     weights: Weights,
     now: float,
     *,
     with_terms: bool = True,
     norm: Norm | None = None,
 ) -> list[Scored]:
-    """Score ``(account, state, waiting)`` triples; the result keeps the input order.
+    """Score ``(account, state)`` pairs; the result keeps the input order.
 
     ``norm`` defaults to the candidates' own; selection's pool cache passes the
     one of the set it was built from when it re-scores a few changed accounts,
@@ -131,16 +130,16 @@ def score(
     """
     if not candidates:
         return []
-    w0, w1, w2, w3, w4, w5, w6 = (getattr(weights, name) for name in _TERM_NAMES)
+    w0, w1, w3, w4, w5, w6 = (getattr(weights, name) for name in _TERM_NAMES)
     n = norm if norm is not None else normalisation(candidates)
     lo, spread, ttft_ref = n.lo, n.spread, n.ttft_ref
     clamp = _clamp
     out = []
     # Straight-line arithmetic, no per-term tuples: this runs for every candidate
     # of a bucket on each pool rebuild. The sum keeps the terms' order (same floats).
-    for account, state, waiting in candidates:
+    for account, state in candidates:
         cap = account.capacity
-        load = (state.leases + waiting) / cap
+        load = state.leases / cap
         headroom, reset_soon = _quota_terms(state, now) if state.windows else (1.0, 0.0)
         room = state.ratelimit_room
         if room is not None and (state.ratelimit_room_until or 0.0) > now:
@@ -148,15 +147,14 @@ def score(
             headroom = min(headroom, clamp(room))
         t0 = 1.0 - clamp((account.priority - lo) / spread)
         t1 = 1.0 - clamp(load)
-        t2 = 1.0 - clamp(waiting / cap)
         t3 = 1.0 - clamp(state.error_rate)
         t4 = 1.0 - clamp((state.ttft_ms or 0.0) / ttft_ref)
-        total = w0 * t0 + w1 * t1 + w2 * t2 + w3 * t3 + w4 * t4 + w5 * headroom + w6 * reset_soon
+        total = w0 * t0 + w1 * t1 + w3 * t3 + w4 * t4 + w5 * headroom + w6 * reset_soon
         # Terms are built only when asked (explain): the hot path scores 500 accounts.
         terms = None
         if with_terms:
             terms = Terms(
-                priority=t0, load=t1, queue=t2, error_rate=t3, ttft=t4,
+                priority=t0, load=t1, error_rate=t3, ttft=t4,
                 quota_headroom=headroom, reset_soon=reset_soon,
             )  # fmt: skip
         out.append(Scored(account=account, score=total, terms=terms, load=load))

@@ -10,8 +10,10 @@ order seeded by the session; the verdicts and scores are kept between selects
 in a :class:`~scheduler.selection.pool.PoolCache` (rebuilt on every view refresh, only
 changed accounts re-checked in between). Leases are acquired by one Lua script
 per attempt (one Redis round trip on the common path), up to ``probe_limit``
-attempts. Nothing acquired: wait for a release in the platform (pub/sub wake-up
-plus a periodic retry) up to the request's limit, then
+attempts. Nothing acquired: wait in the bucket's queue (:mod:`._waiting`: a release
+wakes one waiter; every waiter also retries each ``wait.retry_interval_ms``, all
+of a bucket's waiters sharing one Redis read per period) up to the request's
+limit, then
 :class:`~accounts.errors.NoAccountAvailable` with the counts (:mod:`scheduler.selection._none`).
 A model that no account of the bucket supports is
 :class:`~accounts.errors.ModelNotServed` at once (a 4xx: retrying cannot help).
@@ -42,9 +44,10 @@ from snapshot.settings import Settings
 
 from ._none import model_not_served, no_account, retry_after_hint
 from ._sticky import try_sticky
+from ._waiting import WaitQueues
 from .bindings import BindingCache
 from .model import (
-    BucketSource,
+    BucketSnapshots,
     ModelName,
     ResponseId,
     Round,
@@ -55,11 +58,11 @@ from .model import (
 )
 from .pool import PoolCache
 from .scoring import seed_for, weighted_order
-from .store import Acquired, Refused, RuntimeState, RuntimeStore, parse_lease_id
+from .store import Acquired, Effects, Refused, RuntimeState, RuntimeStore, parse_lease_id
 from .view import RuntimeView
 
 __all__ = [
-    "BucketSource",
+    "BucketSnapshots",
     "ModelName",
     "ResponseId",
     "SelectRequest",
@@ -69,9 +72,6 @@ __all__ = [
     "retry_after_hint",
 ]
 
-# A bound account id seen in Redis is trusted locally this long; the acquire
-# script re-checks the binding, so a stale entry costs a retry, never a wrong pick.
-BINDING_CACHE_S = 2.0
 # Pool caches kept (one per bucket and model): bounds memory when requests name
 # arbitrary models; past it the oldest is dropped and rebuilt on its next use.
 POOL_CACHES_MAX = 256
@@ -100,19 +100,23 @@ class Selector:
     def __init__(
         self,
         redis: RedisStore,
-        buckets: BucketSource,
+        buckets: BucketSnapshots,
         settings: Callable[[], Settings],
         *,
         metrics: Any = None,
         view_ttl_s: float = 0.5,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.runtime = RuntimeStore(redis)
+        # This instance's wall clock (epoch s). Filters compare runtime states with it;
+        # states arrive already moved onto it (RuntimeState), so a skewed clock is harmless.
+        self.clock = clock
+        self.runtime = RuntimeStore(redis, clock=clock)
         self.view = RuntimeView(self.runtime, ttl_s=view_ttl_s)
         self.buckets = buckets
         self.settings = settings
         self.metrics = metrics
-        self.bindings = BindingCache(BINDING_CACHE_S)
-        self._released: dict[str, trio.Event] = {}
+        self.bindings = BindingCache()
+        self.waiters = WaitQueues(buckets)
         self._pools: dict[tuple[Bucket, str], PoolCache] = {}
         # When each bucket was last selected from (monotonic): the refresher keeps these fresh.
         self.active: dict[Bucket, float] = {}
@@ -131,9 +135,7 @@ class Selector:
             self.view.put(account_id, state)
         else:
             self.view.note_release(account_id)
-        event = self._released.pop(platform, None)
-        if event is not None:
-            event.set()
+        self.waiters.wake(platform, account_id)
 
     def remember_binding(self, key: str, account_id: str | None) -> None:
         self.bindings.put(key, account_id)
@@ -163,13 +165,20 @@ class Selector:
         bucket = Bucket(req.group, req.platform)
         snap = await self.snapshot(bucket)
         self.active[bucket] = time.monotonic()
+        view_key = (bucket.group, bucket.platform.value)
         wait_s = min(req.wait_ms, cfg.wait.max_wait_ms) / 1000.0
         start = trio.current_time()
         deadline = start + wait_s
+        # Any read of the bucket started after this request began can settle a "full".
+        since: int | None = None
+        began = self.view.mark(view_key)
         attempts = 0
-        force = rebuilt = waited = False
+        ticket = self.waiters.ticket()
+        woken_by: str | None = None
+        rechecked = rebuild = rebuilt = waited = False
         while True:
-            rnd = await self._round(req, snap, cfg, force=force, rebuild=rebuilt)
+            rnd = await self._round(req, snap, cfg, since=since, rebuild=rebuild)
+            since, rebuild = None, False
             attempts += rnd.attempts
             if rnd.selection is not None:
                 return self._done(rnd.selection, attempts, start, waited, bucket)
@@ -178,27 +187,42 @@ class Selector:
                 missing = model_not_served(snap, req.model)
                 if missing is not None:
                     raise missing
+            if woken_by is not None:
+                self._pass_on(snap, woken_by)
+                woken_by = None
             reasons = set(rnd.all_exclusions().values())
-            if not force and Reason.FULL in reasons:
-                force = True  # a stale local "full" must not answer 503: re-read once
+            if not rechecked and Reason.FULL in reasons:
+                # A stale local "full" must not answer 503: a read started since this
+                # request began (concurrent ones share it) settles it, once.
+                rechecked, since = True, began
                 continue
             if not rebuilt and not _TIMED_REASONS.isdisjoint(reasons):
                 # The cache's verdicts may predate a deadline that has passed since:
                 # judge them again at the current time (no Redis call) before a 503.
-                rebuilt = True
+                rebuilt = rebuild = True
                 continue
             if trio.current_time() >= deadline:
                 break
-            event = self._released.setdefault(req.platform.value, trio.Event())
-            retry_s = cfg.wait.retry_interval_ms / 1000.0
             waited = True
-            with trio.move_on_at(min(deadline, trio.current_time() + retry_s)):
-                await event.wait()
+            mark = self.view.mark(view_key)
+            retry_at = trio.current_time() + cfg.wait.retry_interval_ms / 1000.0
+            woken_by = await self.waiters.wait(bucket, ticket, min(deadline, retry_at))
+            if woken_by is None:
+                # The periodic retry: a release this instance did not hear of (or a
+                # lease that expired) shows only in Redis. One read started after the
+                # wait began serves every waiter of the bucket.
+                since = mark
+            # A release wake-up needs no read: on_release() has patched the view.
             snap = await self.snapshot(bucket)
-            force = True
         self._count("none", "none", trio.current_time() - start)
         excluded = rnd.all_exclusions()
-        raise no_account(bucket, excluded, self.buckets.get(bucket), self.view, cfg, time.time())
+        raise no_account(bucket, excluded, self.buckets.get(bucket), self.view, cfg, self.clock())
+
+    def _pass_on(self, snap: BucketSnapshot, account_id: str) -> None:
+        """A release woke us but this round took nothing: if its slot is still free, pass it on."""
+        account = snap.by_id.get(account_id)
+        if account is not None and self.view.get(account_id).leases < account.concurrency:
+            self.waiters.pass_on(snap.bucket, account_id)
 
     def _done(
         self, sel: Selection, attempts: int, start: float, waited: bool, bucket: Bucket
@@ -208,7 +232,13 @@ class Selector:
         return msgspec.structs.replace(sel, attempts=attempts, waited_s=waited_s)
 
     async def _round(
-        self, req: SelectRequest, snap: BucketSnapshot, cfg: Settings, *, force: bool, rebuild: bool
+        self,
+        req: SelectRequest,
+        snap: BucketSnapshot,
+        cfg: Settings,
+        *,
+        since: int | None,
+        rebuild: bool,
     ) -> Round:
         rnd = Round()
         bucket = snap.bucket
@@ -217,10 +247,10 @@ class Selector:
             (bucket.group, bucket.platform.value),
             bucket.platform,
             (a.id for a in snap.accounts),
-            force=force,
+            since=since,
             max_age_s=self.view.request_max_age_s,
         )
-        now = time.time()
+        now = self.clock()
         by_id = snap.by_id
         for account_id in req.exclude:
             if account_id in by_id:
@@ -248,11 +278,11 @@ class Selector:
             changed = view.changed_since(pool.position)
             if changed is not None:
                 if changed:
-                    pool.update(changed, view.get, view.waiting, now)
+                    pool.update(changed, view.get, now)
                     pool.position = view.log_end
                 return pool
         pool = PoolCache(snap, model, cfg, generation=generation, position=view.log_end)
-        pool.build(view.get, view.waiting, now)
+        pool.build(view.get, now)
         self._pools.pop(key, None)
         if len(self._pools) >= POOL_CACHES_MAX:
             del self._pools[next(iter(self._pools))]
@@ -293,7 +323,7 @@ class Selector:
                     return
                 rnd.excluded[scored.account.id] = reason
         # The verdicts as they stand now (the awaits above may have changed them).
-        pool = self.pool(req.model, snap, cfg, time.time())
+        pool = self.pool(req.model, snap, cfg, self.clock())
         rnd.pool_reasons, rnd.pool_counts = pool.reasons, pool.counts
 
     # --- acquire ------------------------------------------------------------------
@@ -309,14 +339,22 @@ class Selector:
     ) -> Reason | None:
         """One lease attempt; None on success (``rnd.selection`` set), else why it was refused."""
         rnd.attempts += 1
-        result = await self.runtime.acquire(
-            req.platform.value, req.group, account.id,
-            concurrency=account.concurrency,
-            ttl_s=cfg.leases.ttl_s,
-            session_hash=req.session_hash,
-            bind_mode=bind_mode,
-            bind_ttl_s=cfg.sticky.session_ttl_s,
-        )  # fmt: skip
+        # While the script runs, the slot counts as taken here: other selects of this
+        # instance (waiters woken together, say) do not all go after the same one.
+        # The reply (granted or refused) then writes the real count.
+        held = self.view.hold(account.id)
+        try:
+            result = await self.runtime.acquire(
+                req.platform.value, req.group, account.id,
+                concurrency=account.concurrency,
+                ttl_s=cfg.leases.ttl_s,
+                session_hash=req.session_hash,
+                bind_mode=bind_mode,
+                bind_ttl_s=cfg.sticky.session_ttl_s,
+            )  # fmt: skip
+        except BaseException:
+            self.view.unhold(account.id, held)
+            raise
         if isinstance(result, Refused) and result.kind == "rebound":
             # Another instance re-bound the session meanwhile: keep its binding and
             # take this (filtered, fitting) account without touching the binding.
@@ -329,7 +367,7 @@ class Selector:
         self.view.put(account.id, result.state)
         # Readings written by another instance since our view was loaded count now,
         # and so does the clock (expiry): the pool cache may be up to one refresh old.
-        reason = check(account, result.state, req.model, cfg.quota, time.time())
+        reason = check(account, result.state, req.model, cfg.quota, self.clock())
         if reason is not None:
             await self._give_back(account, result, cfg)
             self._child("acquire_attempts", reason.value).inc()
@@ -351,13 +389,16 @@ class Selector:
         return Reason(result.kind)
 
     async def _give_back(self, account: Account, acquired: Acquired, cfg: Settings) -> None:
-        ref = parse_lease_id(acquired.lease_id)
-        state = await self.runtime.release(
-            ref, alpha=cfg.runtime.ewma_alpha, fields={}, samples=("", "", ""),
-            response_key=None, response_ttl_s=0.0,
-        )  # fmt: skip
-        if state is not None:
-            self.on_release(ref.platform.value, account.id, state)
+        await self.give_back(acquired.lease_id, cfg)
+
+    async def give_back(self, lease_id: str, cfg: Settings | None = None) -> None:
+        """Return a lease unused (no outcome to report): the slot is free again at once."""
+        ref = parse_lease_id(lease_id)
+        cfg = cfg or self.settings()
+        nothing = Effects(last_used=False)
+        released = await self.runtime.release(ref, nothing, alpha=cfg.runtime.ewma_alpha)
+        if released is not None:
+            self.on_release(ref.platform.value, ref.account_id, released.state)
 
     # --- metrics --------------------------------------------------------------------
 

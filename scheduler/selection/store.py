@@ -26,22 +26,26 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from accounts.errors import ValidationFailed
-from accounts.model import Platform, QuotaWindow, Window
+from accounts.model import Platform, QuotaWindow
 from accounts.rules import AccountRuntime
-from snapshot.redis import RedisStore
+from snapshot.redis import RedisStore, translated
+
+from . import fields as F
 
 _HERE = Path(__file__).resolve().parent
 ACQUIRE_LUA = _HERE / "acquire.lua"
 RELEASE_LUA = _HERE / "release.lua"
 RENEW_LUA = _HERE / "renew.lua"
 READ_LUA = _HERE / "runtime_read.lua"
+UNBIND_LUA = _HERE / "unbind.lua"
 READINGS_LUA = _HERE / "readings.lua"
 
 _SEP = "~"  # not allowed in group names, platforms, uuids or hex: splits lease ids safely
@@ -115,6 +119,12 @@ class RuntimeState(AccountRuntime, frozen=True, kw_only=True):
 
     Extends the rules' :class:`~accounts.rules.AccountRuntime` (deadlines, quota
     readings, last use) with what scoring needs, so the filter takes it as is.
+
+    Redis keeps every time in its own clock (``TIME``); a state read from it is
+    moved onto this instance's clock by the offset measured with the very reply
+    that carried it (:func:`parse_state`'s ``shift_s``), so the filter compares
+    deadlines with its own ``now`` and still agrees with Redis to the millisecond,
+    however far this instance's clock is off.
     """
 
     leases: int = 0
@@ -128,50 +138,109 @@ class RuntimeState(AccountRuntime, frozen=True, kw_only=True):
 
 
 EMPTY = RuntimeState()
-_WINDOW_FIELDS = {"q:" + w.value: w for w in Window}
 _window_decoder = msgspec.json.Decoder(QuotaWindow)
 
 
-def _ms(value: str | None) -> float | None:
-    return float(value) / 1000.0 if value else None
+def parse_state(leases: int, flat: Sequence[str], shift_s: float = 0.0) -> RuntimeState:
+    """A RuntimeState from a Redis HGETALL reply (flat field/value list).
 
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
-def parse_state(leases: int, flat: Sequence[str]) -> RuntimeState:
-    """A RuntimeState from a Redis HGETALL reply (flat field/value list)."""
+    ``shift_s`` (this instance's clock minus Redis's, at the reply) moves every
+    time onto this instance's clock.
+    """
     h = dict(zip(flat[::2], flat[1::2], strict=True))
     windows = []
-    for field in _WINDOW_FIELDS:
+    for field in F.WINDOW_FIELDS:
         raw = h.get(field)
         if raw:
             # A reading we cannot read is no reading: never a crash on the hot path.
             with contextlib.suppress(msgspec.DecodeError):
-                windows.append(_window_decoder.decode(raw))
+                windows.append(_shift_reading(_window_decoder.decode(raw), shift_s))
     return RuntimeState(
         leases=int(leases),
-        rate_limited_until=_ms(h.get("rl_until")),
-        overloaded_until=_ms(h.get("ol_until")),
-        unschedulable_until=_ms(h.get("tu_until")),
-        unschedulable_reason=h.get("tu_reason") or None,
-        last_used_at=_ms(h.get("last_used")),
-        error_rate=float(h.get("ewma_err") or 0.0),
-        latency_ms=float(h["ewma_lat"]) if h.get("ewma_lat") else None,
-        ttft_ms=float(h["ewma_ttft"]) if h.get("ewma_ttft") else None,
-        ratelimit_room=_float(h.get("rl_room")),
-        ratelimit_room_until=_ms(h.get("rl_room_until")),
+        rate_limited_until=_at(h.get(F.RATE_LIMITED_UNTIL), shift_s),
+        overloaded_until=_at(h.get(F.OVERLOADED_UNTIL), shift_s),
+        unschedulable_until=_at(h.get(F.UNSCHEDULABLE_UNTIL), shift_s),
+        unschedulable_reason=h.get(F.UNSCHEDULABLE_REASON) or None,
+        last_used_at=_at(h.get(F.LAST_USED), shift_s),
+        error_rate=float(h.get(F.EWMA_ERROR) or 0.0),
+        latency_ms=_float(h.get(F.EWMA_LATENCY)),
+        ttft_ms=_float(h.get(F.EWMA_TTFT)),
+        ratelimit_room=_float(h.get(F.RATE_LIMIT_ROOM)),
+        ratelimit_room_until=_at(h.get(F.RATE_LIMIT_ROOM_UNTIL), shift_s),
         windows=tuple(windows),
     )
 
 
-def window_field(window: QuotaWindow) -> tuple[str, str]:
+def _at(raw: str | None, shift_s: float) -> float | None:
+    seconds = F.ms_to_s(raw)
+    return None if seconds is None else seconds + shift_s
+
+
+def _shift_reading(reading: QuotaWindow, shift_s: float) -> QuotaWindow:
+    if not shift_s:
+        return reading
+    reset_at = None if reading.reset_at is None else reading.reset_at + shift_s
+    return msgspec.structs.replace(
+        reading, observed_at=reading.observed_at + shift_s, reset_at=reset_at
+    )
+
+
+def _float(raw: str | None) -> float | None:
+    try:
+        return float(raw) if raw else None
+    except ValueError:  # a value we cannot read is no value: never a crash on the hot path
+        return None
+
+
+def _relative(reading: QuotaWindow, now: float) -> QuotaWindow:
+    """The reading with its times relative to ``now`` (the scripts add Redis TIME)."""
+    reset_at = None if reading.reset_at is None else reading.reset_at - now
+    return msgspec.structs.replace(
+        reading, observed_at=reading.observed_at - now, reset_at=reset_at
+    )
+
+
+def encode_reading(reading: QuotaWindow) -> tuple[str, str]:
     """The state-hash field and value storing one quota reading."""
-    return "q:" + window.window.value, msgspec.json.encode(window).decode()
+    return F.window_field(reading.window), msgspec.json.encode(reading).decode()
+
+
+class Effects(msgspec.Struct, frozen=True, kw_only=True):
+    """What a reported outcome does to the account's state, in durations.
+
+    ``release.lua`` turns each into a time by adding Redis ``TIME``. Readings
+    are in this instance's clock; they travel relative to its now and the script
+    puts them on Redis ``TIME`` too.
+    """
+
+    rate_limited_s: float | None = None
+    overloaded_s: float | None = None
+    # What is left of a rate limit (OpenAI x-ratelimit-*: remaining / limit), until when.
+    headroom: float | None = None
+    headroom_s: float | None = None
+    unschedulable_s: float | None = None
+    unschedulable_reason: str = ""
+    readings: tuple[QuotaWindow, ...] = ()
+    # EWMA samples: 1/0 for a failed/successful request (None: not a sample), latencies.
+    error: bool | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    last_used: bool = True
+
+
+def _ms_arg(seconds: float | None) -> str:
+    return "" if seconds is None else str(F.s_to_ms(seconds))
+
+
+def _sample(value: float | None) -> str:
+    return "" if value is None else repr(value)
+
+
+class Released(msgspec.Struct, frozen=True):
+    """What a release script did: ``live`` False when the lease was already gone."""
+
+    live: bool
+    state: RuntimeState
 
 
 class Acquired(msgspec.Struct, frozen=True):
@@ -204,14 +273,28 @@ _DEADLINE_KIND = {1: "rate_limited", 2: "overloaded", 3: "temp_unschedulable"}
 
 
 class RuntimeStore:
-    """The Redis side: scripts and plain commands on runtime keys. Counts its round trips."""
+    """The Redis side: scripts and plain commands on runtime keys. Counts its round trips.
 
-    def __init__(self, redis: RedisStore) -> None:
+    Every Redis failure leaves as :class:`~accounts.errors.StoreUnavailable` (503).
+    ``clock`` is this instance's wall clock (epoch s; tests inject a skewed one):
+    states read are moved onto it (see :class:`RuntimeState`).
+    """
+
+    def __init__(self, redis: RedisStore, *, clock: Callable[[], float] = time.time) -> None:
         self.redis = redis
         self.keys = Keys(redis)
+        self.clock = clock
         self.round_trips = 0
         # Tags this store's release messages: its own Reporter already applied them.
         self.origin = secrets.token_hex(6)
+
+    async def _call(self, script: Path, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        with translated():
+            return await self.redis.script(script)(keys=keys, args=args)
+
+    def _shift(self, redis_now_ms: Any) -> float:
+        """This instance's clock minus Redis's, from a reply's ``TIME`` (ms)."""
+        return self.clock() - int(redis_now_ms) / 1000.0
 
     async def acquire(
         self,
@@ -230,26 +313,29 @@ class RuntimeStore:
         k = self.keys
         binding = k.session(platform, group, session_hash or "-")
         self.round_trips += 1
-        reply = await self.redis.script(ACQUIRE_LUA)(
-            keys=[k.leases(platform, account_id), k.state(platform, account_id), binding],
-            args=[
+        reply = await self._call(
+            ACQUIRE_LUA,
+            [k.leases(platform, account_id), k.state(platform, account_id), binding],
+            [
                 lease_id,
                 concurrency,
-                int(ttl_s * 1000),
+                F.s_to_ms(ttl_s),
                 account_id,
                 str(bind_mode if session_hash else 0),
-                max(1, int(bind_ttl_s * 1000)),
+                max(1, F.s_to_ms(bind_ttl_s)),
             ],
         )
         code = int(reply[0])
         if code == 1:
             bound = reply[5] if len(reply) > 5 and reply[5] else None
-            state = parse_state(int(reply[1]), reply[4])
-            # The script appends the grant time to the id (older scripts did not).
+            state = parse_state(int(reply[1]), reply[4], self._shift(reply[3]))
+            # The script appends the grant time to the id (older scripts did not). The
+            # lease expiry stays in Redis time: the gateway renews against it.
             issued = str(reply[6]) if len(reply) > 6 else lease_id
             return Acquired(issued, int(reply[2]) / 1000.0, state, bound)
         if code == -1:
-            return Refused(_DEADLINE_KIND[int(reply[1])], until=int(reply[2]) / 1000.0)
+            until = int(reply[2]) / 1000.0 + self._shift(reply[3])
+            return Refused(_DEADLINE_KIND[int(reply[1])], until=until)
         if code == -2:
             return Refused("full", leases=int(reply[1]))
         return Refused("rebound", bound_to=str(reply[1]))
@@ -257,40 +343,58 @@ class RuntimeStore:
     async def release(
         self,
         ref: LeaseRef,
+        effects: Effects,
         *,
         alpha: float,
-        fields: dict[str, str],
-        samples: Sequence[str],
-        response_key: str | None,
-        response_ttl_s: float,
-    ) -> RuntimeState | None:
-        """Remove the lease and apply the outcome atomically; the account's state after it.
+        response_key: str | None = None,
+        response_ttl_s: float = 0.0,
+        when_gone: bool = False,
+    ) -> Released | None:
+        """Remove the lease and apply ``effects`` atomically; the account's state after it.
 
-        None (nothing changed) when the lease was unknown.
+        A lease that is gone (expired, released, never granted) changes nothing and
+        answers None, unless ``when_gone``: then the account-level effects apply all
+        the same (``live`` False) and only the lease bookkeeping is skipped.
         """
         k = self.keys
+        readings: list[str] = []
+        now = self.clock()
+        for reading in effects.readings:
+            readings.extend(encode_reading(_relative(reading, now)))
+        error = None if effects.error is None else (1.0 if effects.error else 0.0)
         self.round_trips += 1
-        flat: list[str] = [x for kv in fields.items() for x in kv]
-        done: Any = await self.redis.script(RELEASE_LUA)(
-            keys=[
+        done: Any = await self._call(
+            RELEASE_LUA,
+            [
                 k.leases(ref.platform, ref.account_id),
                 k.state(ref.platform, ref.account_id),
                 response_key or k.response(ref.platform, ref.group, "-"),
             ],
-            args=[
+            [
                 ref.lease_id,
                 ref.account_id,
                 k.released_channel(ref.platform),
                 alpha,
-                *samples,
-                int(response_ttl_s * 1000) if response_key else 0,
+                _sample(error),
+                _sample(effects.latency_ms),
+                _sample(effects.ttft_ms),
+                F.s_to_ms(response_ttl_s) if response_key else 0,
                 self.origin,
-                *flat,
+                "1" if when_gone else "0",
+                _ms_arg(effects.rate_limited_s),
+                _ms_arg(effects.overloaded_s),
+                _ms_arg(effects.unschedulable_s),
+                effects.unschedulable_reason,
+                "1" if effects.last_used else "0",
+                "" if effects.headroom is None else repr(effects.headroom),
+                _ms_arg(effects.headroom_s),
+                *readings,
             ],
         )
         if not isinstance(done, list | tuple):
             return None
-        return parse_state(int(done[1]), done[2])
+        shift = self._shift(done[3])
+        return Released(bool(int(done[0])), parse_state(int(done[1]), done[2], shift))
 
     async def renew(
         self, ref: LeaseRef, ttl_s: float, *, max_lifetime_s: float | None = None
@@ -303,9 +407,10 @@ class RuntimeStore:
         if max_lifetime_s is not None and ref.granted_ms is not None:
             end_ms = ref.granted_ms + int(max_lifetime_s * 1000)
         self.round_trips += 1
-        reply = await self.redis.script(RENEW_LUA)(
-            keys=[self.keys.leases(ref.platform, ref.account_id)],
-            args=[ref.lease_id, int(ttl_s * 1000), end_ms],
+        reply = await self._call(
+            RENEW_LUA,
+            [self.keys.leases(ref.platform, ref.account_id)],
+            [ref.lease_id, F.s_to_ms(ttl_s), end_ms],
         )
         new, now, old = (int(x) for x in reply)
         if not new:
@@ -319,46 +424,73 @@ class RuntimeStore:
         k = self.keys
         keys = [x for a in account_ids for x in (k.leases(platform, a), k.state(platform, a))]
         self.round_trips += 1
-        reply = await self.redis.script(READ_LUA)(keys=keys, args=[])
+        reply = await self._call(READ_LUA, keys, [])
+        shift = self._shift(reply[0])
         return {
-            a: parse_state(int(item[0]), item[1])
+            a: parse_state(int(item[0]), item[1], shift)
             for a, item in zip(account_ids, reply[1:], strict=True)
         }
 
     async def bindings(self, keys: Sequence[str]) -> list[str | None]:
         self.round_trips += 1
-        return list(await self.redis.client.mget(keys))
+        with translated():
+            return list(await self.redis.client.mget(keys))
 
-    async def delete(self, *keys: str) -> None:
+    async def unbind(self, key: str, account_id: str) -> bool:
+        """Delete a sticky binding only if it still names ``account_id``; True if deleted.
+
+        Compare-and-delete in one script: another instance may have re-bound the
+        session since this one read the binding (its cache is up to 2 s old).
+        """
         self.round_trips += 1
-        await self.redis.client.delete(list(keys))
+        return bool(await self._call(UNBIND_LUA, [key], [account_id]))
 
     async def write_readings(
-        self, platform: str, account_id: str, windows: Sequence[QuotaWindow]
+        self,
+        platform: str,
+        account_id: str,
+        windows: Sequence[QuotaWindow],
+        *,
+        now: float | None = None,
     ) -> RuntimeState | None:
         """Store quota readings the way a release stores those of its usage headers.
 
-        The same fields (:func:`window_field`: ``q:5h`` / ``q:7d``, the reading as
-        JSON) in the same hash, so the rules and every instance read them alike;
-        the freshness stamp is the readings' own ``observed_at``, which the caller
-        takes from the clock the release path uses (``time.time()`` when the
-        answer arrived). Every other instance is told on
-        :meth:`Keys.readings_channel` (its release watcher re-reads the account), so
-        an account the readings unpause is schedulable everywhere at once. Returns
-        the account's state after the write (None when there was nothing to
-        write). One script call.
+        The same fields (``q:5h`` / ``q:7d``, the reading as JSON) in the same hash,
+        so the rules and every instance read them alike. ``now`` is this instance's
+        clock when the readings were taken (default: now): their times are sent
+        relative to it and the script puts them on Redis TIME, as a release does.
+        Every other instance is told on :meth:`Keys.readings_channel` (its release
+        watcher re-reads the account), so an account the readings unpause is
+        schedulable everywhere at once. Returns the account's state after the write
+        (None when there was nothing to write). One script call.
         """
         if not windows:
             return None
-        flat = [x for w in windows for x in window_field(w)]
+        at = self.clock() if now is None else now
+        flat = [x for w in windows for x in encode_reading(_relative(w, at))]
         self.round_trips += 1
-        reply = await self.redis.script(READINGS_LUA)(
-            keys=[self.keys.leases(platform, account_id), self.keys.state(platform, account_id)],
-            args=[self.keys.readings_channel(platform), account_id, self.origin, *flat],
+        reply = await self._call(
+            READINGS_LUA,
+            [self.keys.leases(platform, account_id), self.keys.state(platform, account_id)],
+            [self.keys.readings_channel(platform), account_id, self.origin, *flat],
         )
-        return parse_state(int(reply[0]), reply[1])
+        return parse_state(int(reply[0]), reply[1], self._shift(reply[2]))
+
+    async def apply(
+        self, platform: str, account_id: str, effects: Effects, *, alpha: float
+    ) -> RuntimeState:
+        """Apply account-level effects without a lease (a 401 the usage prober met, say).
+
+        The release script with a lease id no lease has: nothing of the lease
+        bookkeeping happens, every deadline is Redis TIME + its duration.
+        """
+        ref = LeaseRef(Platform(platform), "-", account_id, "-")
+        released = await self.release(ref, effects, alpha=alpha, when_gone=True)
+        assert released is not None  # when_gone: the script always applies and answers
+        return released.state
 
     async def set_state(self, platform: str, account_id: str, fields: dict[str, str]) -> None:
-        """HSET fields on one account's state hash (the account-error path outside a release)."""
+        """HSET fields on one account's state hash as they are (tests; another writer's write)."""
         self.round_trips += 1
-        await self.redis.client.hset(self.keys.state(platform, account_id), fields)
+        with translated():
+            await self.redis.client.hset(self.keys.state(platform, account_id), fields)

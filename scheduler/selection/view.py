@@ -45,12 +45,16 @@ class RuntimeView:
         self._states: dict[str, RuntimeState] = {}
         self._loaded_at: dict[tuple[str, str], float] = {}
         self._refreshing: dict[tuple[str, str], trio.Event] = {}
+        # Reads started per bucket (see mark()), and local writes: a counter, and the
+        # value it had at each account's latest write (a read never undoes a newer one).
+        self._started: dict[tuple[str, str], int] = {}
+        self._writes = 0
+        self._touched: dict[str, int] = {}
         # Batch reads done (tests and the benchmark check who paid for them).
         self.reads = 0
         self._generation: dict[tuple[str, str], int] = {}
         self._log: list[str] = []
         self._log_base = 0
-        self.waiting: dict[str, int] = {}
 
     def get(self, account_id: str) -> RuntimeState:
         return self._states.get(account_id, EMPTY)
@@ -85,42 +89,68 @@ class RuntimeView:
             self._log = []
         self._log.append(account_id)
 
+    def mark(self, bucket: tuple[str, str]) -> int:
+        """How many reads of ``bucket`` have started: pass it to a later ``refresh(since=)``."""
+        return self._started.get(bucket, 0)
+
     async def refresh(
         self,
         bucket: tuple[str, str],
         platform: str,
         account_ids: Iterable[str],
         *,
-        force: bool,
+        force: bool = False,
+        since: int | None = None,
         max_age_s: float | None = None,
         chunk: int = 0,
     ) -> None:
-        """Reload the bucket's states when older than ``max_age_s`` (default ttl) or forced.
+        """Reload the bucket's states when older than ``max_age_s`` (default ttl), or as asked.
+
+        ``since`` (a :meth:`mark` taken earlier) asks for a read that *started* after
+        that mark: one under way or done since then serves the caller, so any number
+        of waiters woken together cost one read (``force`` is ``since=mark()`` now).
+        Without either, a caller keeps using the old copy while a read is under way
+        (a slightly old load figure costs nothing the acquire script does not catch).
 
         ``chunk`` > 0 reads that many accounts per script call: parsing a 500-account
         reply holds the event loop for milliseconds, in chunks other tasks run between.
-
-        One read at a time per bucket. A caller that is not forcing keeps using the
-        old copy while another read is under way (a slightly old load figure costs
-        nothing the acquire script does not catch); a forced caller waits for it and
-        then reads again, so its read starts after the reason it had to force one.
+        One read at a time per bucket.
         """
-        busy_or_fresh = bucket in self._refreshing or not self.stale(
-            bucket, time.monotonic(), max_age_s
-        )
-        if not force and busy_or_fresh:
-            return
-        while (ongoing := self._refreshing.get(bucket)) is not None:
-            await ongoing.wait()
+        if force and since is None:
+            since = self.mark(bucket)
+        if since is None:
+            if bucket in self._refreshing or not self.stale(bucket, time.monotonic(), max_age_s):
+                return
+        else:
+            while True:
+                ongoing = self._refreshing.get(bucket)
+                if self.mark(bucket) > since:
+                    # Started after the mark: its result is what the caller asked for.
+                    if ongoing is not None:
+                        await ongoing.wait()
+                    return
+                if ongoing is None:
+                    break
+                await ongoing.wait()
+        await self._read(bucket, platform, list(account_ids), chunk)
+
+    async def _read(
+        self, bucket: tuple[str, str], platform: str, ids: list[str], chunk: int
+    ) -> None:
+        self._started[bucket] = self.mark(bucket) + 1
         done = self._refreshing[bucket] = trio.Event()
         try:
-            ids = list(account_ids)
             self.reads += 1
             step = chunk if chunk > 0 else max(1, len(ids))
-            states: dict[str, RuntimeState] = {}
             for i in range(0, len(ids), step):
-                states.update(await self.store.read_many(platform, ids[i : i + step]))
-            self._states.update(states)
+                # A put() made while this chunk's reply was on its way (a release
+                # reply, a refusal) is newer than the reply: it must survive it.
+                sent = self._writes
+                states = await self.store.read_many(platform, ids[i : i + step])
+                touched = self._touched
+                for account_id, state in states.items():
+                    if touched.get(account_id, 0) <= sent:
+                        self._states[account_id] = state
             self._loaded_at[bucket] = time.monotonic()
             # Other buckets sharing these accounts see them as changed; this one rebuilds.
             for account_id in ids:
@@ -132,10 +162,27 @@ class RuntimeView:
 
     def put(self, account_id: str, state: RuntimeState) -> None:
         self._states[account_id] = state
-        self._changed(account_id)
+        self._written(account_id)
 
     def patch(self, account_id: str, **changes: Any) -> None:
         self._states[account_id] = msgspec.structs.replace(self.get(account_id), **changes)
+        self._written(account_id)
+
+    def hold(self, account_id: str) -> int:
+        """Count one more lease locally while an acquire is in flight; the count it set."""
+        leases = self.get(account_id).leases + 1
+        self.patch(account_id, leases=leases)
+        return leases
+
+    def unhold(self, account_id: str, held: int) -> None:
+        """Undo :meth:`hold` when the acquire failed without an answer (unless rewritten since)."""
+        if self.get(account_id).leases == held:
+            self.patch(account_id, leases=held - 1)
+
+    def _written(self, account_id: str) -> None:
+        """A local write: newer than any read whose request was sent before it."""
+        self._writes += 1
+        self._touched[account_id] = self._writes
         self._changed(account_id)
 
     def note_release(self, account_id: str) -> None:
@@ -143,4 +190,4 @@ class RuntimeView:
         state = self._states.get(account_id)
         if state is not None and state.leases > 0:
             self._states[account_id] = msgspec.structs.replace(state, leases=state.leases - 1)
-            self._changed(account_id)
+            self._written(account_id)

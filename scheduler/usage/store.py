@@ -31,6 +31,9 @@ CLAIM_LUA = _HERE / "claim.lua"
 FINISH_LUA = _HERE / "finish.lua"
 RECORDS_LUA = _HERE / "records.lua"
 _TAG = "{usage}"
+# The probe record hash's fields, declared once: claim.lua, finish.lua and records.lua
+# use exactly these (tests/scheduler/selection/test_fields.py checks every script).
+RECORD_FIELDS = ("last_us", "not_before_us", "fails", "result")
 # A record outlives every interval the settings allow (30 days) and then goes.
 RECORD_TTL_MS = 35 * 86400 * 1000
 # One records script call at most this many keys (a bigger batch is split).

@@ -100,6 +100,35 @@ def test_with_database_keeps_host_and_query() -> None:
     )
 
 
+async def test_0007_drops_the_scoring_queue_weight_from_a_stored_document(
+    aio_loop: None, pg_server_dsn: str, tmp_path: Path
+) -> None:
+    """``scoring.queue`` is gone (issue 10 item 8: nothing counted waiting selects). A document
+    that set it would no longer load; 0007 removes the key and bumps the version."""
+    from accounts.migrate import MIGRATIONS_DIR
+    from snapshot.settings import SettingsStore
+
+    name = f"smtest_mig7_{tmp_path.name[-12:].replace('-', '_')}"
+    await admin_execute(pg_server_dsn, f'CREATE DATABASE "{name}"')
+    try:
+        for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+            if int(path.name[:4]) < 7:
+                (tmp_path / path.name).write_text(path.read_text())
+        async with open_database(DatabaseConfig(dsn=with_database(pg_server_dsn, name))) as db:
+            await migrate(db, tmp_path)
+            await db.execute(
+                "INSERT INTO settings (id, version, document) VALUES (1, 4, $1)",
+                {"scoring": {"queue": 2, "top_k": 3}, "wait": {"max_wait_ms": 5}},
+            )
+            assert 7 in await migrate(db)
+            record = await SettingsStore(db).load()
+    finally:
+        await admin_execute(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    assert record.version == 5
+    assert record.document == {"scoring": {"top_k": 3}, "wait": {"max_wait_ms": 5}}
+    assert record.settings.scoring.top_k == 3
+
+
 async def test_0008_keeps_the_oldest_name_and_renames_later_duplicates(
     aio_loop: None, pg_server_dsn: str, tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ import trio
 from accounts.model import Account, Kind, Platform
 from snapshot.keys import Bucket
 from snapshot.redis import RedisConfig, open_redis
-from snapshot.schedule import Outcome, set_snapshot
+from snapshot.schedule import PublishOutcome, set_snapshot
 
 
 def tagged_accounts(group: str, tag: str, size: int) -> list[Account]:
@@ -53,7 +53,7 @@ async def publish_rounds(
                     store, bucket, accounts, grace_s=grace_s, lock_ttl_s=ttls[n % len(ttls)]
                 )
                 counts[result.outcome.value] += 1
-                if result.outcome is not Outcome.BUSY:
+                if result.outcome is not PublishOutcome.BUSY:
                     break
                 await trio.sleep(0.001)
     return counts

@@ -17,9 +17,9 @@ from accounts.inputs import AccountCreate
 from accounts.model import Platform
 from accounts.repository import AccountRepository
 from snapshot.builder import SnapshotBuilder
-from snapshot.keys import Bucket
+from snapshot.keys import NO_VERSION, Bucket
 from snapshot.redis import RedisConfig, RedisStore, open_redis
-from snapshot.schedule import Outcome, acquire_lock, active_version, release_lock
+from snapshot.schedule import PublishOutcome, acquire_lock, active_version, release_lock
 from snapshot.settings import SettingsStore
 from snapshot.source import SqlSource
 
@@ -51,21 +51,21 @@ async def test_busy_bucket_keeps_its_events_until_a_later_activation(
         token = await acquire_lock(redis, BUCKET, 60)  # another instance is rebuilding g1
         assert token is not None
         results = await builder.process_events()
-        assert results[BUCKET].outcome is Outcome.BUSY
-        assert results[OTHER].outcome is Outcome.ACTIVATED
+        assert results[BUCKET].outcome is PublishOutcome.BUSY
+        assert results[OTHER].outcome is PublishOutcome.ACTIVATED
         assert len(await _pending(db)) == 1  # g1's event only
-        assert await active_version(redis, BUCKET) == 0
+        assert await active_version(redis, BUCKET) == NO_VERSION
 
         await SettingsStore(db).write({"scoring": {"top_k": 3}})  # every bucket dirty
         results = await builder.process_events()
-        assert results[BUCKET].outcome is Outcome.BUSY
+        assert results[BUCKET].outcome is PublishOutcome.BUSY
         assert len(await _pending(db)) == 2  # g1's event and the settings event
 
         assert await release_lock(redis, BUCKET, token)
         results = await builder.process_events()
-        assert {r.outcome for r in results.values()} == {Outcome.ACTIVATED}
+        assert {r.outcome for r in results.values()} == {PublishOutcome.ACTIVATED}
         assert await _pending(db) == []
-        assert await active_version(redis, BUCKET) > 0
+        assert await active_version(redis, BUCKET) > NO_VERSION
 
 
 async def test_redis_down_consumes_nothing(db: Database, redis: RedisStore) -> None:
@@ -82,7 +82,7 @@ async def test_redis_down_consumes_nothing(db: Database, redis: RedisStore) -> N
             await builder._safe(builder.process_events())  # logged, not raised
         assert len(await _pending(db)) == 1
         results = await SnapshotBuilder(db, redis, SqlSource(db)).process_events()
-        assert results[BUCKET].outcome is Outcome.ACTIVATED
+        assert results[BUCKET].outcome is PublishOutcome.ACTIVATED
         assert await _pending(db) == []
 
 
@@ -97,5 +97,40 @@ async def test_events_for_an_unknown_platform_are_consumed_not_reread_forever(
     builder = SnapshotBuilder(db, redis, SqlSource(db))
     with trio.fail_after(30):
         results = await builder.process_events()
-    assert results[BUCKET].outcome is Outcome.ACTIVATED
+    assert results[BUCKET].outcome is PublishOutcome.ACTIVATED
     assert await _pending(db) == []
+
+
+async def test_consumed_events_are_pruned_after_the_retention_in_small_batches(
+    db: Database, redis: RedisStore
+) -> None:
+    """Issue 10 item 13: consumed rows were never deleted. Old consumed rows go, in batches
+    of the given size; recent consumed rows and pending ones stay."""
+    await db.execute(
+        "INSERT INTO schedule_events (kind, consumed_at)"
+        " SELECT 'old', now() - interval '2 hours' FROM generate_series(1, 25)"
+    )
+    await db.execute(
+        "INSERT INTO schedule_events (kind, consumed_at)"
+        " SELECT 'recent', now() - interval '10 minutes' FROM generate_series(1, 5)"
+    )
+    await db.execute("INSERT INTO schedule_events (kind) VALUES ('pending')")
+    builder = SnapshotBuilder(db, redis, SqlSource(db), retention_s=3600, prune_batch=10)
+    statements: list[str] = []
+    execute = db.execute
+
+    async def counted(sql: str, *args: object) -> str:
+        statements.append(sql)
+        return await execute(sql, *args)
+
+    db.execute = counted  # type: ignore[method-assign]
+    try:
+        with trio.fail_after(30):
+            assert await builder.prune_events() == 25
+            assert await builder.prune_events() == 0
+    finally:
+        db.execute = execute  # type: ignore[method-assign]
+    # 25 rows in batches of 10: three DELETEs (10, 10, 5), then one that found nothing.
+    assert len(statements) == 4 and all(s.startswith("DELETE") for s in statements)
+    rows = await db.fetch("SELECT kind, count(*) AS n FROM schedule_events GROUP BY kind")
+    assert {r["kind"]: r["n"] for r in rows} == {"recent": 5, "pending": 1}

@@ -23,15 +23,25 @@ import trio
 from hypothesis import HealthCheck, given, settings
 
 from accounts.model import Platform
-from snapshot.keys import Bucket, BucketKeys, activate_keys, unlock_keys
+from snapshot.keys import (
+    NO_VERSION,
+    Bucket,
+    BucketKeys,
+    Stamp,
+    activate_keys,
+    alloc_keys,
+    unlock_keys,
+)
 from snapshot.redis import RedisConfig, RedisStore, open_redis
 from snapshot.schedule import (
     ACTIVATE_LUA,
+    ALLOC_LUA,
     UNLOCK_LUA,
-    Outcome,
+    PublishOutcome,
     acquire_lock,
     activate,
     active_version,
+    lost_snapshots,
     read_active,
     read_version,
     release_lock,
@@ -49,8 +59,19 @@ async def _keys(store: RedisStore) -> set[str]:
     return {k async for k in store.client.scan_iter(match=store.prefix + "*", count=1000)}
 
 
-def _version_keys(keys: set[str], version: int) -> set[str]:
-    return {k for k in keys if f":v:{version}:" in k}
+def _version_keys(keys: set[str], stamp: Stamp) -> set[str]:
+    return {k for k in keys if f":v:{stamp.number}:{stamp.epoch}:" in k}
+
+
+def _newer_than(keys: set[str], stamp: Stamp) -> list[str]:
+    """Version keys of versions newer than ``stamp`` (key: ...:v:<n>:<epoch>:<part>)."""
+    out = []
+    for k in keys:
+        if ":v:" in k:
+            number, epoch = k.split(":v:")[1].split(":")[:2]
+            if Stamp(int(epoch), int(number)) > stamp:
+                out.append(k)
+    return out
 
 
 # --- activation compare-and-set ----------------------------------------------
@@ -61,22 +82,25 @@ async def test_older_version_after_newer_is_stale_and_leaves_no_orphans(redis: R
     assert token is not None
     older = await write_version(redis, BUCKET, tagged_accounts("g1", "old", 3))
     newer = await write_version(redis, BUCKET, tagged_accounts("g1", "new", 4))
-    assert await activate(redis, BUCKET, newer, token, grace_s=60) == (Outcome.ACTIVATED, newer)
-    assert await activate(redis, BUCKET, older, token, grace_s=60) == (Outcome.STALE, newer)
+    assert await activate(redis, BUCKET, newer, token, grace_s=60) == (
+        PublishOutcome.ACTIVATED,
+        newer,
+    )
+    assert await activate(redis, BUCKET, older, token, grace_s=60) == (PublishOutcome.STALE, newer)
 
     keys = await _keys(redis)
     assert _version_keys(keys, older) == set()
     assert len(_version_keys(keys, newer)) == 3
     snap = await read_active(redis, BUCKET)
-    assert snap is not None and snap.version == newer
+    assert snap is not None and snap.stamp == newer
     assert [a.name for a in snap.accounts] == ["new"] * 4
 
 
 async def test_empty_bucket_is_a_snapshot_and_unknown_bucket_is_none(redis: RedisStore) -> None:
     result = await set_snapshot(redis, BUCKET, [], grace_s=60)
-    assert result.outcome is Outcome.ACTIVATED
+    assert result.outcome is PublishOutcome.ACTIVATED
     snap = await read_active(redis, BUCKET)
-    assert snap is not None and snap.accounts == () and snap.version == result.version
+    assert snap is not None and snap.accounts == () and snap.stamp == result.version
     assert await read_active(redis, Bucket("other", Platform.OPENAI)) is None
 
 
@@ -111,15 +135,17 @@ def test_property_activation_order_never_goes_back(
                     await write_version(store, BUCKET, tagged_accounts("g1", str(i), 2))
                     for i in range(6)
                 ]
-                best = 0
+                best = NO_VERSION
                 for i in order:
                     outcome, active = await activate(
                         store, BUCKET, versions[i], token, grace_s=grace_ms / 1000
                     )
-                    expected = Outcome.ACTIVATED if versions[i] > best else Outcome.STALE
+                    expected = (
+                        PublishOutcome.ACTIVATED if versions[i] > best else PublishOutcome.STALE
+                    )
                     best = max(best, versions[i])
                     assert (outcome, active) == (expected, best)
-                    if outcome is Outcome.STALE:
+                    if outcome is PublishOutcome.STALE:
                         assert _version_keys(await _keys(store), versions[i]) == set()
                 assert await active_version(store, BUCKET) == max(versions)
             finally:
@@ -142,7 +168,7 @@ async def test_concurrent_activations_with_one_token_only_increase(redis: RedisS
     """Twenty tasks write and activate concurrently (same lock token): CAS decides each."""
     token = await acquire_lock(redis, BUCKET, 30)
     assert token is not None
-    outcomes: list[Outcome] = []
+    outcomes: list[PublishOutcome] = []
     seen: list[int] = []
     stop = trio.Event()
 
@@ -160,11 +186,10 @@ async def test_concurrent_activations_with_one_token_only_increase(redis: RedisS
                 for n in range(20):
                     nursery.start_soon(publisher, n)
             stop.set()
-    assert Outcome.ACTIVATED in outcomes and Outcome.STALE in outcomes
+    assert PublishOutcome.ACTIVATED in outcomes and PublishOutcome.STALE in outcomes
     active = await active_version(redis, BUCKET)
     keys = await _keys(redis)
-    stale_left = [k for k in keys if ":v:" in k and int(k.split(":v:")[1].split(":")[0]) > active]
-    assert stale_left == []
+    assert _newer_than(keys, active) == []
 
 
 def _spawn_workers(
@@ -198,7 +223,7 @@ async def test_publishers_in_tasks_and_processes_never_roll_back(
     procs = _spawn_workers(redis_url, redis.prefix, 2, 40, 20, "0.005,0.5", 0.5)
     seen: list[int] = []
     stop = trio.Event()
-    outcomes: list[Outcome] = []
+    outcomes: list[PublishOutcome] = []
 
     async def task_publisher(n: int) -> None:
         for r in range(15):
@@ -207,7 +232,7 @@ async def test_publishers_in_tasks_and_processes_never_roll_back(
                 ttl = 0.005 if r % 2 else 0.5  # short ones expire mid-publish
                 result = await set_snapshot(redis, BUCKET, accounts, grace_s=0.5, lock_ttl_s=ttl)
                 outcomes.append(result.outcome)
-                if result.outcome is not Outcome.BUSY:
+                if result.outcome is not PublishOutcome.BUSY:
                     break
                 await trio.sleep(0.001)
 
@@ -224,16 +249,14 @@ async def test_publishers_in_tasks_and_processes_never_roll_back(
         for p in procs:
             p.kill()
     assert all(r.get("activated", 0) > 0 for r in results), results
-    assert Outcome.ACTIVATED in outcomes
+    assert PublishOutcome.ACTIVATED in outcomes
     assert len(set(seen)) > 10
     print(f"\nrace: tasks={Counter(outcomes)} processes={results} samples={len(seen)}")
     snap = await read_active(redis, BUCKET)
     assert snap is not None and len({a.name for a in snap.accounts}) == 1
     # Only versions that were active at some point (within grace) remain; nothing newer.
     keys = await _keys(redis)
-    assert not [
-        k for k in keys if ":v:" in k and int(k.split(":v:")[1].split(":")[0]) > snap.version
-    ]
+    assert _newer_than(keys, snap.stamp) == []
 
 
 # --- grace period and fencing -----------------------------------------------------
@@ -251,7 +274,7 @@ async def test_reader_of_old_version_finishes_then_keys_expire(redis: RedisStore
             await trio.sleep(0.05)
     assert await read_version(redis, BUCKET, held) is None
     snap = await read_active(redis, BUCKET)
-    assert snap is not None and snap.version == second.version
+    assert snap is not None and snap.stamp == second.version
 
 
 async def test_lock_fencing(redis: RedisStore) -> None:
@@ -269,24 +292,27 @@ async def test_lock_fencing(redis: RedisStore) -> None:
 
     assert await release_lock(redis, BUCKET, token_a) is False
     assert await redis.client.get(keys.lock) == token_b
-    assert await activate(redis, BUCKET, version_a, token_a, grace_s=60) == (Outcome.FENCED, 0)
+    assert await activate(redis, BUCKET, version_a, token_a, grace_s=60) == (
+        PublishOutcome.FENCED,
+        NO_VERSION,
+    )
     assert _version_keys(await _keys(redis), version_a) == set()
     assert await read_active(redis, BUCKET) is None
 
     version_b = await write_version(redis, BUCKET, tagged_accounts("g1", "B", 3))
     assert await activate(redis, BUCKET, version_b, token_b, grace_s=60) == (
-        Outcome.ACTIVATED,
+        PublishOutcome.ACTIVATED,
         version_b,
     )
     assert await release_lock(redis, BUCKET, token_b) is True
-    assert (await set_snapshot(redis, BUCKET, [], grace_s=60)).outcome is Outcome.ACTIVATED
+    assert (await set_snapshot(redis, BUCKET, [], grace_s=60)).outcome is PublishOutcome.ACTIVATED
 
 
 async def test_busy_when_lock_is_held(redis: RedisStore) -> None:
     token = await acquire_lock(redis, BUCKET, 30)
     assert token is not None
     result = await set_snapshot(redis, BUCKET, tagged_accounts("g1", "x", 1), grace_s=60)
-    assert result.outcome is Outcome.BUSY
+    assert result.outcome is PublishOutcome.BUSY
     assert await read_active(redis, BUCKET) is None
     assert await redis.client.get(BucketKeys(redis.prefix, BUCKET).lock) == token
 
@@ -310,7 +336,7 @@ async def test_torture_readers_vs_two_rebuilding_processes(
     done = trio.Event()
 
     async def reader() -> None:
-        last = 0
+        last = NO_VERSION
         while not done.is_set():
             snap = await read_active(redis, BUCKET)
             stats["reads"] += 1
@@ -319,9 +345,9 @@ async def test_torture_readers_vs_two_rebuilding_processes(
                 continue
             if len({a.name for a in snap.accounts}) != 1:
                 stats["mixed"] += 1
-            if snap.version < last:
+            if snap.stamp < last:
                 stats["rollbacks"] += 1
-            last = snap.version
+            last = snap.stamp
 
     try:
         with trio.fail_after(90):
@@ -359,20 +385,22 @@ def test_crc16_matches_redis_reference_values() -> None:
 def test_every_script_call_touches_one_slot(bucket: Bucket) -> None:
     keys = BucketKeys("sm:", bucket)
     calls = {
-        "activate": activate_keys(keys, 12, 11),
-        "activate-first": activate_keys(keys, 1, 0),
+        "activate": activate_keys(keys, Stamp(5, 12), Stamp(5, 11)),
+        "activate-new-epoch": activate_keys(keys, Stamp(9, 1), Stamp(5, 11)),
+        "activate-first": activate_keys(keys, Stamp(5, 1), NO_VERSION),
+        "alloc": alloc_keys(keys),
         "unlock": unlock_keys(keys),
-        "read (MULTI)": list(keys.version(7)),
-        "write": [keys.counter, *keys.version(8)],
+        "read (MULTI)": list(keys.version(Stamp(5, 7))),
+        "write": [keys.seq, *keys.version(Stamp(5, 8))],
     }
     for name, touched in calls.items():
         assert len({key_slot(k) for k in touched}) == 1, name
     # And the whole bucket shares one slot with its lock and counter.
-    all_keys = [keys.counter, keys.active, keys.ready, keys.lock, *keys.version(3)]
+    all_keys = [keys.seq, keys.active, keys.ready, keys.lock, *keys.version(Stamp(5, 3))]
     assert len({key_slot(k) for k in all_keys}) == 1
 
 
-@pytest.mark.parametrize("script", [ACTIVATE_LUA, UNLOCK_LUA])
+@pytest.mark.parametrize("script", [ACTIVATE_LUA, ALLOC_LUA, UNLOCK_LUA])
 def test_scripts_touch_only_declared_keys(script: Path) -> None:
     """Every redis.call names its key through KEYS[i] (PUBLISH takes a channel, not a key)."""
     text = script.read_text()
@@ -382,3 +410,71 @@ def test_scripts_touch_only_declared_keys(script: Path) -> None:
         if command == "PUBLISH":
             continue
         assert first.startswith("KEYS["), (command, first)
+
+
+# --- activation guards: a version must exist, contention is not failure ----------------
+
+
+async def test_a_version_whose_meta_is_gone_is_never_activated(redis: RedisStore) -> None:
+    """Issue 10 item 11: a build whose safety TTL ran out (meta expired) must not go live:
+    'missing', its remaining keys deleted, the previous version still active and readable."""
+    first = await set_snapshot(redis, BUCKET, tagged_accounts("g1", "one", 3), grace_s=60)
+    token = await acquire_lock(redis, BUCKET, 30)
+    assert token is not None
+    late = await write_version(redis, BUCKET, tagged_accounts("g1", "late", 3))
+    meta, _members, _records = BucketKeys(redis.prefix, BUCKET).version(late)
+    await redis.client.delete([meta])  # what BUILD_TTL_MS does to a build that took too long
+    assert await activate(redis, BUCKET, late, token, grace_s=60) == (
+        PublishOutcome.MISSING,
+        first.version,
+    )
+    assert _version_keys(await _keys(redis), late) == set()
+    snap = await read_active(redis, BUCKET)
+    assert snap is not None and snap.stamp == first.version
+    assert {a.name for a in snap.accounts} == {"one"}
+
+
+async def test_activation_outlasts_any_number_of_moves(redis: RedisStore) -> None:
+    """Issue 16 (the flaky test's cause): activate() gave up after 5 'moved' answers, raising
+    StoreUnavailable under mere contention. Here ten other activations slip in, one before
+    each of our attempts (deterministically, through the script call): ours still lands."""
+    token = await acquire_lock(redis, BUCKET, 30)
+    assert token is not None
+    others = [
+        await write_version(redis, BUCKET, tagged_accounts("g1", f"o{i}", 1)) for i in range(10)
+    ]
+    ours = await write_version(redis, BUCKET, tagged_accounts("g1", "ours", 1))
+    script = redis.script(ACTIVATE_LUA)
+    attempts: list[int] = []
+
+    async def contended(keys: list[str], args: list[object]) -> object:
+        if args[0] == ours.encode() and len(attempts) < len(others):
+            # Another activation lands between our read of the active version and our call.
+            other = others[len(attempts)]
+            attempts.append(1)
+            assert (await activate(redis, BUCKET, other, token, grace_s=60))[
+                0
+            ] is PublishOutcome.ACTIVATED
+        return await script(keys, args)
+
+    redis._scripts[str(ACTIVATE_LUA)] = contended  # the one seam: RedisStore.script's cache
+    try:
+        assert await activate(redis, BUCKET, ours, token, grace_s=60) == (
+            PublishOutcome.ACTIVATED,
+            ours,
+        )
+    finally:
+        redis._scripts[str(ACTIVATE_LUA)] = script
+    assert len(attempts) == 10
+
+
+async def test_a_snapshot_lost_whole_or_in_part_is_found(redis: RedisStore) -> None:
+    """What healing looks for: no active version, or an active version whose keys are gone
+    (a flush racing a rebuild, eviction)."""
+    whole, part, fine, never = (Bucket(g, Platform.OPENAI) for g in ("w", "p", "f", "n"))
+    for bucket in (whole, part, fine):
+        await set_snapshot(redis, bucket, tagged_accounts(bucket.group, "x", 2), grace_s=60)
+    await redis.client.delete([BucketKeys(redis.prefix, whole).active])
+    stamp = await active_version(redis, part)
+    await redis.client.delete([BucketKeys(redis.prefix, part).version(stamp)[0]])
+    assert await lost_snapshots(redis, [whole, part, fine, never]) == sorted([never, part, whole])

@@ -20,10 +20,10 @@ import trio
 from accounts.crypto import Cipher, CryptoConfig
 from accounts.db import Database
 from accounts.inputs import AccountCreate, AccountPatch
-from accounts.model import Platform
+from accounts.model import Account, Platform
 from accounts.repository import AccountRepository
 from snapshot.builder import SnapshotBuilder
-from snapshot.keys import Bucket
+from snapshot.keys import Bucket, BucketKeys
 from snapshot.observer import CountingObserver, ViewState
 from snapshot.redis import RedisConfig, RedisStore, open_redis
 from snapshot.schedule import read_active, set_snapshot
@@ -82,7 +82,7 @@ async def test_activation_reaches_second_view_by_pubsub(redis: RedisStore, db: D
             assert (await view.ensure(BUCKET)).accounts[0].name == "one"
         result = await set_snapshot(redis, BUCKET, tagged_accounts("g1", "two", 4), grace_s=60)
         for view in (first, second):
-            await _until(lambda v=view: v.get(BUCKET).version == result.version)
+            await _until(lambda v=view: v.get(BUCKET).stamp == result.version)
             snap = view.get(BUCKET)
             assert snap is not None and {a.name for a in snap.accounts} == {"two"}
         assert w1.messages >= 1 and w2.messages >= 1
@@ -94,7 +94,7 @@ async def test_periodic_check_converges_without_pubsub(redis: RedisStore, db: Da
     async with _watched(view, subscribe=False) as watcher:
         await view.ensure(BUCKET)
         result = await set_snapshot(redis, BUCKET, [], grace_s=60)
-        await _until(lambda: view.get(BUCKET).version == result.version)
+        await _until(lambda: view.get(BUCKET).stamp == result.version)
         assert view.get(BUCKET).accounts == ()  # empty bucket: a snapshot, not "none"
         assert watcher.messages == 0
 
@@ -215,3 +215,80 @@ async def test_admin_api_lists_and_rebuilds(config, db: Database) -> None:  # ty
             assert answer.status_code == 422, bad
             assert answer.json()["error"]["details"]["errors"][0]["field"] == "bucket"
         assert (await client.post("/v1/admin/buckets/rebuild", json={})).status_code == 200
+
+
+class NoAccounts:
+    """A PostgreSQL seam with nothing in it: every copy here must come from Redis."""
+
+    async def bucket_accounts(self, bucket: Bucket) -> list[Account]:
+        return []
+
+    async def buckets(self) -> list[Bucket]:
+        return []
+
+
+async def test_a_held_copy_never_rolls_back_but_follows_a_new_epoch(redis: RedisStore) -> None:
+    """The view's no-rollback guard: Redis pointing back at an older version of the same epoch
+    (its keys still there) is ignored by every path -- refresh, activation message, poll.
+    A newer epoch is followed although its number is smaller (issue 10 item 5)."""
+    first = await set_snapshot(redis, BUCKET, tagged_accounts("g1", "one", 2), grace_s=60)
+    second = await set_snapshot(redis, BUCKET, tagged_accounts("g1", "two", 2), grace_s=60)
+    view = ScheduleView(redis, NoAccounts(), poll_s=60)
+    assert (await view.ensure(BUCKET)).stamp == second.version
+    active = BucketKeys(redis.prefix, BUCKET).active
+    await redis.client.set(active, first.version.encode())  # Redis went back
+    assert (await view.refresh(BUCKET)).stamp == second.version
+    view.request_reload(BUCKET, first.version)
+    await view.poll_once()
+    assert view.get(BUCKET).stamp == second.version  # type: ignore[union-attr]
+    assert {a.name for a in view.get(BUCKET).accounts} == {"two"}  # type: ignore[union-attr]
+
+    # The bucket's counter is lost: the next version starts a new, larger epoch at 1.
+    await redis.client.delete([BucketKeys(redis.prefix, BUCKET).seq])
+    await redis.client.set(active, second.version.encode())
+    reborn = await set_snapshot(redis, BUCKET, tagged_accounts("g1", "three", 2), grace_s=60)
+    assert reborn.version.number == 1 and reborn.version.epoch > second.version.epoch
+    await view.poll_once()
+    assert view.get(BUCKET).stamp == reborn.version  # type: ignore[union-attr]
+    assert {a.name for a in view.get(BUCKET).accounts} == {"three"}  # type: ignore[union-attr]
+
+
+async def test_two_instances_follow_a_rebuilt_snapshot_after_the_keys_are_deleted(
+    redis: RedisStore, db: Database
+) -> None:
+    """Issue 10 item 5: the test prefix's keys are deleted while two instances (builder, view,
+    watcher each) run. Within 5 s both serve a rebuilt snapshot, and follow the next change,
+    although the rebuilt versions' numbers start again below the ones they held."""
+    repo = _repo(db)
+    first_id = await _add(repo, "first")
+    source = RepositorySource(repo)
+    views = [ScheduleView(redis, source, poll_s=0.1) for _ in range(2)]
+    builders = [
+        SnapshotBuilder(db, redis, source, grace_s=1, poll_s=0.1, heal_s=0.1, seen=v.held_stamp)
+        for v in views
+    ]
+    async with trio.open_nursery() as nursery:
+        for builder in builders:
+            await nursery.start(builder.run)
+        async with _watched(views[0]), _watched(views[1]):
+            for _ in range(3):  # push the version numbers up
+                await builders[0].rebuild(BUCKET)
+            held = await read_active(redis, BUCKET)
+            assert held is not None and held.version >= 4
+            for view in views:
+                await view.ensure(BUCKET)
+                await _until(lambda v=view: v.get(BUCKET).stamp == held.stamp)
+
+            await redis.delete_prefix()  # a flush: counter, active version, everything
+            with trio.fail_after(5):
+                for view in views:  # healed by a builder, followed by both views
+                    await _until(lambda v=view: v.get(BUCKET).epoch > held.epoch, timeout=5)
+                second_id = await _add(repo, "second")  # and the next change reaches both
+                for view in views:
+                    await _until(lambda v=view: second_id in v.get(BUCKET).by_id, timeout=5)
+            for view in views:
+                snap = view.get(BUCKET)
+                assert snap is not None and snap.source == "redis"
+                assert snap.version < held.version  # a smaller number, a newer epoch
+                assert set(snap.by_id) == {first_id, second_id}
+        nursery.cancel_scope.cancel()

@@ -29,7 +29,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("quota.stale_after_s", 0),
     ("scoring.priority", -1),
     ("scoring.load", 1001),
-    ("scoring.queue", "x"),
+    ("scoring.load", "x"),
     ("scoring.error_rate", -0.1),
     ("scoring.ttft", 1e9),
     ("scoring.quota_headroom", -2),
@@ -123,6 +123,10 @@ def test_no_cross_field_rule_and_unknown_keys_are_refused() -> None:
     with pytest.raises(ValidationFailed) as info:
         parse_document({"scoring": 5})
     assert info.value.errors[0].field == "scoring"
+    # Removed in issue 10 (nothing counted waiting selects): now an unknown field.
+    with pytest.raises(ValidationFailed) as info:
+        parse_document({"scoring": {"queue": 1.0}})
+    assert [(e.field, e.reason) for e in info.value.errors] == [("scoring.queue", "unknown field")]
 
 
 def test_partial_document_merges_onto_defaults() -> None:

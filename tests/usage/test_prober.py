@@ -11,9 +11,9 @@ import trio
 from accounts.errors import NoAccountAvailable
 from accounts.model import Platform, QuotaWindow, Status, Window
 from accounts.repository import AccountRepository
-from scheduler.selection.reports import Outcome
+from scheduler.selection.reports import ReleaseOutcome
 from scheduler.selection.select import SelectRequest
-from scheduler.selection.store import window_field
+from scheduler.selection.store import encode_reading
 from scheduler.usage.store import Claimed, NotDue
 
 from .kit import CIPHER, GROUP, create, oauth, open_instance, publish, settings, state_of
@@ -51,7 +51,7 @@ async def test_paused_account_comes_back_on_another_instance_after_its_reset(
         got = await b.selector.select(ANTHROPIC)
         # The passive path: a response whose headers say 97 % of the 5h window, no reset.
         headers = {"anthropic-ratelimit-unified-5h-utilization": "0.97"}
-        await b.reporter.release(got.lease_id, Outcome(status=200, headers=headers))
+        await b.reporter.release(got.lease_id, ReleaseOutcome(status=200, headers=headers))
         with pytest.raises(NoAccountAvailable) as none:
             await b.selector.select(ANTHROPIC)
         assert none.value.exclusions == {"quota_paused_5h": 1}
@@ -94,7 +94,7 @@ async def test_a_probe_error_backs_off_and_changes_no_account_state(
         # Some state to keep: a reading near the threshold and a last-use stamp.
         near = QuotaWindow(window=Window.FIVE_HOURS, used_ratio=0.85, observed_at=time.time())
         await inst.selector.runtime.set_state(
-            "anthropic", acct.id, {"last_used": "1", **dict([window_field(near)])}
+            "anthropic", acct.id, {"last_used": "1", **dict([encode_reading(near)])}
         )
         before_state = await inst.redis.client.hgetall(
             inst.selector.runtime.keys.state("anthropic", acct.id)
@@ -162,7 +162,7 @@ async def test_a_probe_401_marks_the_account_errored_exactly_as_a_reported_401(
     async with open_instance(redis_url, redis_prefix, box, repo, prober=False) as inst:
         t0 = time.time()
         got = await inst.selector.select(ANTHROPIC)
-        await inst.reporter.release(got.lease_id, Outcome(status=401))
+        await inst.reporter.release(got.lease_id, ReleaseOutcome(status=401))
         result = await inst.probe.probe_now(probed.id)
         scope_result = await inst.probe.probe_now(scoped.id)
         t1 = time.time()

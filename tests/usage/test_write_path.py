@@ -11,7 +11,7 @@ import trio
 
 from accounts.model import Platform, QuotaWindow
 from accounts.repository import AccountRepository
-from scheduler.selection.reports import Outcome
+from scheduler.selection.reports import ReleaseOutcome
 from scheduler.selection.select import Selector, SelectRequest
 from scheduler.selection.watcher import ReleaseWatcher
 from scheduler.usage import ADAPTERS
@@ -51,7 +51,7 @@ async def test_probe_readings_are_stored_exactly_as_a_reported_response_stores_t
             "x-codex-secondary-reset-at": str(now + RESET_7D),
         }
         got = await inst.selector.select(OPENAI)
-        await inst.reporter.release(got.lease_id, Outcome(status=200, headers=headers))
+        await inst.reporter.release(got.lease_id, ReleaseOutcome(status=200, headers=headers))
         answer = {
             "plan_type": "plus",
             "rate_limit": {
@@ -77,6 +77,10 @@ async def test_probe_readings_are_stored_exactly_as_a_reported_response_stores_t
     for field in a:
         stamp_a, stamp_b = a[field].pop("observed_at"), b[field].pop("observed_at")
         assert t0 <= stamp_a <= t1 and t0 <= stamp_b <= t1
+        # Each write puts the reading's times on Redis TIME (issue 10: one clock), so
+        # the same absolute reset agrees between the two writes to the millisecond.
+        reset_a, reset_b = a[field].pop("reset_at"), b[field].pop("reset_at")
+        assert abs(reset_a - reset_b) < 0.005, (reset_a, reset_b)
         assert a[field] == b[field]
         msgspec.convert({**a[field], "observed_at": 0.0}, QuotaWindow)  # the reading's own shape
 
@@ -106,7 +110,13 @@ async def test_other_instances_see_probe_readings_at_once(
                     await trio.sleep(0.01)
             seen = b.view.get(acct.id).windows
             nursery.cancel_scope.cancel()
-    assert seen == reading.windows
+    # Times travel on Redis TIME and come back on B's clock (issue 10: one clock): the
+    # reading is the same, its stamp the same to the millisecond.
+    assert len(seen) == len(reading.windows) == 1
+    assert abs(seen[0].observed_at - reading.windows[0].observed_at) < 0.005
+    assert msgspec.structs.replace(seen[0], observed_at=0.0) == msgspec.structs.replace(
+        reading.windows[0], observed_at=0.0
+    )
     # The writer's own message is skipped by its own watcher (the writer puts the state
     # it wrote into its view itself, see UsageProbe.on_state).
     assert a.watcher.readings == 0

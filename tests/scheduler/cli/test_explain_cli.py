@@ -25,7 +25,7 @@ from accounts.model import QuotaWindow, Window
 from scheduler.cli.entry import build_parser
 from scheduler.cli.explain import daemon_url, describe_state, run_explain
 from scheduler.core.config import parse_config
-from scheduler.selection.store import Keys, window_field
+from scheduler.selection.store import Keys, encode_reading
 from tests.support import (
     ROOT,
     admin_client,
@@ -78,7 +78,7 @@ async def _shape_state(redis: Any, ids: dict[str, str]) -> None:
     await redis.client.hset(
         keys.state("openai", ids["limited"]), {"rl_until": str(int((now + 120) * 1000))}
     )
-    name, value = window_field(
+    name, value = encode_reading(
         QuotaWindow(window=Window.FIVE_HOURS, used_ratio=0.95, observed_at=now, reset_after_s=3600)
     )
     await redis.client.hset(keys.state("openai", ids["paused"]), {name: value})

@@ -298,8 +298,14 @@ async def test_credentials_never_logged(
                     one, json={"credentials": {"api_key": second}}, headers={"if-match": "1"}
                 )
                 assert r.status_code == 200 and second not in r.text
-                await http.get(one)
-                await http.get(BASE)
+                r = await http.get(one)  # the patched credentials, read back masked
+                assert r.status_code == 200 and r.json()["credentials"] == {"api_key": "****TAIL"}
+                assert second not in r.text and SECRET not in r.text
+                r = await http.get(BASE)
+                assert r.status_code == 200, r.text
+                [listed] = [a for a in r.json()["items"] if a["id"] == one.rsplit("/", 1)[1]]
+                assert listed["credentials"] == {"api_key": "****TAIL"}
+                assert second not in r.text and SECRET not in r.text
                 r = await http.post(BASE, json=body(concurrency=-1))
                 assert r.status_code == 422 and SECRET not in r.text
                 r = await http.post(BASE, json={"credentials": {"api_key": second}, "x": 1})

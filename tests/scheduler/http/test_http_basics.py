@@ -9,6 +9,8 @@ handler never ran.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -133,15 +135,18 @@ async def test_metrics_carry_build_info_restarts_loop_lag_and_probe_latency(
         ):
             while len(flaky.starts) < 3:
                 await trio.sleep(0.02)
-            # Loop lag is measured every 0.25 s; wait for one measurement.
-            await trio.sleep(0.3)
+            # The daemon shares this trio loop: block it for 0.6 s. The lag actor's
+            # 0.25 s sleep wakes at least 0.35 s late and reports it before its next
+            # period (0.25 s later), long before this one request is answered.
+            time.sleep(0.6)  # blocking the loop is the point
             response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
     assert "stationmaster_build_info{" in text and 'version="' in text
     assert 'stationmaster_actor_restarts_total{actor="metrics-flaky"} 2.0' in text
-    assert "stationmaster_loop_lag_seconds " in text
+    lag = re.search(r"^stationmaster_loop_lag_seconds (\S+)$", text, re.MULTILINE)
+    assert lag is not None and float(lag.group(1)) >= 0.3, lag
     assert 'stationmaster_store_probe_seconds_count{store="postgres"}' in text
     assert 'stationmaster_store_probe_seconds_count{store="redis"}' in text
     assert 'stationmaster_store_up{store="redis"} 1.0' in text

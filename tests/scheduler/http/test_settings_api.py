@@ -222,6 +222,11 @@ async def test_two_daemon_processes_see_each_others_writes(
                     delays.append(await _wait_version(reader, version))
                 final = (await cb.get(PATH)).json()
                 assert final["version"] == 10 and final["settings"]["scoring"]["top_k"] == 10
+                # Every write reached both instances by pub/sub, not only through the 2 s
+                # version check (which alone would also pass the loop above).
+                for client in (ca, cb):
+                    while await _metric(client, "invalidations") < 10:
+                        await trio.sleep(0.05)
                 invalidations = await _metric(ca, "invalidations") + await _metric(
                     cb, "invalidations"
                 )

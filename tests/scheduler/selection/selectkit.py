@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
 from accounts.model import Account, Kind, Platform, QuotaWindow, Window
 from scheduler.selection.select import Selector
-from scheduler.selection.store import RuntimeStore, window_field
+from scheduler.selection.store import RuntimeStore, encode_reading
 from snapshot.keys import Bucket
 from snapshot.redis import RedisStore
 from snapshot.schedule import set_snapshot
@@ -66,18 +67,26 @@ async def publish(redis: RedisStore, accounts: Sequence[Account], bucket: Bucket
 
 
 async def open_selector(
-    redis: RedisStore, accounts: Sequence[Account], settings: SettingsBox
+    redis: RedisStore,
+    accounts: Sequence[Account],
+    settings: SettingsBox,
+    *,
+    clock: Callable[[], float] = time.time,
 ) -> Selector:
-    """Publish ``accounts`` as the bucket's snapshot and build a Selector reading it."""
+    """Publish ``accounts`` as the bucket's snapshot and build a Selector reading it.
+
+    ``clock`` is the instance's wall clock (a skewed one stands for a machine whose
+    clock is off).
+    """
     await publish(redis, accounts)
     view = ScheduleView(redis, StaticSource(accounts))
     await view.ensure(BUCKET)
-    return Selector(redis, view, settings)
+    return Selector(redis, view, settings, clock=clock)
 
 
 def reading(used: float, now: float, window: Window = Window.FIVE_HOURS) -> dict[str, str]:
     """State-hash fields for one fresh quota reading."""
-    name, value = window_field(
+    name, value = encode_reading(
         QuotaWindow(window=window, used_ratio=used, observed_at=now, reset_after_s=3600)
     )
     return {name: value}

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 import trio
 
 from accounts.errors import NotFound, ValidationFailed
 from accounts.model import Platform
-from scheduler.selection.reports import Outcome, Reporter
+from scheduler.selection.reports import ReleaseOutcome, Reporter
 from scheduler.selection.select import SelectRequest
 from scheduler.selection.store import Keys, Refused, parse_lease_id
 
 from ...support import key_slot as slot
-from .selectkit import GROUP, SettingsBox, make_account, open_selector
+from .selectkit import GROUP, SettingsBox, make_account, open_selector, set_state
 
 
 async def test_every_key_of_one_script_call_shares_a_slot(redis):
@@ -58,7 +59,7 @@ async def test_leases_of_a_silent_client_expire_and_capacity_returns(redis):
     assert await redis.client.zcard(sel.runtime.keys.leases("openai", a.id)) == 1
 
 
-async def test_renew_extends_and_released_or_unknown_leases_are_404(redis):
+async def test_renew_extends_and_released_or_unknown_leases(redis):
     a = make_account("a", concurrency=1)
     box = SettingsBox(leases={"ttl_s": 1, "max_ttl_s": 60})
     sel = await open_selector(redis, [a], box)
@@ -70,14 +71,17 @@ async def test_renew_extends_and_released_or_unknown_leases_are_404(redis):
         await trio.sleep(1.1)  # past the original TTL: still held
         refused = await sel.runtime.acquire("openai", GROUP, a.id, concurrency=1, ttl_s=1)
         assert isinstance(refused, Refused)
-        await reporter.release(got.lease_id, Outcome(status=200))
-        for call in (
-            reporter.release(got.lease_id, Outcome(status=200)),
-            reporter.renew(got.lease_id, None),
-            reporter.release(f"openai~{GROUP}~{a.id}~ffff", Outcome(status=200)),
-        ):
-            with pytest.raises(NotFound):
-                await call
+        first = await reporter.release(got.lease_id, ReleaseOutcome(status=200))
+        assert first.lease == "released"
+        # Released already: a second report is a late one (its outcome still counts).
+        second = await reporter.release(got.lease_id, ReleaseOutcome(status=200))
+        assert second.lease == "gone"
+        with pytest.raises(NotFound):
+            await reporter.renew(got.lease_id, None)
+        # A lease naming no account of the bucket: 404, and nothing written for it.
+        with pytest.raises(NotFound):
+            await reporter.release(f"openai~{GROUP}~nobody~ffff", ReleaseOutcome(status=429))
+    assert not await redis.client.exists([sel.runtime.keys.state("openai", "nobody")])
 
 
 async def test_many_tasks_never_exceed_concurrency(redis):
@@ -106,7 +110,7 @@ async def test_many_tasks_never_exceed_concurrency(redis):
             got = await sel.select(SelectRequest(group=GROUP, platform=Platform.OPENAI,
                                                  model="m", wait_ms=20_000))  # fmt: skip
             await trio.sleep(random.random() * 0.003)
-            await reporter.release(got.lease_id, Outcome(status=200, latency_ms=3))
+            await reporter.release(got.lease_id, ReleaseOutcome(status=200, latency_ms=3))
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -121,27 +125,33 @@ async def test_many_tasks_never_exceed_concurrency(redis):
         assert await redis.client.zcard(key) == 0
 
 
-async def test_an_expired_lease_releases_like_an_unknown_one_pruned_or_not(redis):
-    """A late release after the TTL is 404 and changes nothing, whether or not an acquire
-    pruned the lease first (renew already judged expiry this way)."""
+async def test_a_late_report_applies_its_effects_pruned_or_not(redis):
+    """Issue 10 item 6: a 429 reported after the lease's TTL still rate-limits the account,
+    whether or not an acquire pruned the lease first; the answer says the lease was gone,
+    and no slot is freed twice (the lease set holds only the fresh acquire's lease)."""
     a = make_account("a", concurrency=2)
     box = SettingsBox(leases={"ttl_s": 1})
     sel = await open_selector(redis, [a], box)
     reporter = Reporter(sel, box)
     req = SelectRequest(group=GROUP, platform=Platform.OPENAI, model="m")
     leases = sel.runtime.keys.leases("openai", a.id)
+    late = ReleaseOutcome(status=429, headers={"retry-after": "30"})
     with trio.fail_after(10):
         first = await sel.select(req)
         second = await sel.select(req)
         await trio.sleep(1.1)
         # Nothing pruned yet: both expired leases are still in the set.
         assert await redis.client.zcard(leases) == 2
-        with pytest.raises(NotFound):
-            await reporter.release(first.lease_id, Outcome(status=429))
-        # An acquire prunes the other one; its late release answers the same.
-        await sel.runtime.acquire("openai", GROUP, a.id, concurrency=2, ttl_s=30)
-        with pytest.raises(NotFound):
-            await reporter.release(second.lease_id, Outcome(status=429))
+        done = await reporter.release(first.lease_id, late)
+        assert (done.lease, done.effects) == ("gone", ["rate_limited"])
         state = (await sel.runtime.read_many("openai", [a.id]))[a.id]
-    assert state.rate_limited_until is None  # neither 429 was applied
+        assert state.rate_limited_until is not None
+        assert 28 < state.rate_limited_until - time.time() <= 31
+        await set_state(sel.runtime, "openai", a.id, {"rl_until": "0"})
+        # An acquire prunes the other one; its late report applies all the same.
+        await sel.runtime.acquire("openai", GROUP, a.id, concurrency=2, ttl_s=30)
+        done = await reporter.release(second.lease_id, late)
+        assert (done.lease, done.effects) == ("gone", ["rate_limited"])
+        state = (await sel.runtime.read_many("openai", [a.id]))[a.id]
+    assert state.rate_limited_until is not None and state.rate_limited_until > time.time()
     assert await redis.client.zcard(leases) == 1  # only the fresh acquire's lease

@@ -79,11 +79,11 @@ def test_cache_matches_a_fresh_filter_after_any_updates(spec, initial, batches, 
     snap = BucketSnapshot(Bucket("g", Platform.OPENAI), 1, accs, loaded_at=NOW, built_at=NOW)
     states = {a.id: s for a, s in zip(accs, initial, strict=True)}
     pool = PoolCache(snap, "gpt-4o", CFG, generation=0, position=0)
-    pool.build(states.__getitem__, {}, NOW)
+    pool.build(states.__getitem__, NOW)
     for batch in [[], *batches]:
         for i, state in batch:
             states[accs[i].id] = state
-        pool.update([accs[i].id for i, _ in batch], states.__getitem__, {}, NOW)
+        pool.update([accs[i].id for i, _ in batch], states.__getitem__, NOW)
         fresh = {a.id: verdict(a, states[a.id], "gpt-4o", CFG, NOW) for a in accs}
         assert pool.reasons == {i: r for i, r in fresh.items() if r is not None}
         assert {r: n for r, n in pool.counts.items() if n} == _count(fresh.values())
@@ -113,9 +113,9 @@ def test_fresh_cache_ranks_like_the_uncached_path(spec, initial):
     snap = BucketSnapshot(Bucket("g", Platform.OPENAI), 1, accs, loaded_at=NOW, built_at=NOW)
     states = dict(zip((a.id for a in accs), initial, strict=True))
     pool = PoolCache(snap, "gpt-4o", CFG, generation=0, position=0)
-    pool.build(states.__getitem__, {}, NOW)
+    pool.build(states.__getitem__, NOW)
     passed = [
-        (a, states[a.id], 0) for a in accs if verdict(a, states[a.id], "gpt-4o", CFG, NOW) is None
+        (a, states[a.id]) for a in accs if verdict(a, states[a.id], "gpt-4o", CFG, NOW) is None
     ]
     expected = top_k(score(passed, Weights.from_settings(CFG.scoring), NOW), 7)
     assert [s.account.id for s in pool.best(7, {})] == [s.account.id for s in expected]

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from accounts.model import Platform
-from scheduler.selection.reports import Outcome, Reporter
+from scheduler.selection.reports import ReleaseOutcome, Reporter
 from scheduler.selection.select import SelectRequest
 
 from .selectkit import GROUP, SettingsBox, make_account, open_selector, set_state
@@ -65,7 +65,7 @@ async def test_429_sets_rate_limited_until_the_reset(redis, headers, low, high):
         got = await sel.select(REQ)
         now = time.time()
         headers = _at_runtime(headers, now)
-        done = await reporter.release(got.lease_id, Outcome(status=429, headers=headers))
+        done = await reporter.release(got.lease_id, ReleaseOutcome(status=429, headers=headers))
         state = await _state(sel, a)
     assert "rate_limited" in done.effects
     assert low <= state.rate_limited_until - now <= high
@@ -76,7 +76,7 @@ async def test_529_overloaded_and_success_updates_ewmas_and_quota(redis):
     with trio.fail_after(10):
         got = await sel.select(REQ)
         now = time.time()
-        await reporter.release(got.lease_id, Outcome(status=529))
+        await reporter.release(got.lease_id, ReleaseOutcome(status=529))
         state = await _state(sel, a)
         assert 89 <= state.overloaded_until - now <= 91
         assert state.error_rate == 1.0
@@ -93,7 +93,9 @@ async def test_529_overloaded_and_success_updates_ewmas_and_quota(redis):
             "x-codex-secondary-window-minutes": "10080",
             "x-codex-secondary-reset-after-seconds": "86400",
         }
-        out = Outcome(status=200, latency_ms=100, ttft_ms=50, headers=codex, response_id="r1")
+        out = ReleaseOutcome(
+            status=200, latency_ms=100, ttft_ms=50, headers=codex, response_id="r1"
+        )
         done = await reporter.release(got.lease_id, out)
         state = await _state(sel, a)
     assert set(done.effects) == {"quota", "response_binding"}
@@ -120,13 +122,12 @@ async def test_usage_crossing_threshold_pauses_on_another_instance(redis):
             "x-codex-primary-window-minutes": "300",
             "x-codex-primary-reset-after-seconds": "3600",
         }
-        await Reporter(one, box).release(got.lease_id, Outcome(status=200, headers=headers))
+        await Reporter(one, box).release(got.lease_id, ReleaseOutcome(status=200, headers=headers))
         picks = {(await two.select(REQ)).account.id for _ in range(5)}
     assert picks == {b.id}
 
 
-async def test_401_marks_the_account_error_in_postgres(redis, db):
-    """401: status error persisted through the repository (bucket dirty) and held out in Redis."""
+async def _stored_account(db):  # type: ignore[no-untyped-def]
     from accounts.crypto import Cipher, CryptoConfig
     from accounts.inputs import AccountCreate
     from accounts.repository import AccountRepository
@@ -141,12 +142,27 @@ async def test_401_marks_the_account_error_in_postgres(redis, db):
             credentials={"api_key": "sk-" + "x" * 20},
         )
     )
+    return repo, created
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["live", "late"])
+async def test_401_marks_the_account_error_in_postgres(redis, db, late):
+    """401: status error persisted through the repository (bucket dirty) and held out in Redis.
+
+    Late (issue 10 item 6): the lease expired before the report; the account is taken
+    out of rotation all the same and the answer says the lease was gone.
+    """
+    repo, created = await _stored_account(db)
     box = SettingsBox()
     sel = await open_selector(redis, [created], box)
     reporter = Reporter(sel, box, repo)
     with trio.fail_after(10):
         got = await sel.select(REQ)
-        done = await reporter.release(got.lease_id, Outcome(status=401))
+        if late:  # the lease's expiry passes (as Redis judges it) before the report
+            leases = sel.runtime.keys.leases("openai", created.id)
+            await redis.client.zadd(leases, {got.lease_id: 1})  # expired at epoch 1 ms
+        done = await reporter.release(got.lease_id, ReleaseOutcome(status=401))
+        assert done.lease == ("gone" if late else "released")
         stored = await repo.get(created.id)
         state = await _state(sel, created)
         events = await db.fetchval(

@@ -46,7 +46,7 @@ def build(specs: list[tuple]) -> list[tuple[Account, RuntimeState, int]]:
         win = QuotaWindow(window=Window.FIVE_HOURS, used_ratio=used, observed_at=NOW - 10,
                           reset_after_s=3600)  # fmt: skip
         state = RuntimeState(leases=leases, error_rate=err, ttft_ms=ttft, windows=(win,))
-        out.append((account(i, priority=prio, concurrency=conc, load_factor=lf), state, 0))
+        out.append((account(i, priority=prio, concurrency=conc, load_factor=lf), state))
     return out
 
 
@@ -76,7 +76,7 @@ def test_terms_are_bounded(specs):
 def msgspec_values(s: Scored) -> list[float]:
     t = s.terms
     assert t is not None
-    return [t.priority, t.load, t.queue, t.error_rate, t.ttft, t.quota_headroom, t.reset_soon]
+    return [t.priority, t.load, t.error_rate, t.ttft, t.quota_headroom, t.reset_soon]
 
 
 def test_higher_weight_is_drawn_first_more_often():
@@ -99,9 +99,9 @@ def test_seed_from_session_is_stable_and_response_id_wins():
 
 def test_float_load_separates_low_loads():
     """One lease on capacity 300 vs 200: an integer percentage would call both 0 %."""
-    big = (account(1, load_factor=300.0, concurrency=300), RuntimeState(leases=1), 0)
-    small = (account(2, load_factor=200.0, concurrency=200), RuntimeState(leases=1), 0)
-    only_load = Weights(priority=0, load=1, queue=0, error_rate=0, ttft=0, quota_headroom=0,
+    big = (account(1, load_factor=300.0, concurrency=300), RuntimeState(leases=1))
+    small = (account(2, load_factor=200.0, concurrency=200), RuntimeState(leases=1))
+    only_load = Weights(priority=0, load=1, error_rate=0, ttft=0, quota_headroom=0,
                         reset_soon=0)  # fmt: skip
     scored = score([small, big], only_load, NOW)
     assert top_k(scored, 1)[0].account.id == "a1"
@@ -122,9 +122,9 @@ def test_low_upstream_rate_limit_room_is_a_soft_penalty_until_its_reset(
     """OpenAI x-ratelimit-* room lowers quota_headroom to it while the reading holds; once
     its reset passed it counts no more. Nothing else of the score moves."""
     a = account(1)
-    plain = score([(a, RuntimeState(), 0)], Weights(), NOW)[0]
+    plain = score([(a, RuntimeState())], Weights(), NOW)[0]
     low = RuntimeState(ratelimit_room=room, ratelimit_room_until=NOW + left_s)
-    got = score([(a, low, 0)], Weights(), NOW)[0]
+    got = score([(a, low)], Weights(), NOW)[0]
     assert got.terms is not None and plain.terms is not None
     if left_s > 0:
         assert got.terms.quota_headroom == min(1.0, room)

@@ -9,8 +9,8 @@ import trio
 
 from accounts.errors import NoAccountAvailable, NotFound
 from accounts.model import Platform, Status
-from scheduler.selection.reports import Outcome, Reporter
-from scheduler.selection.select import Selector, SelectRequest
+from scheduler.selection.reports import ReleaseOutcome, Reporter
+from scheduler.selection.select import Selection, Selector, SelectRequest
 from snapshot.keys import Bucket
 
 from .selectkit import GROUP, SettingsBox, make_account, open_selector, reading, set_state
@@ -54,12 +54,15 @@ async def test_quota_paused_session_binding_is_dropped(redis):
     with trio.fail_after(10):
         first = await sel.select(req(session_hash="s1"))
         assert first.account.id == a.id and first.path == "pool"
-        await reporter.release(first.lease_id, Outcome(status=200))
+        await reporter.release(first.lease_id, ReleaseOutcome(status=200))
         again = await sel.select(req(session_hash="s1"))
         assert again.account.id == a.id and again.path == "session" and again.sticky
-        await reporter.release(again.lease_id, Outcome(status=200))
-        await pause(sel, a.id)
-        sel.view.ttl_s = 0  # another instance's report: our next select re-reads
+        await reporter.release(again.lease_id, ReleaseOutcome(status=200))
+        await pause(sel, a.id)  # as another instance's report would: Redis only
+        # This instance's view still shows a unpaused (it is fresh: nothing re-reads
+        # it); the state the acquire script returns is what catches the pause.
+        assert not sel.view.get(a.id).windows
+        assert not sel.view.stale((GROUP, "openai"), time.monotonic(), sel.view.request_max_age_s)
         moved = await sel.select(req(session_hash="s1"))
     assert moved.account.id == b.id
     key = sel.runtime.keys.session("openai", GROUP, "s1")
@@ -75,10 +78,10 @@ async def test_quota_paused_response_binding_is_dropped(redis):
     with trio.fail_after(10):
         first = await sel.select(req())
         assert first.account.id == a.id
-        await reporter.release(first.lease_id, Outcome(status=200, response_id="resp_1"))
+        await reporter.release(first.lease_id, ReleaseOutcome(status=200, response_id="resp_1"))
         follow = await sel.select(req(previous_response_id="resp_1"))
         assert follow.account.id == a.id and follow.path == "response"
-        await reporter.release(follow.lease_id, Outcome(status=200))
+        await reporter.release(follow.lease_id, ReleaseOutcome(status=200))
         # The pause lands in Redis; this instance's view is still fresh (stale reading).
         await pause(sel, a.id)
         moved = await sel.select(req(previous_response_id="resp_1"))
@@ -98,7 +101,7 @@ async def test_full_sticky_account_spills_over_and_keeps_binding(redis):
         spill = await sel.select(req(session_hash="s9"))
         assert spill.account.id == b.id and spill.path == "pool"
         assert await redis.client.get(key) == a.id
-        await reporter.release(held.lease_id, Outcome(status=200))
+        await reporter.release(held.lease_id, ReleaseOutcome(status=200))
         back = await sel.select(req(session_hash="s9"))
     assert back.account.id == a.id and back.path == "session"
 
@@ -137,7 +140,7 @@ async def test_load_factor_changes_the_pick_at_low_load(redis):
     """One lease each: capacity 300 vs 200 is 0.33 % vs 0.5 % load -- the float decides."""
     a = make_account("a", concurrency=10, load_factor=200.0)
     b = make_account("b", concurrency=10, load_factor=300.0)
-    only_load = {"priority": 0, "load": 1, "queue": 0, "error_rate": 0, "ttft": 0,
+    only_load = {"priority": 0, "load": 1, "error_rate": 0, "ttft": 0,
                  "quota_headroom": 0, "reset_soon": 0, "top_k": 1}  # fmt: skip
     sel = await open_selector(redis, [a, b], SettingsBox(scoring=only_load))
     with trio.fail_after(10):
@@ -154,6 +157,13 @@ async def test_unknown_group_is_404(redis):
         await sel.select(SelectRequest(group="nope", platform=Platform.OPENAI, model="m"))
 
 
+async def until_waiting(sel: Selector, n: int = 1) -> float:
+    """Return (trio time) once ``n`` selects of ``sel`` are waiting for a release."""
+    while sel.waiters.waiting < n:
+        await trio.sleep(0.001)
+    return trio.current_time()
+
+
 async def test_wait_succeeds_on_release_and_times_out_otherwise(redis):
     a = make_account("a", concurrency=1)
     sel = await open_selector(redis, [a], SettingsBox(wait={"retry_interval_ms": 5000}))
@@ -163,19 +173,22 @@ async def test_wait_succeeds_on_release_and_times_out_otherwise(redis):
         with pytest.raises(NoAccountAvailable) as info:
             await sel.select(req(wait_ms=200))
         assert info.value.exclusions == {"full": 1}
-        got: list[object] = []
+        got: list[Selection] = []
 
         async def waiter() -> None:
             got.append(await sel.select(req(wait_ms=8000)))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(waiter)
-            await trio.sleep(0.2)
+            waiting_at = await until_waiting(sel)
             assert not got
             # The retry interval is 5 s: only the release wake-up can finish this quickly.
-            await reporter.release(held.lease_id, Outcome(status=200))
-        assert got[0].account.id == a.id  # type: ignore[attr-defined]
-        assert got[0].waited_s < 4  # type: ignore[attr-defined]
+            released_at = trio.current_time()
+            await reporter.release(held.lease_id, ReleaseOutcome(status=200))
+        assert got[0].account.id == a.id
+        # It did wait for the release (not served before it), and only the release
+        # ended the wait (the retry would have taken 5 s).
+        assert 0 < released_at - waiting_at <= got[0].waited_s < 4
 
 
 async def test_release_on_another_instance_wakes_a_waiter(redis):
@@ -190,16 +203,17 @@ async def test_release_on_another_instance_wakes_a_waiter(redis):
         held = await sel1.select(req())
         async with trio.open_nursery() as nursery:
             await nursery.start(ReleaseWatcher(sel2).run)
-            got: list[object] = []
+            got: list[Selection] = []
 
             async def waiter() -> None:
                 got.append(await sel2.select(req(wait_ms=8000)))
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(waiter)
-            await trio.sleep(0.2)
-            await Reporter(sel1, box).release(held.lease_id, Outcome(status=200))
-        assert got and got[0].waited_s < 4  # type: ignore[attr-defined]
+            waiting_at = await until_waiting(sel2)
+            released_at = trio.current_time()
+            await Reporter(sel1, box).release(held.lease_id, ReleaseOutcome(status=200))
+        assert got and 0 < released_at - waiting_at <= got[0].waited_s < 4
 
 
 def test_bucket_identity():

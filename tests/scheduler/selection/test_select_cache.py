@@ -13,7 +13,7 @@ import trio
 
 from accounts.errors import NoAccountAvailable
 from accounts.model import Platform
-from scheduler.selection.reports import Outcome, Reporter
+from scheduler.selection.reports import ReleaseOutcome, Reporter
 from scheduler.selection.select import SelectRequest
 
 from .selectkit import GROUP, SettingsBox, make_account, open_selector, reading, set_state
@@ -45,7 +45,7 @@ async def test_pause_reported_here_is_seen_by_the_very_next_select(redis):
     with trio.fail_after(10):
         first = await sel.select(REQ)
         assert first.account.id == a.id
-        await reporter.release(first.lease_id, Outcome(status=200, headers=CODEX_95))
+        await reporter.release(first.lease_id, ReleaseOutcome(status=200, headers=CODEX_95))
         nxt = [await sel.select(REQ) for _ in range(3)]
     assert [s.account.id for s in nxt] == [b.id] * 3
     assert [s.attempts for s in nxt] == [1, 1, 1]
@@ -67,9 +67,11 @@ async def test_refresh_picks_up_a_pause_written_by_another_instance(redis):
     with trio.fail_after(10):
         warm = await sel.select(REQ)
         assert warm.account.id == a.id
-        await Reporter(sel, box).release(warm.lease_id, Outcome(status=200))
+        await Reporter(sel, box).release(warm.lease_id, ReleaseOutcome(status=200))
         got = await other.select(REQ)
-        await Reporter(other, box).release(got.lease_id, Outcome(status=200, headers=CODEX_95))
+        await Reporter(other, box).release(
+            got.lease_id, ReleaseOutcome(status=200, headers=CODEX_95)
+        )
         stale = await sel.select(REQ)
         assert stale.account.id == b.id and stale.attempts == 2
         assert await redis.client.zcard(sel.runtime.keys.leases("openai", a.id)) == 0
@@ -91,13 +93,13 @@ async def test_full_and_refused_accounts_are_rechecked_from_the_acquire_reply(re
         spill = await sel.select(REQ)
         assert spill.account.id == b.id and spill.attempts == 1
         # A rate limit written elsewhere is learned from the refusal, then cached.
-        await Reporter(sel, box).release(held.lease_id, Outcome(status=200))
+        await Reporter(sel, box).release(held.lease_id, ReleaseOutcome(status=200))
         until = str(int((time.time() + 60) * 1000))
         await set_state(sel.runtime, "openai", a.id, {"rl_until": until})
-        await Reporter(sel, box).release(spill.lease_id, Outcome(status=200))
+        await Reporter(sel, box).release(spill.lease_id, ReleaseOutcome(status=200))
         refused = await sel.select(REQ)
         assert refused.account.id == b.id and refused.attempts == 2
-        await Reporter(sel, box).release(refused.lease_id, Outcome(status=200))
+        await Reporter(sel, box).release(refused.lease_id, ReleaseOutcome(status=200))
         again = await sel.select(REQ)
     assert again.account.id == b.id and again.attempts == 1
 
@@ -148,14 +150,14 @@ async def test_own_release_message_is_not_counted_twice(redis):
             await nursery.start(watcher.run)
             first = await sel.select(REQ)
             await sel.select(REQ)
-            await Reporter(sel, box).release(first.lease_id, Outcome(status=200))
+            await Reporter(sel, box).release(first.lease_id, ReleaseOutcome(status=200))
             assert sel.view.get(a.id).leases == 1
             while watcher.messages < 1:
                 await trio.sleep(0.01)
             assert sel.view.get(a.id).leases == 1
             theirs = await other.select(REQ)
             sel.view.patch(a.id, leases=2)  # as if our view had seen their lease
-            await Reporter(other, box).release(theirs.lease_id, Outcome(status=200))
+            await Reporter(other, box).release(theirs.lease_id, ReleaseOutcome(status=200))
             while watcher.messages < 2:
                 await trio.sleep(0.01)
             assert sel.view.get(a.id).leases == 1

@@ -11,7 +11,7 @@ import trio.testing
 from accounts.model import Platform
 from accounts.rules import Reason
 from scheduler.selection.refresher import ViewRefresher
-from scheduler.selection.reports import Outcome, Reporter
+from scheduler.selection.reports import ReleaseOutcome, Reporter
 from scheduler.selection.select import Selector, SelectRequest
 from scheduler.selection.store import RuntimeStore
 
@@ -54,13 +54,13 @@ async def test_selects_do_not_read_a_fresh_view_and_the_refresher_sees_a_pause(r
     with trio.fail_after(20):
         first = await sel.select(REQ)
         assert first.account.id == a.id and readers == [me]
-        await reporter.release(first.lease_id, Outcome(status=200))
+        await reporter.release(first.lease_id, ReleaseOutcome(status=200))
         async with trio.open_nursery() as nursery:
             await nursery.start(refresher.run)
             # Selects across several periods: each finds the view fresh, none reads it.
             while refresher.rounds < 4:
                 got = await sel.select(REQ)
-                await reporter.release(got.lease_id, Outcome(status=200))
+                await reporter.release(got.lease_id, ReleaseOutcome(status=200))
                 await trio.sleep(TTL_S / 5)
             assert readers.count(me) == 1 and len(readers) >= 4
             # Another instance's pause, straight into Redis: no select runs meanwhile.
@@ -92,7 +92,7 @@ async def test_idle_buckets_are_dropped_and_read_again_on_their_next_select(redi
         assert len(readers) == 1 and BUCKET not in sel.active
         await ViewRefresher(sel).refresh_active()  # nothing active: nothing read
         assert len(readers) == 1
-        await Reporter(sel, sel.settings).release(got.lease_id, Outcome(status=200))
+        await Reporter(sel, sel.settings).release(got.lease_id, ReleaseOutcome(status=200))
         sel.view.ttl_s = 0  # every copy is too old now
         await sel.select(REQ)
     assert len(readers) == 2
