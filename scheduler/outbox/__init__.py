@@ -42,11 +42,11 @@ from ._store import (
     Backlog,
     Claim,
     Cursor,
+    DeliveryOutcome,
     FeedEvent,
     FeedPage,
     OutboxEvent,
     OutboxStore,
-    Outcome,
     StateConflict,
 )
 from ._upkeep import BacklogMonitor, Purger
@@ -57,6 +57,7 @@ __all__ = [
     "BacklogMonitor",
     "Claim",
     "Cursor",
+    "DeliveryOutcome",
     "Dispatcher",
     "FeedEvent",
     "FeedPage",
@@ -64,7 +65,6 @@ __all__ = [
     "OutboxEvent",
     "OutboxMetrics",
     "OutboxStore",
-    "Outcome",
     "Purger",
     "Signer",
     "StateConflict",

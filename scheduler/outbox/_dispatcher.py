@@ -46,13 +46,13 @@ from . import _queries as q
 from ._delivery import Answer, Signer, deliver
 from ._metrics import OutboxMetrics
 from ._rules import Status, Verdict, classify, display_url, origin, retry_delay_s, settle
-from ._store import Claim, OutboxStore, Outcome
+from ._store import Claim, DeliveryOutcome, OutboxStore
 from ._transport import TrioTransport, WebhookClient
 
 log = get_logger("outbox")
 
 Listen = Callable[[str, Callable[[str], None]], AbstractAsyncContextManager[trio.Event]]
-Observer = Callable[[Sequence[Outcome], set[int]], None]
+Observer = Callable[[Sequence[DeliveryOutcome], set[int]], None]
 
 # Outcomes written per statement at most; bounds the statement, not throughput.
 _RECORD_BATCH = 500
@@ -111,9 +111,9 @@ class Dispatcher:
         self._deferred: set[str] = set()
         # Earliest retry we scheduled (trio clock), so short backoffs do not wait a poll.
         self._next_due = math.inf
-        self._send, self._recv = trio.open_memory_channel[Outcome](math.inf)
+        self._send, self._recv = trio.open_memory_channel[DeliveryOutcome](math.inf)
         # Outcomes taken by the recorder whose write has not returned yet.
-        self._recording: list[Outcome] = []
+        self._recording: list[DeliveryOutcome] = []
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self._cfg
@@ -229,7 +229,7 @@ class Dispatcher:
             self._metrics.delivery_seconds.observe(trio.current_time() - started)
         self._send.send_nowait(self._judge(claim, answer))
 
-    def _judge(self, claim: Claim, answer: Answer) -> Outcome:
+    def _judge(self, claim: Claim, answer: Answer) -> DeliveryOutcome:
         verdict = Verdict.DEAD if answer.unrecoverable else classify(answer.status_code)
         settled = settle(verdict, claim.attempts, claim.max_attempts)
         error = answer.error
@@ -244,7 +244,7 @@ class Dispatcher:
                 rand=self._rand(),
                 retry_after_s=answer.retry_after_s,
             )
-        return Outcome(claim, _STATUS[settled], answer.status_code, error, delay)
+        return DeliveryOutcome(claim, _STATUS[settled], answer.status_code, error, delay)
 
     # --- recording ------------------------------------------------------------------
 
@@ -261,7 +261,7 @@ class Dispatcher:
             self._recording = []
             self._settle(batch, recorded)
 
-    async def _write(self, batch: Sequence[Outcome]) -> set[int]:
+    async def _write(self, batch: Sequence[DeliveryOutcome]) -> set[int]:
         delay, cap = _RECORD_RETRY_S
         while True:
             try:
@@ -271,7 +271,7 @@ class Dispatcher:
                 await trio.sleep(delay)
                 delay = min(delay * 2, cap)
 
-    def _settle(self, batch: Sequence[Outcome], recorded: set[int]) -> None:
+    def _settle(self, batch: Sequence[DeliveryOutcome], recorded: set[int]) -> None:
         """Free the slots of a written batch; count and log what it decided."""
         freed_deferred = False
         for outcome in batch:
@@ -299,7 +299,7 @@ class Dispatcher:
         # Claim again once a quarter of a batch is free, not per finished delivery.
         return max(1, min(self._cfg.batch_size, self._cfg.concurrency) // 4)
 
-    def _count(self, outcome: Outcome, recorded: bool) -> None:
+    def _count(self, outcome: DeliveryOutcome, recorded: bool) -> None:
         status = outcome.status
         if recorded and status is Status.DEAD:
             log.warning(

@@ -81,7 +81,7 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class DeliveryOutcome:
     """What to record for one attempt: the new status (pending = retry later)."""
 
     claim: Claim
@@ -161,7 +161,7 @@ class OutboxStore:
         rows = await self.db.fetch(q.CLAIM, limit, owner, lease_s, list(exclude))
         return [Claim(**dict(r.items())) for r in rows]
 
-    async def record(self, owner: str, outcomes: Sequence[Outcome]) -> set[int]:
+    async def record(self, owner: str, outcomes: Sequence[DeliveryOutcome]) -> set[int]:
         """Write the outcomes in one statement; returns the ids whose compare-and-set held."""
         if not outcomes:
             return set()

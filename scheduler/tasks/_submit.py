@@ -33,7 +33,7 @@ from snapshot.keys import Bucket
 
 from ..core.logs import get_logger
 from ..selection.model import Selection, SelectRequest
-from ..selection.reports import Outcome
+from ..selection.reports import ReleaseOutcome
 from ..upstream import (
     Ambiguous,
     AuthFailed,
@@ -203,7 +203,9 @@ class Submitter:
             status, outcome, reason = 400, "rejected", exc.reason
         self._count(outcome)
         with contextlib.suppress(StationmasterError):
-            await self.reporter.release(sel.lease_id, Outcome(status=status, headers=headers))
+            await self.reporter.release(
+                sel.lease_id, ReleaseOutcome(status=status, headers=headers)
+            )
         return outcome, answer, reason
 
     async def _select(

@@ -69,7 +69,7 @@ class ProbeResult(msgspec.Struct, frozen=True, kw_only=True):
     recorded: bool = True
 
 
-class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+class ProbeOutcome(msgspec.Struct, frozen=True, kw_only=True):
     result: str
     report: UsageReport | None = None
     message: str | None = None
@@ -199,7 +199,9 @@ class UsageProbe:
             )
         return msgspec.structs.replace(result, recorded=recorded)
 
-    async def _read(self, account: Account, adapter: UsageAdapter, cfg: UsageSettings) -> Outcome:
+    async def _read(
+        self, account: Account, adapter: UsageAdapter, cfg: UsageSettings
+    ) -> ProbeOutcome:
         try:
             credentials = self.credentials(account)
             async with self._client() as client:
@@ -215,20 +217,20 @@ class UsageProbe:
                         clock=self.clock,
                     )
         except DecryptError:
-            return Outcome(result="cannot_probe", message="credentials cannot be decrypted")
+            return ProbeOutcome(result="cannot_probe", message="credentials cannot be decrypted")
         except CannotProbe as exc:
-            return Outcome(result="cannot_probe", message=exc.message)
+            return ProbeOutcome(result="cannot_probe", message=exc.message)
         except AuthFailed as exc:
-            return Outcome(result="auth_failed", message=exc.message)
+            return ProbeOutcome(result="auth_failed", message=exc.message)
         except RateLimited as exc:
-            return Outcome(
+            return ProbeOutcome(
                 result="rate_limited", message=exc.message, retry_after_s=exc.retry_after_s
             )
         except Transient as exc:
-            return Outcome(result="failed", message=exc.message)
+            return ProbeOutcome(result="failed", message=exc.message)
         except trio.TooSlowError:
-            return Outcome(result="failed", message="no usage answer in time")
-        return Outcome(result="ok", report=report)
+            return ProbeOutcome(result="failed", message="no usage answer in time")
+        return ProbeOutcome(result="ok", report=report)
 
     async def _apply(
         self,

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from .knobs import Knobs
 
 State = Literal["pending", "running", "succeeded", "failed", "cancelled"]
-Outcome = Literal["succeeded", "failed", "partial", "never"]
+TaskFate = Literal["succeeded", "failed", "partial", "never"]
 Fault = Literal["hang", "5xx", "429", "malformed", "truncated"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -35,7 +35,7 @@ class SimTask:
     created: float
     running_at: float
     done_at: float | None  # None: never finishes
-    outcome: Outcome
+    outcome: TaskFate
     outputs: int  # outputs asked for (images, samples)
     seconds: float  # video length asked for (0 for images)
     params: dict[str, Any] = field(default_factory=dict)
@@ -172,7 +172,7 @@ class World:
             return self.rng.uniform(lo, hi)
         return min(hi, lo + self.rng.expovariate(2.0 / (hi - lo)))
 
-    def _outcome(self) -> Outcome:
+    def _outcome(self) -> TaskFate:
         k = self.knobs
         r = self.rng.random()
         for outcome, rate in (

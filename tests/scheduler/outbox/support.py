@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from accounts.db import Database
 from scheduler.core.config import OutboxConfig
-from scheduler.outbox import Dispatcher, OutboxStore, Outcome, Status
+from scheduler.outbox import DeliveryOutcome, Dispatcher, OutboxStore, Status
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -190,18 +190,18 @@ class Journal:
     """The dispatcher's observer: every outcome written, and a way to wait on them."""
 
     def __init__(self) -> None:
-        self.outcomes: list[tuple[Outcome, bool]] = []
+        self.outcomes: list[tuple[DeliveryOutcome, bool]] = []
         self._changed = trio.Event()
 
-    def __call__(self, batch: Sequence[Outcome], recorded: set[int]) -> None:
+    def __call__(self, batch: Sequence[DeliveryOutcome], recorded: set[int]) -> None:
         self.outcomes.extend((o, o.claim.id in recorded) for o in batch)
         self._changed.set()
         self._changed = trio.Event()
 
-    def of(self, event_key: str) -> list[Outcome]:
+    def of(self, event_key: str) -> list[DeliveryOutcome]:
         return [o for o, ok in self.outcomes if ok and o.claim.event_key == event_key]
 
-    def final(self, event_key: str) -> Outcome | None:
+    def final(self, event_key: str) -> DeliveryOutcome | None:
         done = [o for o in self.of(event_key) if o.status in (Status.CONSUMED, Status.DEAD)]
         return done[-1] if done else None
 

@@ -19,8 +19,8 @@ import trio
 from accounts.db import CheckViolation
 from accounts.errors import NotFound
 from scheduler.outbox import (
+    DeliveryOutcome,
     OutboxStore,
-    Outcome,
     Purger,
     StateConflict,
     Status,
@@ -62,11 +62,11 @@ async def test_claim_then_consume_and_a_duplicate_consumption_is_a_no_op(db):
     assert sorted(c.event_key for c in claims) == ["e1", "e2", "e3"]
     assert {c.attempts for c in claims} == {1}
     first = claims[0]
-    assert await store.record("a", [Outcome(first, Status.CONSUMED, 200)]) == {first.id}
+    assert await store.record("a", [DeliveryOutcome(first, Status.CONSUMED, 200)]) == {first.id}
     before = await db.fetchrow("SELECT * FROM outbox WHERE id = $1", first.id)
     # Again, as consumed and as a retry and dead: nothing changes.
     for status in (Status.CONSUMED, Status.PENDING, Status.DEAD):
-        assert await store.record("a", [Outcome(first, status, 500, "x", 1.0)]) == set()
+        assert await store.record("a", [DeliveryOutcome(first, status, 500, "x", 1.0)]) == set()
     after = await db.fetchrow("SELECT * FROM outbox WHERE id = $1", first.id)
     assert dict(after.items()) == dict(before.items())
     assert after["status"] == "consumed" and after["lease_expires_at"] is None
@@ -79,8 +79,8 @@ async def test_retry_and_dead_need_the_current_claim_but_consumed_does_not(db):
     await insert_events(db, 2, DEST)
     c1, c2 = sorted(await store.claim("a", limit=10, lease_s=30), key=lambda c: c.id)
     # Another owner cannot reschedule or kill a's claims.
-    assert await store.record("b", [Outcome(c1, Status.PENDING, 500, "x", 1.0)]) == set()
-    assert await store.record("b", [Outcome(c2, Status.DEAD, 410)]) == set()
+    assert await store.record("b", [DeliveryOutcome(c1, Status.PENDING, 500, "x", 1.0)]) == set()
+    assert await store.record("b", [DeliveryOutcome(c2, Status.DEAD, 410)]) == set()
     # a's lease lapses (the holder died); b claims c1 again (attempt 2).
     await db.execute(
         "UPDATE outbox SET lease_expires_at = now() - interval '1 s' WHERE status = 'published'"
@@ -88,10 +88,10 @@ async def test_retry_and_dead_need_the_current_claim_but_consumed_does_not(db):
     again = {c.id: c for c in await store.claim("b", limit=10, lease_s=30)}
     assert again[c1.id].attempts == 2 and again[c1.id].event_key == c1.event_key
     # a's late retry for attempt 1 is refused; a's "delivered" still counts...
-    assert await store.record("a", [Outcome(c1, Status.PENDING, 503, "x", 1.0)]) == set()
-    assert await store.record("a", [Outcome(c1, Status.CONSUMED, 200)]) == {c1.id}
+    assert await store.record("a", [DeliveryOutcome(c1, Status.PENDING, 503, "x", 1.0)]) == set()
+    assert await store.record("a", [DeliveryOutcome(c1, Status.CONSUMED, 200)]) == {c1.id}
     # ...and b's delivery of the same event then records nothing.
-    assert await store.record("b", [Outcome(again[c1.id], Status.CONSUMED, 200)]) == set()
+    assert await store.record("b", [DeliveryOutcome(again[c1.id], Status.CONSUMED, 200)]) == set()
     row = await db.fetchrow("SELECT status, attempts FROM outbox WHERE id = $1", c1.id)
     assert (row["status"], row["attempts"]) == ("consumed", 2)
 
@@ -100,7 +100,9 @@ async def test_retry_reschedules_and_release_refunds(db):
     store = OutboxStore(db)
     await insert_events(db, 2, DEST)
     c1, c2 = sorted(await store.claim("a", limit=10, lease_s=30), key=lambda c: c.id)
-    assert await store.record("a", [Outcome(c1, Status.PENDING, 503, "HTTP 503", 3600)]) == {c1.id}
+    assert await store.record(
+        "a", [DeliveryOutcome(c1, Status.PENDING, 503, "HTTP 503", 3600)]
+    ) == {c1.id}
     row = await db.fetchrow(
         "SELECT status, attempts, last_error, last_status_code,"
         " next_attempt_at - now() > interval '59 min' AS later FROM outbox WHERE id = $1",
