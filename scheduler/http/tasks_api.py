@@ -9,8 +9,9 @@ and never records a second one or a second hold.
 
 from __future__ import annotations
 
+import enum
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from starlette.responses import Response
@@ -21,10 +22,16 @@ from accounts.validation import convert
 
 from ..selection.model import ModelName, SessionHash
 from ..tasks import TaskStatus, TaskView
+from ..upstream import adapter_platforms
 from .endpoints import Call, Endpoint, Header, Scope, json_response
 
 MAX_PAGE = 500
-Owner = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
+# Platforms that run async tasks (an adapter each); the schema enumerates them.
+TaskPlatform = enum.StrEnum(  # type: ignore[misc]  # built from the adapter registry
+    "TaskPlatform", {p.upper(): p for p in adapter_platforms()}
+)
+# A user or API key of the gateway: printable ASCII without "/" (it travels in a path).
+Owner = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[!-.0-~]+$")]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
 TaskId = Annotated[
     str, msgspec.Meta(min_length=36, max_length=36, extra_json_schema={"format": "uuid"})
@@ -36,9 +43,9 @@ class TaskRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """A task to run upstream for ``owner`` (a user or API key of the gateway)."""
 
     owner: Owner
-    platform: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    platform: TaskPlatform
     model: ModelName
-    kind: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}$")] = "video"
+    kind: Literal["video", "image"] = "video"
     group: GroupName = "default"
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     webhook_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
@@ -292,7 +299,7 @@ ENDPOINTS = [
     Endpoint(
         "GET", "/v1/admin/credits/{owner}", credit,
         "One owner's credit: balance (the sum of its ledger), top-ups, captured, held",
-        scope=Scope.ADMIN, response=Credit, errors=(422,), tags=("credits",),
+        scope=Scope.ADMIN, response=Credit, errors=(404, 422), tags=("credits",),
         path_types={"owner": Owner},
     ),
 ]  # fmt: skip

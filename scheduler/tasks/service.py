@@ -89,7 +89,7 @@ class Tasks:
         estimate = 0
         if adapter is not None and not errors:
             req = UpstreamRequest(
-                task_id="", platform=body.platform, model=body.model, kind=body.kind,
+                task_id="", platform=str(body.platform), model=body.model, kind=body.kind,
                 params=body.params,
             )  # fmt: skip
             try:
@@ -102,7 +102,7 @@ class Tasks:
         billing = Billing(price=1, ratio_permille=ratio, hold=0)
         billing = Billing(1, ratio, billing.credits(estimate))
         return NewTask(
-            owner=body.owner, group=body.group, platform=body.platform, kind=body.kind,
+            owner=body.owner, group=body.group, platform=str(body.platform), kind=body.kind,
             model=body.model, params=body.params, billing=billing,
             deadline_s=self.cfg.deadline_s, idempotency_key=key,
             origin_task_id=body.origin_task_id, account_id=account_id,

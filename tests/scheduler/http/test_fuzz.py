@@ -12,7 +12,9 @@ API's documented answer to a compare-and-set write sent without a version
 428 without it; an account ``PATCH`` takes the version as ``If-Match`` *or* a
 body field, which no schema can say, and answers 428 with neither. So 428 is
 added to the statuses ``missing_required_header`` and
-``positive_data_acceptance`` accept; nothing else is changed.
+``positive_data_acceptance`` accept. Likewise 402 (RFC 9110): ``POST /v1/tasks``
+answers it when the owner's balance cannot cover the hold, and no schema can say
+which owner has credit; it is accepted by ``positive_data_acceptance`` only.
 
 Random group names rarely name a bucket, so before the gateway run the test
 takes two real leases and binds them to the ``lease_id`` of release and renew
@@ -40,7 +42,7 @@ pytestmark = pytest.mark.slow
 
 SCHEMATHESIS_TOML = """\
 [checks.positive_data_acceptance]
-expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "428", "429", "5xx"]
+expected-statuses = ["2xx", "3xx", "401", "402", "403", "404", "409", "428", "429", "5xx"]
 
 [checks.missing_required_header]
 expected-statuses = ["400", "401", "403", "406", "415", "422", "428"]
