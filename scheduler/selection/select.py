@@ -27,7 +27,6 @@ never handed out even when the local view or the pool cache was stale.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +45,7 @@ from ._none import model_not_served, no_account, retry_after_hint
 from ._sticky import try_sticky
 from ._waiting import WaitQueues
 from .bindings import BindingCache
+from .counters import SelectCounters
 from .model import (
     BucketSnapshots,
     ModelName,
@@ -121,7 +121,7 @@ class Selector:
         # When each bucket was last selected from (monotonic): the refresher keeps these fresh.
         self.active: dict[Bucket, float] = {}
         # Metric children by label: ``labels()`` costs microseconds per call.
-        self._children: dict[tuple[str, ...], Any] = {}
+        self.counters = SelectCounters(metrics)
 
     # --- wake-ups ---------------------------------------------------------------
 
@@ -214,7 +214,7 @@ class Selector:
                 since = mark
             # A release wake-up needs no read: on_release() has patched the view.
             snap = await self.snapshot(bucket)
-        self._count("none", "none", trio.current_time() - start)
+        self.counters.selected("none", "none", trio.current_time() - start)
         excluded = rnd.all_exclusions()
         raise no_account(bucket, excluded, self.buckets.get(bucket), self.view, cfg, self.clock())
 
@@ -228,7 +228,7 @@ class Selector:
         self, sel: Selection, attempts: int, start: float, waited: bool, bucket: Bucket
     ) -> Selection:
         waited_s = trio.current_time() - start if waited else 0.0
-        self._count(sel.path, "waited" if waited else "immediate", waited_s)
+        self.counters.selected(sel.path, "waited" if waited else "immediate", waited_s)
         return msgspec.structs.replace(sel, attempts=attempts, waited_s=waited_s)
 
     async def _round(
@@ -263,7 +263,7 @@ class Selector:
                 self._pools.pop((snap.bucket, req.model), None)
             await self._pool(req, snap, cfg, rnd, now, session_bound)
         if self.metrics is not None:
-            self._count_exclusions(rnd)
+            self.counters.exclusions(rnd)
         return rnd
 
     # --- pool -------------------------------------------------------------------------
@@ -370,9 +370,9 @@ class Selector:
         reason = check(account, result.state, req.model, cfg.quota, self.clock())
         if reason is not None:
             await self._give_back(account, result, cfg)
-            self._child("acquire_attempts", reason.value).inc()
+            self.counters.child("acquire_attempts", reason.value).inc()
             return reason
-        self._child("acquire_attempts", "acquired").inc()
+        self.counters.child("acquire_attempts", "acquired").inc()
         if bind_mode and req.session_hash:
             _, sess_key = self.binding_keys(req)
             assert sess_key is not None
@@ -381,7 +381,7 @@ class Selector:
         return None
 
     def _refused(self, account: Account, result: Refused) -> Reason:
-        self._child("acquire_attempts", result.kind).inc()
+        self.counters.child("acquire_attempts", result.kind).inc()
         if result.kind == "full":
             self.view.patch(account.id, leases=result.leases)
             return Reason.FULL
@@ -399,42 +399,3 @@ class Selector:
         released = await self.runtime.release(ref, nothing, alpha=cfg.runtime.ewma_alpha)
         if released is not None:
             self.on_release(ref.platform.value, ref.account_id, released.state)
-
-    # --- metrics --------------------------------------------------------------------
-
-    def _child(self, metric: str, *labels: str) -> Any:
-        """A metric's child for ``labels``, created once (a no-op stub without metrics)."""
-        key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = _NOOP if self.metrics is None else getattr(self.metrics, metric).labels(*labels)
-            self._children[key] = child
-        return child
-
-    def _count(self, path: str, outcome: str, waited: float) -> None:
-        self._child("selections", path, outcome).inc()
-        if self.metrics is not None and outcome != "immediate":
-            self.metrics.select_wait.observe(waited)
-
-    def _count_exclusions(self, rnd: Round) -> None:
-        """Every exclusion of this round, by reason (the request's own reason wins)."""
-        counts: Counter[Reason] = Counter(rnd.pool_counts)
-        pool_reasons = rnd.pool_reasons
-        for account_id, reason in rnd.excluded.items():
-            old = pool_reasons.get(account_id)
-            if old is not None:
-                counts[old] -= 1
-            counts[reason] += 1
-        for reason, n in counts.items():
-            if n > 0:
-                self._child("exclusions", reason.value).inc(n)
-
-
-class _Noop:
-    """Stands in for a metric child when the Selector runs without metrics."""
-
-    def inc(self, amount: float = 1) -> None:
-        pass
-
-
-_NOOP = _Noop()
