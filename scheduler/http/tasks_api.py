@@ -254,7 +254,7 @@ ENDPOINTS = [
         "POST", "/v1/tasks", submit,
         "Record a task and its credit hold, then submit it upstream (Idempotency-Key header)",
         scope=Scope.GATEWAY, body=TaskRequest, response=TaskView, status=202,
-        errors=(402, 422, 429, 503), tags=("tasks",), headers=(_IDEMPOTENCY,),
+        errors=(402, 404, 422, 429, 503), tags=("tasks",), headers=(_IDEMPOTENCY,),
     ),
     Endpoint(
         "GET", "/v1/tasks", list_tasks, "An owner's tasks, newest first (keyset pages)",

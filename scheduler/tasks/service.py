@@ -114,9 +114,12 @@ class Tasks:
             return None
         row = await self.store.task_owner(body.origin_task_id)
         if row is None or row["owner"] != body.owner:
-            # The same answer for "absent" and "someone else's": ids are not probed.
-            errors.append(("origin_task_id", "no task with this id belongs to this owner"))
-            return None
+            # The same answer for "absent" and "someone else's": ids are not probed. A 404,
+            # not a 422: the request is well formed, the task it names does not exist.
+            raise NotFound(
+                "origin_task_id: no task with this id belongs to this owner",
+                details={"field": "origin_task_id"},
+            )
         if row["platform"] != body.platform or row["account_id"] is None:
             errors.append(
                 ("origin_task_id", "the origin task ran on another platform or never ran")

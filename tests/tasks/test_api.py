@@ -87,7 +87,8 @@ async def test_bad_input_402_and_429_record_nothing(db, pg_dsn, redis_url, redis
                 bobs = r.json()["id"]
                 # Another owner's task as origin: refused as if it did not exist.
                 r = await gw.post("/v1/tasks", json=task_body("alice", origin_task_id=bobs))
-                assert r.status_code == 422, r.text
+                assert r.status_code == 404, r.text
+                assert r.json()["error"]["details"]["field"] == "origin_task_id"
                 assert await counts(db) == (1, 1)
                 # Bob's in-flight limit is 1: 429, nothing recorded.
                 r = await gw.post("/v1/tasks", json=task_body("bob"))
