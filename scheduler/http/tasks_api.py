@@ -48,7 +48,9 @@ class TaskRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     kind: Literal["video", "image"] = "video"
     group: GroupName = "default"
     params: dict[str, Any] = msgspec.field(default_factory=dict)
-    webhook_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    webhook_url: (
+        Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=r"^[!-~]+$")] | None
+    ) = None
     session_hash: SessionHash | None = None
     origin_task_id: TaskId | None = None
 
@@ -254,7 +256,7 @@ ENDPOINTS = [
         "POST", "/v1/tasks", submit,
         "Record a task and its credit hold, then submit it upstream (Idempotency-Key header)",
         scope=Scope.GATEWAY, body=TaskRequest, response=TaskView, status=202,
-        errors=(402, 422, 429, 503), tags=("tasks",), headers=(_IDEMPOTENCY,),
+        errors=(402, 404, 422, 429, 503), tags=("tasks",), headers=(_IDEMPOTENCY,),
     ),
     Endpoint(
         "GET", "/v1/tasks", list_tasks, "An owner's tasks, newest first (keyset pages)",
