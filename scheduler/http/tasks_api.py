@@ -48,7 +48,9 @@ class TaskRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     kind: Literal["video", "image"] = "video"
     group: GroupName = "default"
     params: dict[str, Any] = msgspec.field(default_factory=dict)
-    webhook_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    webhook_url: (
+        Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=r"^[!-~]+$")] | None
+    ) = None
     session_hash: SessionHash | None = None
     origin_task_id: TaskId | None = None
 

@@ -80,8 +80,14 @@ class Tasks:
             errors.append(("platform", f"no async-task adapter for this platform (known: {known})"))
         if body.webhook_url is not None and not _http_url(body.webhook_url):
             errors.append(("webhook_url", "must be an http:// or https:// URL with a host"))
-        size = len(msgspec.json.encode(body.params))
-        if size > self.cfg.max_params_bytes:
+        try:
+            encoded = msgspec.json.encode(body.params)
+        except UnicodeEncodeError:  # lone surrogates (\udb42) decode, but are no text
+            encoded = b"\xff"
+        size = len(encoded)
+        if not _storable(encoded):
+            errors.append(("params", "must be valid UTF-8 text without NUL characters"))
+        elif size > self.cfg.max_params_bytes:
             errors.append(
                 ("params", f"{size} bytes exceeds the limit of {self.cfg.max_params_bytes}")
             )
@@ -190,6 +196,15 @@ class Tasks:
         if result.written is not Written.FINISHED:
             raise TaskFinished(task.id, result.held.snapshot.status.value)
         return await self.get(task_id)
+
+
+def _storable(encoded: bytes) -> bool:
+    """True if PostgreSQL's jsonb takes it: valid UTF-8 and no \\u0000 escape."""
+    try:
+        encoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\\u0000" not in encoded
 
 
 def _http_url(url: str) -> bool:

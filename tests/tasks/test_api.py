@@ -1,9 +1,10 @@
 """POST/GET /v1/tasks on a real daemon, real PostgreSQL and Redis, the simulator over HTTP.
 
 Bad input tried (each a 4xx, nothing recorded): unknown platform, missing model,
-a webhook URL that is not http(s), params over the size limit, an origin task of
-another owner, a malformed origin id, an unknown field; plus 402 (no credit) and
-429 (in-flight limit).
+a webhook URL that is not http(s), params over the size limit, params PostgreSQL
+cannot store (a NUL), an origin task of another owner (404, as if absent), a
+malformed origin id, an unknown field; plus 402 (no credit) and 429 (in-flight
+limit).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ async def test_bad_input_402_and_429_record_nothing(db, pg_dsn, redis_url, redis
                     (task_body(webhook_url="javascript:alert(1)"), "webhook_url"),
                     (task_body(params={"prompt": "x" * 2000}), "params"),
                     (task_body(params={"duration": 10_000}), "params"),
+                    (task_body(params={"prompt": "nul \u0000 inside"}), "params"),
                     (task_body(origin_task_id="not-a-uuid"), "origin_task_id"),
                     (task_body(colour="red"), "colour"),
                 ]
