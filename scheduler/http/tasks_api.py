@@ -33,6 +33,7 @@ TaskPlatform = enum.StrEnum(  # type: ignore[misc]  # built from the adapter reg
 # A user or API key of the gateway: printable ASCII without "/" (it travels in a path).
 Owner = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[!-.0-~]+$")]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[!-~]+$")]
+_WEBHOOK = r"^https?://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?([/?#][!-~]*)?$"
 TaskId = Annotated[
     str, msgspec.Meta(min_length=36, max_length=36, extra_json_schema={"format": "uuid"})
 ]
@@ -48,9 +49,8 @@ class TaskRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     kind: Literal["video", "image"] = "video"
     group: GroupName = "default"
     params: dict[str, Any] = msgspec.field(default_factory=dict)
-    webhook_url: (
-        Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=r"^[!-~]+$")] | None
-    ) = None
+    # http(s), a host, then any printable ASCII (what the schema states, the server enforces).
+    webhook_url: Annotated[str, msgspec.Meta(max_length=2048, pattern=_WEBHOOK)] | None = None
     session_hash: SessionHash | None = None
     origin_task_id: TaskId | None = None
 
