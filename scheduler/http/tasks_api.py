@@ -257,6 +257,8 @@ ENDPOINTS = [
         "Record a task and its credit hold, then submit it upstream (Idempotency-Key header)",
         scope=Scope.GATEWAY, body=TaskRequest, response=TaskView, status=202,
         errors=(402, 404, 422, 429, 503), tags=("tasks",), headers=(_IDEMPOTENCY,),
+        # A replay of an Idempotency-Key answers the task it already made: 200, not 202.
+        other_responses={200: TaskView},
     ),
     Endpoint(
         "GET", "/v1/tasks", list_tasks, "An owner's tasks, newest first (keyset pages)",
