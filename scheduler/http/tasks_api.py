@@ -38,6 +38,14 @@ TaskId = Annotated[
     str, msgspec.Meta(min_length=36, max_length=36, extra_json_schema={"format": "uuid"})
 ]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)]
+# Stored as PostgreSQL jsonb, which holds no NUL character (\u0000) in any key or string.
+Params = Annotated[
+    dict[str, Any],
+    msgspec.Meta(
+        description="The platform's own parameters, passed through. Any JSON object; no key or "
+        "string in it may contain a NUL character (\\u0000): 422 `params`."
+    ),
+]
 
 
 class TaskRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -48,7 +56,7 @@ class TaskRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     model: ModelName
     kind: Literal["video", "image"] = "video"
     group: GroupName = "default"
-    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    params: Params = msgspec.field(default_factory=dict)
     # http(s), a host, then any printable ASCII (what the schema states, the server enforces).
     webhook_url: Annotated[str, msgspec.Meta(max_length=2048, pattern=_WEBHOOK)] | None = None
     session_hash: SessionHash | None = None

@@ -14,7 +14,10 @@ body field, which no schema can say, and answers 428 with neither. So 428 is
 added to the statuses ``missing_required_header`` and
 ``positive_data_acceptance`` accept. Likewise 402 (RFC 9110): ``POST /v1/tasks``
 answers it when the owner's balance cannot cover the hold, and no schema can say
-which owner has credit; it is accepted by ``positive_data_acceptance`` only.
+which owner has credit; it is accepted by ``positive_data_acceptance`` only. And no NUL character is
+generated: task ``params`` are stored as PostgreSQL jsonb, which cannot hold one
+anywhere in a document; the schema says so in words (422 ``params``), which no
+JSON Schema keyword can say of every nested key and string.
 
 Random group names rarely name a bucket, so before the gateway run the test
 takes two real leases and binds them to the ``lease_id`` of release and renew
@@ -23,7 +26,15 @@ with real bodies, checked against the published schema.
 
 Between the two runs the settings are put back to what the test set (the admin
 run may have changed any of them): ``wait.max_wait_ms = 0`` keeps a select on a
-full bucket from waiting, which bounds the gateway run's time.
+full bucket from waiting, which bounds the gateway run's time. And every account
+is deleted before fresh ones are seeded: one the admin run created or changed to
+``concurrency: 1``, in a group the
+gateway run also generates fills at once, and its 503 ``no_available_accounts``
+(the documented answer for a full bucket) is not what this test looks for.
+That answer cannot be avoided, only made rare: the run's own releases report
+errors and latencies that rightly take accounts out of rotation (``slow``,
+rate-limited). So for ``select`` alone, 503 is not counted as a server error; its
+body is still checked against the published schema (``no_available_accounts``).
 """
 
 from __future__ import annotations
@@ -41,11 +52,18 @@ from ...support import ADMIN_TOKEN, GATEWAY_TOKEN, ROOT, DaemonProcess, admin_cl
 pytestmark = pytest.mark.slow
 
 SCHEMATHESIS_TOML = """\
+[generation]
+allow-x00 = false
+
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "402", "403", "404", "409", "428", "429", "5xx"]
 
 [checks.missing_required_header]
 expected-statuses = ["400", "401", "403", "406", "415", "422", "428"]
+
+[[operations]]
+include-operation-id = "select"
+checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "503"]
 """
 # Per token: examples per operation and phase, and a cap on the run's time.
 MAX_EXAMPLES = 25
@@ -77,12 +95,24 @@ async def _seed_accounts(http: httpx.AsyncClient, tag: str) -> None:
                 # "default" / openai / gpt-4o: the examples the select schema publishes.
                 "groups": ["g1", "default"],
                 "models": models,
-                "concurrency": 50,
+                "concurrency": 1000,
                 "base_url": "https://upstream.example",
                 "credentials": {"api_key": f"sk-fuzz-{i}-xxxxxxxxxxxxxxxx"},
             },
         )
         assert r.status_code == 201, r.text
+
+
+async def _delete_accounts(http: httpx.AsyncClient) -> None:
+    """Delete every account (the admin run may have created or changed any)."""
+    while True:
+        r = await http.get("/v1/admin/accounts", params={"limit": 500})
+        assert r.status_code == 200, r.text
+        if not (accounts := r.json()["items"]):
+            return
+        for account in accounts:
+            r = await http.delete(f"/v1/admin/accounts/{account['id']}")
+            assert r.status_code in (200, 204, 404), r.text
 
 
 async def _real_leases(url: str) -> dict[str, str]:
@@ -92,6 +122,7 @@ async def _real_leases(url: str) -> dict[str, str]:
     and selects repeat until this instance's snapshot has them.
     """
     async with admin_client(url) as http:
+        await _delete_accounts(http)
         await _seed_accounts(http, "gateway")
     leases = {}
     body = {"group": "default", "platform": "openai", "model": "gpt-4o"}
