@@ -47,7 +47,7 @@ from ._delivery import Answer, Signer, deliver
 from ._metrics import OutboxMetrics
 from ._rules import Status, Verdict, classify, display_url, origin, retry_delay_s, settle
 from ._store import Claim, DeliveryOutcome, OutboxStore
-from ._transport import TrioTransport, WebhookClient
+from ..core.transport import TrioTransport, WebhookClient
 
 log = get_logger("outbox")
 

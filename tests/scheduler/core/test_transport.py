@@ -17,11 +17,11 @@ import httpx
 import pytest
 import trio
 
+from scheduler.core.transport import TrioTransport, WebhookClient
 from scheduler.outbox import Claim, Signer
 from scheduler.outbox._delivery import deliver
-from scheduler.outbox._transport import TrioTransport, WebhookClient
 
-from .support import SECRET
+from ..outbox.support import SECRET
 
 Handler = Callable[[trio.SocketStream, int], Awaitable[None]]
 
