@@ -10,14 +10,19 @@ it is there) and replaces only the wire: one idle-connection stack per origin
 parsed by httptools (llhttp, in C; h11 measured at ~0.6 ms per exchange here),
 TLS through ``trio.SSLStream`` with httpx's own default context (certifi).
 
-What it does not do, because a webhook POST does not need it: HTTP/2,
-proxies, ``Expect: 100-continue``, streaming request bodies. Response bodies
-are read up to ``max_body`` bytes; a longer one is cut off and its connection
-closed (httpx sees the prefix as the whole body).
+Two users: the outbox's webhook deliveries and the upstream adapters' task
+submits and polls (the same ~1 ms of httpcore CPU per request would cap a
+poller far below 1,000 polls/s; bench/simulator.py compares both transports).
 
-Errors are httpx's: ConnectError / ConnectTimeout-free (the caller bounds the
-attempt with a trio deadline), ReadError, WriteError, RemoteProtocolError,
-UnsupportedProtocol. A request that fails on a *reused* connection before any
+What it does not do, because a webhook POST or an upstream API call does not
+need it: HTTP/2, proxies, ``Expect: 100-continue``, streaming request bodies.
+Response bodies are read up to ``max_body`` bytes; a longer one is cut off and
+its connection closed (httpx sees the prefix as the whole body).
+
+Errors are httpx's: ConnectError, ConnectTimeout (the request's ``connect``
+timeout, when it has one; the read and write phases are bounded by the
+caller's trio deadline around the whole attempt), ReadError, WriteError,
+RemoteProtocolError, UnsupportedProtocol. A request that fails on a *reused* connection before any
 byte of the answer arrived is sent once more on a fresh connection (the server
 may have closed the idle connection as we picked it up), as httpcore does.
 """
@@ -33,10 +38,10 @@ import httpx
 import trio
 
 # Idle connections kept per origin; more than the per-destination limit is waste.
-_MAX_IDLE_PER_ORIGIN = 64
+MAX_IDLE_PER_ORIGIN = 64
 # A server usually drops an idle keep-alive connection after 5-60 s; we stop
 # reusing ours before the common short timeouts bite.
-_IDLE_TIMEOUT_S = 4.0
+IDLE_TIMEOUT_S = 4.0
 _RECV_BYTES = 65536
 
 Origin = tuple[str, str, int]
@@ -87,11 +92,24 @@ class _Answer:
 
 
 class TrioTransport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 keep-alive over trio streams; ``max_body``: bytes of an answer read at most."""
+    """HTTP/1.1 keep-alive over trio streams; ``max_body``: bytes of an answer read at most.
 
-    def __init__(self, *, max_body: int = 64 * 1024, ssl_context: ssl.SSLContext | None = None):
+    ``max_idle`` connections per origin are kept for reuse, each at most
+    ``idle_timeout_s`` after its last answer.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_body: int = 64 * 1024,
+        ssl_context: ssl.SSLContext | None = None,
+        max_idle: int = MAX_IDLE_PER_ORIGIN,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+    ):
         self._max_body = max_body
         self._ssl = ssl_context
+        self._max_idle = max_idle
+        self._idle_timeout_s = idle_timeout_s
         self._idle: dict[Origin, list[_Conn]] = {}
         self._closed = False
 
@@ -104,7 +122,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 return await self._exchange(origin, conn, request, body)
             except _StaleConnection:
                 pass  # closed by the server while idle: once more, on a new connection
-        conn = await self._connect(origin)
+        conn = await self._connect_within(origin, request)
         try:
             return await self._exchange(origin, conn, request, body)
         except _StaleConnection as exc:
@@ -126,7 +144,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
         now = time.monotonic()
         while conns:
             conn = conns.pop()
-            if now - conn.idle_since < _IDLE_TIMEOUT_S:
+            if now - conn.idle_since < self._idle_timeout_s:
                 return conn
             # Too old to trust: closing needs no await for a plain socket.
             _abort(conn)
@@ -134,11 +152,22 @@ class TrioTransport(httpx.AsyncBaseTransport):
 
     def _checkin(self, origin: Origin, conn: _Conn) -> None:
         conns = self._idle.setdefault(origin, [])
-        if self._closed or len(conns) >= _MAX_IDLE_PER_ORIGIN:
+        if self._closed or len(conns) >= self._max_idle:
             _abort(conn)
             return
         conn.idle_since = time.monotonic()
         conns.append(conn)
+
+    async def _connect_within(self, origin: Origin, request: httpx.Request) -> _Conn:
+        timeout = request.extensions.get("timeout", {}).get("connect")
+        if timeout is None:
+            return await self._connect(origin)
+        try:
+            with trio.fail_after(timeout):
+                return await self._connect(origin)
+        except trio.TooSlowError:
+            # Nothing was sent: a caller may retry safely (unlike a read timeout).
+            raise httpx.ConnectTimeout("connect timed out", request=request) from None
 
     async def _connect(self, origin: Origin) -> _Conn:
         scheme, host, port = origin
@@ -214,14 +243,18 @@ class TrioTransport(httpx.AsyncBaseTransport):
 
 
 class _NoCookies(httpx.Cookies):
-    """A jar that keeps nothing: deliveries are stateless, and extracting costs ~15 %."""
+    """A jar that keeps nothing: calls are stateless, and extracting costs ~15 %."""
 
     def extract_cookies(self, response: httpx.Response) -> None:
         pass
 
 
-class WebhookClient(httpx.AsyncClient):
-    """An httpx client that never stores a receiver's cookies (nor sends any)."""
+class CookielessClient(httpx.AsyncClient):
+    """An httpx client that never stores a server's cookies (nor sends any).
+
+    A webhook receiver's cookies mean nothing to us; an upstream's cookie set for
+    one account must never travel with another account's request.
+    """
 
     _NO_COOKIES = _NoCookies()
 

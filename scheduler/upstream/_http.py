@@ -47,6 +47,7 @@ class Exchange:
         timeout_s: float,
         submit_timeout_s: float,
         max_connections: int,
+        shared: trio.CapacityLimiter | None = None,
     ) -> None:
         self.client = client
         self.platform = platform
@@ -54,6 +55,8 @@ class Exchange:
         self._timeout_s = timeout_s
         self._submit_s = submit_timeout_s
         self._limiter = trio.CapacityLimiter(max_connections)
+        # Every platform's requests together (upstream.max_connections).
+        self._shared = shared or trio.CapacityLimiter(max_connections)
 
     async def send(
         self,
@@ -77,7 +80,7 @@ class Exchange:
         # The overall deadline covers the pool wait, connect, send and a slow body.
         with trio.move_on_after(self._connect_s * 2 + read_s) as deadline:
             try:
-                async with self._limiter:
+                async with self._limiter, self._shared:
                     request = self.client.build_request(
                         method, url, headers=hdrs, content=content, params=params, timeout=timeout
                     )

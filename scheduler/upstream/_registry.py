@@ -6,10 +6,12 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+import trio
 
 from accounts.errors import ConfigError
 
 from ..core.config import UpstreamConfig
+from ..core.transport import CookielessClient, TrioTransport
 from ._http import Exchange
 from .dashscope import DashScope
 from .errors import Rejected
@@ -52,24 +54,40 @@ def adapter_platforms() -> list[str]:
     return sorted(_FACTORIES)
 
 
+# The largest upstream answer read: a task status with its result URLs is a few
+# KB; a longer body is cut, fails to decode and counts as a Transient answer.
+MAX_ANSWER_BYTES = 1024 * 1024
+
+
 @contextlib.asynccontextmanager
-async def open_upstream(config: UpstreamConfig) -> AsyncIterator[Upstream]:
+async def open_upstream(
+    config: UpstreamConfig, *, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[Upstream]:
     """The registry with its client open; the client (and its connections) close on exit.
 
+    The client's wire is :class:`~scheduler.core.transport.TrioTransport` (lean
+    HTTP/1.1 keep-alive on trio: a fraction of httpcore's CPU per request, see
+    bench/simulator.py); ``transport`` replaces it (benchmarks compare httpx's own).
     Raises ConfigError for a ``[upstream.platforms.X]`` naming no adapter.
     """
     unknown = sorted(set(config.platforms) - set(_FACTORIES))
     if unknown:
         raise ConfigError(f"upstream.platforms.{unknown[0]}", "no adapter for this platform")
-    limits = httpx.Limits(
-        max_connections=config.max_connections,
-        max_keepalive_connections=config.max_connections,
-        keepalive_expiry=config.keepalive_expiry_s,
-    )
+    if transport is None:
+        # Requests in flight (so connections) are bounded by the Exchanges'
+        # limiters, per platform and in all; idle connections per origin here.
+        transport = TrioTransport(
+            max_body=MAX_ANSWER_BYTES,
+            max_idle=config.max_connections_per_platform,
+            idle_timeout_s=config.keepalive_expiry_s,
+        )
     # trust_env=False: a proxy from the environment must not silently sit between us
     # and an upstream holding our credentials.
-    async with httpx.AsyncClient(limits=limits, trust_env=False, follow_redirects=False) as client:
+    async with CookielessClient(
+        transport=transport, trust_env=False, follow_redirects=False
+    ) as client:
         adapters: dict[str, Adapter] = {}
+        shared = trio.CapacityLimiter(config.max_connections)
         for platform, factory in _FACTORIES.items():
             own = config.platforms.get(platform)
             exchange = Exchange(
@@ -80,6 +98,7 @@ async def open_upstream(config: UpstreamConfig) -> AsyncIterator[Upstream]:
                 submit_timeout_s=(own and own.submit_timeout_s) or config.submit_timeout_s,
                 max_connections=(own and own.max_connections)
                 or config.max_connections_per_platform,
+                shared=shared,
             )
             adapters[platform] = factory(exchange, dict(own.prices) if own else {})
         yield Upstream(adapters, client)
