@@ -172,7 +172,32 @@ async def run(
 
 
 async def adapter_side(url: str, paths: list[str], args: argparse.Namespace) -> None:
-    """The other end: the DashScope adapter's fetch (httpx on trio) in this process."""
+    """The other end: the DashScope adapter's fetch in this process, per client transport.
+
+    ``lean`` is what the daemon uses (core/transport.py); ``httpcore`` is httpx's own
+    pool, the transport it replaced. Rounds interleave the two.
+    """
+    import httpx
+
+    print(
+        f"adapter side: DashScope fetch through the shared client, {args.concurrency} tasks,"
+        f" {args.seconds:g} s per run, CPU of this process"
+    )
+    print(f"  {'transport':<10} {'fetches/s':>10} {'CPU µs/fetch':>13} {'fetches/s per core':>19}")
+    for _round in range(args.rounds):
+        for name in ("httpcore", "lean"):
+            transport = (
+                httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=512))
+                if name == "httpcore"
+                else None
+            )
+            rate, per = await adapter_run(url, paths, args, transport)
+            print(f"  {name:<10} {rate:>10.0f} {per:>13.0f} {1e6 / per:>19.0f}")
+
+
+async def adapter_run(
+    url: str, paths: list[str], args: argparse.Namespace, transport: object
+) -> tuple[float, float]:
     import resource
 
     from accounts.model import Account, Kind
@@ -188,7 +213,7 @@ async def adapter_side(url: str, paths: list[str], args: argparse.Namespace) -> 
     )
     ids = [p.rsplit("/", 1)[1] for p in paths]
     done = 0
-    async with open_upstream(UpstreamConfig()) as up:
+    async with open_upstream(UpstreamConfig(), transport=transport) as up:  # type: ignore[arg-type]
         adapter = up.adapter("dashscope")
 
         async def worker(offset: int) -> None:
@@ -208,11 +233,7 @@ async def adapter_side(url: str, paths: list[str], args: argparse.Namespace) -> 
         elapsed = trio.current_time() - start
         after = resource.getrusage(resource.RUSAGE_SELF)
     used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    print(
-        f"adapter side (DashScope fetch through the shared httpx client, {args.concurrency} "
-        f"tasks): {done / elapsed:.0f} fetches/s, {used / done * 1e6:.0f} µs CPU per fetch "
-        f"in the caller -> {done / used:.0f} fetches/s per fully busy core"
-    )
+    return done / elapsed, used / done * 1e6
 
 
 if __name__ == "__main__":
