@@ -10,28 +10,32 @@ it is there) and replaces only the wire: one idle-connection stack per origin
 parsed by httptools (llhttp, in C; h11 measured at ~0.6 ms per exchange here),
 TLS through ``trio.SSLStream`` with httpx's own default context (certifi).
 
-Two users: the outbox's webhook deliveries and the upstream adapters' task
-submits and polls (the same ~1 ms of httpcore CPU per request would cap a
-poller far below 1,000 polls/s; bench/simulator.py compares both transports).
+Two users: the outbox's webhook deliveries (through httpx) and the upstream
+adapters' task submits and polls, which call :meth:`TrioTransport.call` directly:
+no ``httpx.URL`` parsing, ``Request`` or ``Response`` per call, which is most of
+what remains of the client's CPU once httpcore is gone (a poller must reach
+1,000 polls/s on a shared 2-core machine; bench/simulator.py has the figures).
 
 What it does not do, because a webhook POST or an upstream API call does not
 need it: HTTP/2, proxies, ``Expect: 100-continue``, streaming request bodies.
 Response bodies are read up to ``max_body`` bytes; a longer one is cut off and
 its connection closed (httpx sees the prefix as the whole body).
 
-Errors are httpx's: ConnectError, ConnectTimeout (the request's ``connect``
-timeout, when it has one; the read and write phases are bounded by the
-caller's trio deadline around the whole attempt), ReadError, WriteError,
-RemoteProtocolError, UnsupportedProtocol. A request that fails on a *reused* connection before any
-byte of the answer arrived is sent once more on a fresh connection (the server
-may have closed the idle connection as we picked it up), as httpcore does.
+Errors are httpx's, in both APIs: ConnectError, ConnectTimeout (the request's
+``connect`` timeout, when it has one; the read and write phases are bounded by
+the caller's trio deadline around the whole attempt), ReadError,
+RemoteProtocolError, LocalProtocolError, UnsupportedProtocol. A request that
+fails on a *reused* connection before any byte of the answer arrived is sent
+once more on a fresh connection (the server may have closed the idle
+connection as we picked it up), as httpcore does.
 """
 
 from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import httptools
 import httpx
@@ -45,6 +49,16 @@ IDLE_TIMEOUT_S = 4.0
 _RECV_BYTES = 65536
 
 Origin = tuple[str, str, int]
+Header = tuple[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """An answer as read: status, header lines (names as sent), body (at most max_body)."""
+
+    status: int
+    headers: list[Header]
+    body: bytes
 
 
 class _Conn:
@@ -116,19 +130,47 @@ class TrioTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         origin = _origin(request.url)
         body = await request.aread()
+        connect_s = request.extensions.get("timeout", {}).get("connect")
+        try:
+            head = _head(request.method.encode(), request.url.raw_path, request.headers.raw, body)
+            raw = await self._call(origin, head, body, connect_s)
+        except httpx.RequestError as exc:
+            exc.request = request
+            raise
+        return httpx.Response(raw.status, headers=raw.headers, content=raw.body, request=request)
+
+    async def call(
+        self,
+        method: bytes,
+        origin: Origin,
+        target: bytes,
+        headers: Sequence[Header],
+        body: bytes = b"",
+        *,
+        connect_timeout_s: float | None = None,
+    ) -> Raw:
+        """One exchange without httpx's models: ``target`` is the path and query.
+
+        ``origin`` is ``(scheme, host, port)`` (see :func:`origin_of`); a Host
+        header is added. The answer's framing headers (content-length,
+        transfer-encoding) are left out. Raises httpx's errors (module docstring).
+        """
+        host = origin[1] if origin[2] in (80, 443) else f"{origin[1]}:{origin[2]}"
+        lines = [(b"host", host.encode("ascii")), *headers]
+        return await self._call(origin, _head(method, target, lines, body), body, connect_timeout_s)
+
+    async def _call(self, origin: Origin, head: bytes, body: bytes, connect_s: float | None) -> Raw:
         conn = self._checkout(origin)
         if conn is not None:
             try:
-                return await self._exchange(origin, conn, request, body)
+                return await self._exchange(origin, conn, head, body)
             except _StaleConnection:
                 pass  # closed by the server while idle: once more, on a new connection
-        conn = await self._connect_within(origin, request)
+        conn = await self._connect_within(origin, connect_s)
         try:
-            return await self._exchange(origin, conn, request, body)
+            return await self._exchange(origin, conn, head, body)
         except _StaleConnection as exc:
-            raise httpx.RemoteProtocolError(
-                "server closed the connection", request=request
-            ) from exc
+            raise httpx.RemoteProtocolError("server closed the connection") from exc
 
     async def aclose(self) -> None:
         self._closed = True
@@ -158,16 +200,15 @@ class TrioTransport(httpx.AsyncBaseTransport):
         conn.idle_since = time.monotonic()
         conns.append(conn)
 
-    async def _connect_within(self, origin: Origin, request: httpx.Request) -> _Conn:
-        timeout = request.extensions.get("timeout", {}).get("connect")
-        if timeout is None:
+    async def _connect_within(self, origin: Origin, connect_s: float | None) -> _Conn:
+        if connect_s is None:
             return await self._connect(origin)
         try:
-            with trio.fail_after(timeout):
+            with trio.fail_after(connect_s):
                 return await self._connect(origin)
         except trio.TooSlowError:
             # Nothing was sent: a caller may retry safely (unlike a read timeout).
-            raise httpx.ConnectTimeout("connect timed out", request=request) from None
+            raise httpx.ConnectTimeout("connect timed out") from None
 
     async def _connect(self, origin: Origin) -> _Conn:
         scheme, host, port = origin
@@ -189,14 +230,15 @@ class TrioTransport(httpx.AsyncBaseTransport):
 
     # --- one exchange --------------------------------------------------------------
 
-    async def _exchange(
-        self, origin: Origin, conn: _Conn, request: httpx.Request, body: bytes
-    ) -> httpx.Response:
+    async def _exchange(self, origin: Origin, conn: _Conn, head: bytes, body: bytes) -> Raw:
         reusable = False
         try:
-            await self._send(conn, request, body)
-            response, reusable = await self._receive(conn, request)
-            return response
+            try:
+                await conn.stream.send_all(head + body)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise _StaleConnection from exc
+            raw, reusable = await self._receive(conn)
+            return raw
         finally:
             # Cancelled, failed or not keep-alive: never hand the connection out again.
             if reusable:
@@ -204,18 +246,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
             else:
                 _abort(conn)
 
-    async def _send(self, conn: _Conn, request: httpx.Request, body: bytes) -> None:
-        lines = [b"%s %s HTTP/1.1" % (request.method.encode(), request.url.raw_path)]
-        for name, value in _headers(request.headers.raw, body):
-            if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
-                raise httpx.LocalProtocolError("line break in a header", request=request)
-            lines.append(name + b": " + value)
-        try:
-            await conn.stream.send_all(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise _StaleConnection from exc
-
-    async def _receive(self, conn: _Conn, request: httpx.Request) -> tuple[httpx.Response, bool]:
+    async def _receive(self, conn: _Conn) -> tuple[Raw, bool]:
         answer = _Answer(self._max_body)
         first = True
         while not answer.complete:
@@ -224,22 +255,22 @@ class TrioTransport(httpx.AsyncBaseTransport):
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 if first:
                     raise _StaleConnection from exc
-                raise httpx.ReadError(type(exc).__name__, request=request) from exc
+                raise httpx.ReadError(type(exc).__name__) from exc
             if not data:
                 if first:
                     raise _StaleConnection
                 if answer.headers_done:
                     break  # a body delimited by the end of the connection
-                raise httpx.RemoteProtocolError("connection closed mid-answer", request=request)
+                raise httpx.RemoteProtocolError("connection closed mid-answer")
             first = False
             try:
                 answer.parser.feed_data(data)
             except httptools.HttpParserError as exc:
-                raise httpx.RemoteProtocolError("malformed answer", request=request) from exc
+                raise httpx.RemoteProtocolError("malformed answer") from exc
             if answer.size > self._max_body:
-                return _response(answer, request), False
+                return _raw(answer), False
         reusable = answer.complete and answer.keep_alive
-        return _response(answer, request), reusable
+        return _raw(answer), reusable
 
 
 class _NoCookies(httpx.Cookies):
@@ -268,37 +299,46 @@ class _StaleConnection(Exception):
 
 
 def _origin(url: httpx.URL) -> Origin:
-    scheme = url.scheme
+    return origin_of(url.scheme, url.host, url.port)
+
+
+def origin_of(scheme: str, host: str, port: int | None) -> Origin:
+    """``(scheme, host, port)`` for :meth:`TrioTransport.call`; UnsupportedProtocol if
+    the scheme is not http(s) or there is no host."""
     if scheme not in ("http", "https"):
         raise httpx.UnsupportedProtocol(f"unsupported scheme {scheme!r}")
-    if not url.host:
+    if not host:
         raise httpx.UnsupportedProtocol("no host in the URL")
-    return scheme, url.host, url.port or (443 if scheme == "https" else 80)
+    return scheme, host, port or (443 if scheme == "https" else 80)
 
 
-def _headers(raw: Iterable[tuple[bytes, bytes]], body: bytes) -> Iterable[tuple[bytes, bytes]]:
+def _head(method: bytes, target: bytes, headers: Iterable[Header], body: bytes) -> bytes:
+    """The request line and headers, with a Content-Length for the body in hand."""
+    lines = [b"%s %s HTTP/1.1" % (method, target)]
     has_length = False
-    for name, value in raw:
+    for name, value in headers:
+        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
+            raise httpx.LocalProtocolError("line break in a header")
         lower = name.lower()
         if lower == b"transfer-encoding":
             continue  # the body is in hand: always sent with a Content-Length
         has_length = has_length or lower == b"content-length"
-        yield name, value
-    if not has_length:
-        yield b"content-length", str(len(body)).encode()
+        lines.append(name + b": " + value)
+    if not has_length and (body or method not in (b"GET", b"HEAD")):
+        lines.append(b"content-length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-def _response(answer: _Answer, request: httpx.Request) -> httpx.Response:
+def _raw(answer: _Answer) -> Raw:
     if not answer.headers_done:
-        raise httpx.RemoteProtocolError("no response", request=request)
+        raise httpx.RemoteProtocolError("no response")
     # Framing headers described the wire, not the (possibly cut) body handed on.
     headers = [
         (k, v)
         for k, v in answer.headers
         if k.lower() not in (b"content-length", b"transfer-encoding")
     ]
-    body = b"".join(answer.chunks)[: answer.limit]
-    return httpx.Response(answer.status, headers=headers, content=body, request=request)
+    return Raw(answer.status, headers, b"".join(answer.chunks)[: answer.limit])
 
 
 def _abort(conn: _Conn) -> None:
