@@ -28,8 +28,8 @@ import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator  # noqa: E402
+from contextlib import asynccontextmanager, contextmanager  # noqa: E402
 
 import trio  # noqa: E402
 
@@ -172,55 +172,77 @@ async def run(
 
 
 async def adapter_side(url: str, paths: list[str], args: argparse.Namespace) -> None:
-    """The other end: the DashScope adapter's fetch in this process, per client transport.
+    """The other end: a DashScope task fetch in this process, three ways, interleaved.
 
-    ``lean`` is what the daemon uses (core/transport.py); ``httpcore`` is httpx's own
-    pool, the transport it replaced. Rounds interleave the two.
+    ``adapter`` is what the daemon does (``DashScope.fetch`` over
+    ``TrioTransport.call``, no httpx models); ``httpx+lean`` is an httpx client on
+    the same transport and ``httpx+httpcore`` one on httpx's own pool, each
+    decoding the answer the adapter's way.
     """
-    import httpx
-
     print(
-        f"adapter side: DashScope fetch through the shared client, {args.concurrency} tasks,"
+        f"client side: DashScope task fetch in this process, {args.concurrency} tasks,"
         f" {args.seconds:g} s per run, CPU of this process"
     )
-    print(f"  {'transport':<10} {'fetches/s':>10} {'CPU µs/fetch':>13} {'fetches/s per core':>19}")
+    print(f"  {'variant':<16} {'fetches/s':>10} {'CPU µs/fetch':>13} {'fetches/s per core':>19}")
     for _round in range(args.rounds):
-        for name in ("httpcore", "lean"):
-            transport = (
-                httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=512))
-                if name == "httpcore"
-                else None
-            )
-            rate, per = await adapter_run(url, paths, args, transport)
-            print(f"  {name:<10} {rate:>10.0f} {per:>13.0f} {1e6 / per:>19.0f}")
+        for name in ("httpx+httpcore", "httpx+lean", "adapter"):
+            rate, per = await client_run(url, paths, args, name)
+            print(f"  {name:<16} {rate:>10.0f} {per:>13.0f} {1e6 / per:>19.0f}")
 
 
-async def adapter_run(
-    url: str, paths: list[str], args: argparse.Namespace, transport: object
+@asynccontextmanager
+async def fetcher(url: str, name: str) -> AsyncIterator[Callable[[str], Awaitable[object]]]:
+    import httpx
+    import msgspec
+
+    from accounts.model import Account, Kind
+    from scheduler.core.transport import CookielessClient, TrioTransport
+    from scheduler.upstream import UpstreamConfig, open_upstream
+    from scheduler.upstream.dashscope import _Answer, status_from
+
+    headers = {"authorization": "Bearer sk-bench"}
+    if name == "adapter":
+        account = Account(
+            id="00000000-0000-0000-0000-000000000001",
+            name="bench",
+            platform="dashscope",  # type: ignore[arg-type]
+            kind=Kind.APIKEY,
+            groups=("g",),
+            base_url=url,
+        )
+        async with open_upstream(UpstreamConfig()) as up:
+            adapter = up.adapter("dashscope")
+            creds = {"api_key": "sk-bench"}
+            yield lambda task_id: adapter.fetch(account, creds, task_id)
+        return
+    transport = (
+        TrioTransport()
+        if name == "httpx+lean"
+        else httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=512))
+    )
+    async with CookielessClient(transport=transport, trust_env=False) as client:
+
+        async def one(task_id: str) -> object:
+            r = await client.get(f"{url}/api/v1/tasks/{task_id}", headers=headers)
+            return status_from(msgspec.json.decode(r.content, type=_Answer))
+
+        yield one
+
+
+async def client_run(
+    url: str, paths: list[str], args: argparse.Namespace, name: str
 ) -> tuple[float, float]:
     import resource
 
-    from accounts.model import Account, Kind
-    from scheduler.upstream import UpstreamConfig, open_upstream
-
-    account = Account(
-        id="00000000-0000-0000-0000-000000000001",
-        name="bench",
-        platform="dashscope",  # type: ignore[arg-type]
-        kind=Kind.APIKEY,
-        groups=("g",),
-        base_url=url,
-    )
     ids = [p.rsplit("/", 1)[1] for p in paths]
     done = 0
-    async with open_upstream(UpstreamConfig(), transport=transport) as up:  # type: ignore[arg-type]
-        adapter = up.adapter("dashscope")
+    async with fetcher(url, name) as fetch:
 
         async def worker(offset: int) -> None:
             nonlocal done
             i = offset
             while True:
-                await adapter.fetch(account, {"api_key": "sk-bench"}, ids[i % len(ids)])
+                await fetch(ids[i % len(ids)])
                 done += 1
                 i += args.concurrency
 
