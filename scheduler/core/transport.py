@@ -22,8 +22,10 @@ Response bodies are read up to ``max_body`` bytes; a longer one is cut off and
 its connection closed (httpx sees the prefix as the whole body).
 
 Errors are httpx's, in both APIs: ConnectError, ConnectTimeout (the request's
-``connect`` timeout, when it has one; the read and write phases are bounded by
-the caller's trio deadline around the whole attempt), ReadError,
+``connect`` timeout, when it has one), ReadTimeout (its ``read`` timeout, here
+for the whole answer from the end of the request, not per chunk as httpcore:
+a body trickling in cannot hold a caller for ever; a slow write is bounded by
+the caller's deadline around the whole attempt), ReadError,
 RemoteProtocolError, LocalProtocolError, UnsupportedProtocol. A request that
 fails on a *reused* connection before any byte of the answer arrived is sent
 once more on a fresh connection (the server may have closed the idle
@@ -130,10 +132,11 @@ class TrioTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         origin = _origin(request.url)
         body = await request.aread()
-        connect_s = request.extensions.get("timeout", {}).get("connect")
+        timeout = request.extensions.get("timeout", {})
+        limits = (timeout.get("connect"), timeout.get("read"))
         try:
             head = _head(request.method.encode(), request.url.raw_path, request.headers.raw, body)
-            raw = await self._call(origin, head, body, connect_s)
+            raw = await self._call(origin, head, body, limits)
         except httpx.RequestError as exc:
             exc.request = request
             raise
@@ -148,6 +151,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
         body: bytes = b"",
         *,
         connect_timeout_s: float | None = None,
+        read_timeout_s: float | None = None,
     ) -> Raw:
         """One exchange without httpx's models: ``target`` is the path and query.
 
@@ -157,18 +161,22 @@ class TrioTransport(httpx.AsyncBaseTransport):
         """
         host = origin[1] if origin[2] in (80, 443) else f"{origin[1]}:{origin[2]}"
         lines = [(b"host", host.encode("ascii")), *headers]
-        return await self._call(origin, _head(method, target, lines, body), body, connect_timeout_s)
+        head = _head(method, target, lines, body)
+        return await self._call(origin, head, body, (connect_timeout_s, read_timeout_s))
 
-    async def _call(self, origin: Origin, head: bytes, body: bytes, connect_s: float | None) -> Raw:
+    async def _call(
+        self, origin: Origin, head: bytes, body: bytes, limits: tuple[float | None, float | None]
+    ) -> Raw:
+        connect_s, read_s = limits
         conn = self._checkout(origin)
         if conn is not None:
             try:
-                return await self._exchange(origin, conn, head, body)
+                return await self._exchange(origin, conn, head, body, read_s)
             except _StaleConnection:
                 pass  # closed by the server while idle: once more, on a new connection
         conn = await self._connect_within(origin, connect_s)
         try:
-            return await self._exchange(origin, conn, head, body)
+            return await self._exchange(origin, conn, head, body, read_s)
         except _StaleConnection as exc:
             raise httpx.RemoteProtocolError("server closed the connection") from exc
 
@@ -230,14 +238,23 @@ class TrioTransport(httpx.AsyncBaseTransport):
 
     # --- one exchange --------------------------------------------------------------
 
-    async def _exchange(self, origin: Origin, conn: _Conn, head: bytes, body: bytes) -> Raw:
+    async def _exchange(
+        self, origin: Origin, conn: _Conn, head: bytes, body: bytes, read_s: float | None
+    ) -> Raw:
         reusable = False
         try:
             try:
                 await conn.stream.send_all(head + body)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise _StaleConnection from exc
-            raw, reusable = await self._receive(conn)
+            if read_s is None:
+                raw, reusable = await self._receive(conn)
+            else:
+                try:
+                    with trio.fail_after(read_s):
+                        raw, reusable = await self._receive(conn)
+                except trio.TooSlowError:
+                    raise httpx.ReadTimeout("no complete answer in time") from None
             return raw
         finally:
             # Cancelled, failed or not keep-alive: never hand the connection out again.

@@ -1,8 +1,8 @@
 """One HTTP exchange with an upstream, every failure translated into our errors.
 
 The adapters build the request and read the answer; this module owns what is
-common: timeouts (a connect timeout plus one overall deadline, so a body
-trickling a byte at a time cannot hold a poller forever), the per-platform
+common: timeouts (connect, the whole answer, and one overall deadline that also
+covers the wait for a connection slot), the per-platform
 connection limit, and the translation of transport failures. The wire is
 :meth:`scheduler.core.transport.TrioTransport.call`: no httpx models per request
 (bench/simulator.py: CPU per fetch through httpx + httpcore, httpx + the lean
@@ -97,6 +97,7 @@ class Exchange:
                         lines,
                         content,
                         connect_timeout_s=self._connect_s,
+                        read_timeout_s=read_s,
                     )
                 return Reply(raw.status, _header_map(raw.headers), raw.body)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as exc:
