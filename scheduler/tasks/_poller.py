@@ -44,7 +44,7 @@ from ..core.logs import get_logger
 from ..upstream import AuthFailed, RateLimited, Rejected, Transient, Upstream, UpstreamStatus
 from ._apply import Accounts, TaskWriter, Written, proposal_from
 from ._model import Held
-from ._states import PollSchedule, Proposal
+from ._states import PollSchedule, Proposal, plan
 from .store import TaskStore
 
 log = get_logger("tasks.poller")
@@ -360,7 +360,9 @@ class Poller:
     async def _observe(self, track: _Track, status: UpstreamStatus) -> str:
         track.unknown = track.unknown + 1 if status.state.value == "unknown" else 0
         proposal = proposal_from(status, track.unknown)
-        if proposal is None:
+        if proposal is None or plan(track.held.snapshot, proposal) is None:
+            # Decided before queueing for a write slot: during a burst of
+            # completions an unchanged poll must not wait behind the writes.
             return "unchanged"
         async with self._db:
             return await self._write(track, proposal, status)
