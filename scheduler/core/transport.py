@@ -159,7 +159,9 @@ class TrioTransport(httpx.AsyncBaseTransport):
         header is added. The answer's framing headers (content-length,
         transfer-encoding) are left out. Raises httpx's errors (module docstring).
         """
-        host = origin[1] if origin[2] in (80, 443) else f"{origin[1]}:{origin[2]}"
+        host = f"[{origin[1]}]" if ":" in origin[1] else origin[1]  # an IPv6 literal
+        if origin[2] != (443 if origin[0] == "https" else 80):
+            host = f"{host}:{origin[2]}"
         lines = [(b"host", host.encode("ascii")), *headers]
         head = _head(method, target, lines, body)
         return await self._call(origin, head, body, (connect_timeout_s, read_timeout_s))
