@@ -344,7 +344,10 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
             await install_write_counter(db)
             keys, account_ids = await create_accounts(url, admin, sim.url, args.accounts)
             rate = await ceiling(sim, "sk-calibration")
-            print(f"reference: one httpx client, 64 in flight -> simulator: {rate:,.0f} fetches/s")
+            print(
+                "reference: httpx + httpcore (the old upstream client), 64 in flight"
+                f" -> simulator: {rate:,.0f} fetches/s"
+            )
             t0 = time.time()
             # Durations of an hour: nothing ends until the clock is moved on purpose.
             tasks = await submit_upstream(sim, keys, args.tasks, args.waves, 3600.0, args.step)
