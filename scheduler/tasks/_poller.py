@@ -5,9 +5,13 @@ Shape (river's claim, trio's nurseries)::
     Poller.run
     ├── _renew_loop     renews this poller's lease (one row: every held task at once)
     ├── _claim_loop     reaps expired leases, claims due tasks in batches (SKIP LOCKED)
-    └── _dispatch_loop  pops due tasks off a heap and starts a poll in the nursery,
-                        within the global limit, the account's limit and the
-                        account's QPS (the platform's documented query rate)
+    ├── _dispatch_loop  pops due tasks off a heap and starts a poll in the nursery,
+    │                   within the global limit, the account's limit and the
+    │                   account's QPS (the platform's documented query rate)
+    └── Settler.run     writes the polls' terminal changes in batches (_settler.py)
+
+Writes hold one of the write slots (half the pool): a live change alone, a
+batch of terminal ones together; an unchanged poll never waits for a slot.
 
 A held task stays in memory between polls: an unchanged poll writes nothing
 (not even its next poll time), the lease is renewed for all held tasks by one
