@@ -37,10 +37,12 @@ class PairRun:
     elapsed_s: float = 0.0
     client_cpu_s: float = 0.0
     server_cpu_s: float = 0.0
+    # HTTP requests per item of pair_s (1 for single-request runs).
+    per_item: int = 2
 
     @property
     def requests(self) -> int:
-        return 2 * len(self.pair_s)
+        return self.per_item * len(self.pair_s)
 
     def row(self) -> str:
         sel, pair = sorted(self.select_s), sorted(self.pair_s)
@@ -153,6 +155,23 @@ async def closed_loop(pairs: Pairs, run: PairRun, *, connections: int, seconds: 
     async def worker(conn: Conn) -> None:
         while trio.current_time() < stop:
             await _pair(conn, pairs, run, trio.current_time())
+
+    await _timed(run, conns, worker)
+
+
+async def closed_loop_one(
+    address: tuple[str, int], request: bytes, run: PairRun, *, connections: int, seconds: float
+) -> None:
+    """One prebuilt request, answered with any status, back to back on each connection."""
+    run.per_item = 1
+    conns = [await Conn.open(address) for _ in range(connections)]
+    stop = trio.current_time() + seconds
+
+    async def worker(conn: Conn) -> None:
+        while (start := trio.current_time()) < stop:
+            await conn.exchange(request)
+            run.select_s.append(trio.current_time() - start)
+            run.pair_s.append(run.select_s[-1])
 
     await _timed(run, conns, worker)
 

@@ -53,7 +53,14 @@ from bench._common import (  # noqa: E402
     percentile,
     print_setup,
 )
-from bench._rawload import HEADER, Conn, PairRun, Pairs, lease_of  # noqa: E402
+from bench._rawload import (  # noqa: E402
+    HEADER,
+    Conn,
+    PairRun,
+    Pairs,
+    closed_loop_one,
+    lease_of,
+)
 from bench._rawload import closed_loop as raw_closed  # noqa: E402
 from bench._rawload import open_loop as raw_open  # noqa: E402
 from scheduler.selection.reports import ReleaseOutcome, Reporter  # noqa: E402
@@ -201,6 +208,7 @@ async def in_process(redis_url: str, n: int, pace: float) -> None:
 # --- over HTTP ------------------------------------------------------------------------
 
 SELECT_BODY = {"group": "bench", "platform": "openai", "model": "m"}
+_LIVEZ = b"GET /livez HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
 def _cpu_s(pid: int) -> float:
@@ -257,11 +265,26 @@ async def over_http(
         await create_accounts(daemon, tokens)
         warm = PairRun("warm-up")
         await raw_closed(_pairs(daemon, tokens), warm, connections=8, seconds=2)
+    for name, daemon in daemons.items():
+        # What the daemon's own actors cost with no request (counted in srv µs/req too).
+        cpu0 = _cpu_s(daemon.proc.pid)
+        await trio.sleep(2)
+        print(f"{name}: idle {(_cpu_s(daemon.proc.pid) - cpu0) / 2 * 1e3:.0f} ms CPU per s")
     runs = []
     for r in range(args.rounds):
-        for kind in ("closed", "open"):
+        for kind in ("livez", "refused", "closed", "open"):
             for name, daemon in daemons.items():
-                if kind == "closed":
+                pairs = _pairs(daemon, tokens)
+                if kind in ("livez", "refused"):
+                    # The HTTP stack alone: a probe, and an authenticated POST with a body
+                    # that the handler refuses (422, malformed lease id) without Redis.
+                    req = _LIVEZ if kind == "livez" else pairs.release(b"not-a-lease")
+                    run = PairRun(f"{name} {kind} {args.concurrency}c r{r + 1}")
+                    work = closed_loop_one(
+                        pairs.address, req, run, connections=args.concurrency,
+                        seconds=args.seconds / 2,
+                    )  # fmt: skip
+                elif kind == "closed":
                     run = PairRun(f"{name} closed {args.concurrency}c r{r + 1}")
                     work = raw_closed(
                         _pairs(daemon, tokens), run,
@@ -294,26 +317,42 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="length of each HTTP run")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant")
     p.add_argument("--before", type=Path, default=None, help="another checkout to compare")
+    p.add_argument(
+        "--tree", action="append", default=[], metavar="NAME=PATH",
+        help="more checkouts to interleave (e.g. this branch merged with another)",
+    )  # fmt: skip
     p.add_argument("--no-http", action="store_true", help="only the in-process part")
     p.add_argument("--no-in-process", action="store_true", help="only the HTTP part")
     return p.parse_args()
 
 
+def _median_of(runs: list[PairRun], kind: str, name: str) -> tuple[float, float, float]:
+    """Medians over the rounds: HTTP req/s, server and client CPU µs per HTTP request."""
+    mine = [r for r in runs if r.label.startswith(f"{name} {kind} ")]
+    return (
+        statistics.median(r.requests / r.elapsed_s for r in mine),
+        statistics.median(r.server_cpu_s / max(r.requests, 1) * 1e6 for r in mine),
+        statistics.median(r.client_cpu_s / max(r.requests, 1) * 1e6 for r in mine),
+    )
+
+
 def _summary(runs: list[PairRun], rate: float) -> None:
-    print("\nmedians over the rounds (HTTP req/s; server CPU µs per HTTP request; ms):")
-    names = dict.fromkeys(r.label.split()[0] for r in runs)
-    for name in names:
-        closed = [r for r in runs if r.label.startswith(f"{name} closed")]
+    print("\nmedians over the rounds (HTTP req/s; CPU µs per HTTP request, server and client):")
+    for name in dict.fromkeys(r.label.split()[0] for r in runs):
+        for kind, what in (
+            ("livez", "GET /livez (the HTTP stack alone)"),
+            ("refused", "release of a malformed lease id, 422 (auth + body + handler, no Redis)"),
+            ("closed", "select + release closed loop (target >= 4,000 req/s)"),
+        ):
+            rps, srv, cli = _median_of(runs, kind, name)
+            print(f"  {name:<7} {rps:7.0f} req/s  srv {srv:6.1f} µs  cli {cli:5.1f} µs  {what}")
         opened = [r for r in runs if r.label.startswith(f"{name} open")]
-        rps = statistics.median(r.requests / r.elapsed_s for r in closed)
-        srv = statistics.median(r.server_cpu_s / max(r.requests, 1) * 1e6 for r in closed)
-        cli = statistics.median(r.client_cpu_s / max(r.requests, 1) * 1e6 for r in closed)
         p99 = statistics.median(percentile(sorted(r.select_s), 99) * 1e3 for r in opened)
         pair99 = statistics.median(percentile(sorted(r.pair_s), 99) * 1e3 for r in opened)
+        srv = statistics.median(r.server_cpu_s / max(r.requests, 1) * 1e6 for r in opened)
         print(
-            f"  {name:<7} closed loop {rps:7.0f} req/s (target >= 4,000), server {srv:6.1f} µs/req,"
-            f" client {cli:6.1f} µs/req; open loop {2 * rate:g} req/s: select p99 {p99:.2f} ms"
-            f" (target <= 5 ms), pair p99 {pair99:.2f} ms"
+            f"  {name:<7} open loop {2 * rate:g} req/s: select p99 {p99:.2f} ms (target <= 5 ms),"
+            f" pair p99 {pair99:.2f} ms, srv {srv:.1f} µs/req"
         )
 
 
@@ -339,6 +378,9 @@ def main() -> int:
     trees = [("after", ROOT)]
     if args.before:
         trees.insert(0, ("before", args.before.resolve()))
+    for spec in args.tree:
+        name, _, path = spec.partition("=")
+        trees.append((name, Path(path).resolve()))
     with contextlib.ExitStack() as stack:
         daemons = {}
         for name, tree in trees:
