@@ -191,7 +191,7 @@ class Daemon:
         return actors
 
     def _actors(self, services: Services) -> list[Any]:
-        """Actors in start order (dependencies first); the HTTP server is started last."""
+        """Actors in start order (dependencies first); the two HTTP servers start after them."""
         cfg = self.config
         services.settings = SettingsSnapshot(
             SettingsStore(services.db), services.redis, on_event=self._settings_event
