@@ -61,12 +61,17 @@ async def _wait_running(daemon: Daemon, plane: Plane = Plane.CONTROL) -> str:
 
 
 async def _wait_refused(url: str) -> None:
-    """Poll with fresh connections until connecting fails."""
+    """Poll with fresh connections until connecting fails.
+
+    A probe whose handshake the kernel completed just before the listener closed
+    sits in the closed listener's backlog and is reset, unread: that counts as
+    refused too (seen under load with two servers draining at once).
+    """
     while True:
         try:
             async with httpx.AsyncClient(base_url=url, timeout=5) as fresh:
                 await fresh.get("/livez")
-        except httpx.ConnectError:
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
             return
         await trio.sleep(0.02)
 
