@@ -36,7 +36,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from accounts.model import Platform, QuotaWindow
 from snapshot.redis import RedisStore
@@ -103,39 +103,18 @@ class Keys:
         return self._redis.key("rt", "readings", platform)
 
 
-class HotClient(Protocol):
-    """What the store needs of a Redis client: :class:`snapshot.lean_redis.LeanRedis`'s calls.
-
-    The seam the benchmark uses to run the very same store over coredis (before/after).
-    """
-
-    def script(self, path: Path) -> Any: ...
-
-    async def evalsha(
-        self, script: Any, keys: Sequence[str], args: Sequence[str | int | float]
-    ) -> Any: ...
-
-    async def execute(self, *args: str | int | float | bytes) -> Any: ...
-
-
 class RuntimeStore:
     """The Redis side: scripts and plain commands on runtime keys. Counts its round trips.
 
     Every Redis failure leaves as :class:`~accounts.errors.StoreUnavailable` (503).
     ``clock`` is this instance's wall clock (epoch s; tests inject a skewed one):
-    states read are moved onto it (see :class:`RuntimeState`). ``hot`` is the
-    client the commands go through (default: ``redis.lean``).
+    states read are moved onto it (see :class:`RuntimeState`). Commands go through
+    ``redis.lean`` (a benchmark swaps in a coredis stand-in there to compare).
     """
 
-    def __init__(
-        self,
-        redis: RedisStore,
-        *,
-        clock: Callable[[], float] = time.time,
-        hot: HotClient | None = None,
-    ) -> None:
+    def __init__(self, redis: RedisStore, *, clock: Callable[[], float] = time.time) -> None:
         self.redis = redis
-        self.hot: HotClient = redis.lean if hot is None else hot
+        self.hot = redis.lean
         self.keys = Keys(redis)
         self.clock = clock
         self.round_trips = 0
