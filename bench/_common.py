@@ -312,10 +312,12 @@ def bench_database(server_dsn: str) -> Iterator[str]:
 class DaemonProcess:
     """``python -m scheduler <args>`` as a child; ``url`` once its 'ready' line appears."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str]) -> None:
+    def __init__(
+        self, args: Sequence[str], env: Mapping[str, str], *, python: str = sys.executable
+    ) -> None:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("STATIONMASTER_")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", *args],
+            [python, "-m", "scheduler", *args],
             env={**clean, **env, "STATIONMASTER_LOG_FORMAT": "json"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
