@@ -61,9 +61,10 @@ class _SecretRegistry:
     """
 
     def __init__(self) -> None:
-        # Last characters -> the secrets ending with them. Groups are replaced, never
-        # mutated, so readers take no lock.
-        self._by_suffix: dict[str, tuple[str, ...]] = {}
+        # Last characters -> the secret ending with them (a tuple when several do, which
+        # is rare: a str alone saves ~1 MB at 20,000 secrets). Entries are replaced,
+        # never mutated, so readers take no lock.
+        self._by_suffix: dict[str, str | tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     def add(self, values: Iterable[str]) -> None:
@@ -73,8 +74,13 @@ class _SecretRegistry:
                 if not isinstance(value, str) or len(value) < _MIN_SECRET_LEN:
                     continue
                 suffix = value[-_MIN_SECRET_LEN:]
-                group = index.get(suffix, ())
-                if value not in group:
+                group = index.get(suffix)
+                if group is None:
+                    index[suffix] = value
+                elif isinstance(group, str):
+                    if group != value:
+                        index[suffix] = (group, value)
+                elif value not in group:
                     index[suffix] = (*group, value)
 
     def scrub(self, text: str) -> str:
@@ -84,13 +90,13 @@ class _SecretRegistry:
         return _SECRET_SHAPES.sub(REDACTED, text)
 
     @staticmethod
-    def _replace(text: str, index: dict[str, tuple[str, ...]]) -> str:
+    def _replace(text: str, index: dict[str, str | tuple[str, ...]]) -> str:
         size = _MIN_SECRET_LEN
         spans: list[tuple[int, int]] = []
         for end in range(size, len(text) + 1):
             group = index.get(text[end - size : end])
-            if group:
-                for secret in group:
+            if group is not None:
+                for secret in (group,) if isinstance(group, str) else group:
                     start = end - len(secret)
                     if start >= 0 and text.startswith(secret, start):
                         spans.append((start, end))
