@@ -312,11 +312,19 @@ def bench_database(server_dsn: str) -> Iterator[str]:
 class DaemonProcess:
     """``python -m scheduler <args>`` as a child; ``url`` once its 'ready' line appears."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str], tree: Path = ROOT) -> None:
-        """``tree``: the checkout to run (``-m`` imports from the working directory)."""
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        tree: Path = ROOT,
+        *,
+        python: str = sys.executable,
+    ) -> None:
+        """``tree``: the checkout to run (``-m`` imports from the working directory);
+        ``python``: the interpreter (another venv, e.g. one without the test extras)."""
         clean = {k: v for k, v in os.environ.items() if not k.startswith("STATIONMASTER_")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scheduler", *args],
+            [python, "-m", "scheduler", *args],
             env={**clean, **env, "STATIONMASTER_LOG_FORMAT": "json"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

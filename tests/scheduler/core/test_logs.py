@@ -201,3 +201,27 @@ async def test_request_id_bound_per_request_and_actor_per_actor(
     assert "request_id" not in tick
     # Context does not leak out of a request into the actor lines logged later.
     assert all("request_id" not in r for r in records if r.get("event") == "stopped")
+
+
+def test_thousands_of_registered_secrets_are_all_redacted(captured: io.StringIO) -> None:
+    """10,000 accounts' credentials registered (as selection does when it decrypts them):
+    any one of them is redacted; of two secrets where one starts the other, the longer is
+    replaced whole; two ending alike are both found; text around them is kept."""
+    keys = [f"sk-many-{i:06d}-{secrets.token_hex(10)}" for i in range(10_000)]
+    for key in keys:
+        register_secret(key, '{"api_key":"' + key + '"}')
+    short = "pfx-" + secrets.token_hex(6)
+    register_secret(short, short + "-longer-tail")
+    tail = secrets.token_hex(6)  # two secrets ending alike
+    register_secret("one-" + tail, "other-" + tail)
+    log = get_logger("test")
+    log.info(
+        "many",
+        detail=f"a {keys[7321]} b {keys[0]}c",
+        other=f"x {short}-longer-tail y {short}!",
+        alike=f"other-{tail} one-{tail}.",
+    )
+    record = _lines(captured)[-1]
+    assert record["detail"] == f"a {REDACTED} b {REDACTED}c"
+    assert record["other"] == f"x {REDACTED} y {REDACTED}!"
+    assert record["alike"] == f"{REDACTED} {REDACTED}."
