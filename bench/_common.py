@@ -325,20 +325,32 @@ finally:
 class DaemonProcess:
     """``python -m scheduler <args>`` as a child; ``url`` once its 'ready' line appears."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        tree: Path = ROOT,
+        *,
+        python: str = sys.executable,
+    ) -> None:
+        """``tree``: the checkout to run (``-m`` imports from the working directory);
+        ``python``: the interpreter (another venv, e.g. one without the test extras)."""
         clean = {k: v for k, v in os.environ.items() if not k.startswith("STATIONMASTER_")}
         # BENCH_PROFILE=FILE: the daemon runs under cProfile timing CPU (not wall: the
         # machine is shared), stats written to FILE when it exits.
         profile = os.environ.get("BENCH_PROFILE")
         runner = ["-c", _PROFILED.format(out=profile)] if profile else ["-m", "scheduler"]
         self.proc = subprocess.Popen(
-            [sys.executable, *runner, *args],
+            [python, *runner, *args],
             env={**clean, **env, "STATIONMASTER_LOG_FORMAT": "json"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=tree,
         )
+        # The control plane's URL, and the data plane's (the same URL for a checkout
+        # from before the data plane, where one server had every route).
         self.url: str | None = None
+        self.data_url: str | None = None
         self.tail: list[str] = []
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -362,6 +374,7 @@ class DaemonProcess:
                 record: Any = json.loads(line)
                 if record.get("event") == "ready" and self.url is None:
                     self.url = record["urls"][0]
+                    self.data_url = record.get("data_urls", record["urls"])[0]
                     self._ready.set()
         self._ready.set()
 
@@ -388,32 +401,41 @@ class DaemonProcess:
 
 @contextlib.contextmanager
 def daemon_process(
-    pg_dsn: str | None, redis_url: str | None, env: Mapping[str, str] | None = None
+    pg_dsn: str | None,
+    redis_url: str | None,
+    env: Mapping[str, str] | None = None,
+    tree: Path = ROOT,
+    data_plane: bool = True,
 ) -> Iterator[tuple[DaemonProcess, str]]:
-    """Run the daemon as a subprocess; yields (process, base URL).
+    """Run the daemon as a subprocess; yields (process, control-plane base URL).
 
     With both stores given: ``stationmaster run`` on a fresh database of that
     server (dropped afterwards) and a per-run Redis key prefix. Without: the
-    embedded ``stationmaster dev`` in a temporary state dir.
+    embedded ``stationmaster dev`` in a temporary state dir. ``process.data_url``
+    is the data plane's base URL. ``tree`` runs another checkout; pass
+    ``data_plane=False`` for one from before ``http.data_port`` existed.
     """
     import tempfile
 
-    port_env = {"STATIONMASTER_HTTP_PORT": "0", **(env or {})}
+    ports = {"STATIONMASTER_HTTP_PORT": "0"}
+    if data_plane:
+        ports["STATIONMASTER_HTTP_DATA_PORT"] = "0"
+    port_env = {**ports, **(env or {})}
     if pg_dsn and redis_url:
         with bench_database(pg_dsn) as dsn:
             store_env = {
                 "STATIONMASTER_DATABASE_DSN": dsn,
                 "STATIONMASTER_REDIS_URL": redis_url,
-                "STATIONMASTER_REDIS_KEY_PREFIX": f"smbench:{os.getpid()}:",
+                "STATIONMASTER_REDIS_KEY_PREFIX": f"smbench:{os.getpid()}:{secrets.token_hex(3)}:",
             }
-            daemon = DaemonProcess(["run"], {**store_env, **port_env})
+            daemon = DaemonProcess(["run"], {**store_env, **port_env}, tree)
             try:
                 yield daemon, daemon.wait_ready()
             finally:
                 daemon.stop()
         return
     with tempfile.TemporaryDirectory(prefix="smbench-") as state:
-        daemon = DaemonProcess(["dev", "--state-dir", state, "--port", "0"], port_env)
+        daemon = DaemonProcess(["dev", "--state-dir", state, "--port", "0"], port_env, tree)
         try:
             yield daemon, daemon.wait_ready()
         finally:

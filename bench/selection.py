@@ -34,9 +34,11 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import secrets  # noqa: E402
+import statistics  # noqa: E402
 import time  # noqa: E402
 
 import trio  # noqa: E402
@@ -44,15 +46,23 @@ from cryptography.fernet import Fernet  # noqa: E402
 
 from accounts.model import Account, Kind, Platform  # noqa: E402
 from bench._common import (  # noqa: E402
-    HEADER,
+    ROOT,
+    DaemonProcess,
     HttpConnection,
-    Result,
-    closed_loop,
     daemon_process,
-    open_loop,
     percentile,
     print_setup,
 )
+from bench._rawload import (  # noqa: E402
+    HEADER,
+    Conn,
+    PairRun,
+    Pairs,
+    closed_loop_one,
+    lease_of,
+)
+from bench._rawload import closed_loop as raw_closed  # noqa: E402
+from bench._rawload import open_loop as raw_open  # noqa: E402
 from scheduler.selection.reports import ReleaseOutcome, Reporter  # noqa: E402
 from scheduler.selection.select import Selector, SelectRequest  # noqa: E402
 from scheduler.selection.store import Acquired  # noqa: E402
@@ -112,11 +122,13 @@ def ms(values: list[float], q: float) -> str:
 
 
 async def round_trip_floor(sel: Selector, n: int) -> tuple[list[float], list[float]]:
-    """A bare PING, and the acquire script alone (plus an untimed release), same client."""
+    """A bare PING, and the acquire script alone (plus an untimed release), through the
+    client the runtime store uses (the lean one)."""
     ping, script = [], []
+    hot = getattr(sel.runtime, "hot", None)  # absent before the lean switch: coredis then
     for _ in range(n):
         t0 = time.perf_counter()
-        await sel.runtime.redis.client.ping()
+        await (hot.execute("PING") if hot is not None else sel.runtime.redis.client.ping())
         ping.append(time.perf_counter() - t0)
     for _ in range(n):
         t0 = time.perf_counter()
@@ -182,7 +194,7 @@ async def in_process(redis_url: str, n: int, pace: float) -> None:
         f"\nin-process select(), {ACCOUNTS}-account bucket, {n} calls, {loop}, {refresher}"
         " (select timed, release not):"
     )
-    print(f"  select       p50 {ms(times, 50)}  p99 {ms(times, 99)}  (target p50 <= 0.3 ms)")
+    print(f"  select       p50 {ms(times, 50)}  p99 {ms(times, 99)}  (target p50 <= 0.2 ms)")
     print(f"               p99.9 {ms(times, 99.9)}  max {max(times) * 1e3:.3f} ms")
     print(f"  bare PING    p50 {ms(ping, 50)}  p99 {ms(ping, 99)}  (one round trip, same client)")
     print(
@@ -197,35 +209,20 @@ async def in_process(redis_url: str, n: int, pace: float) -> None:
 
 # --- over HTTP ------------------------------------------------------------------------
 
-
-class Gateway:
-    """Select + release pairs on one connection, timed from the due time of the select."""
-
-    def __init__(self, token: str, *, release: bool = True) -> None:
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.body = json.dumps({"group": "bench", "platform": "openai", "model": "m"}).encode()
-        self.release_body = b'{"status": 200, "latency_ms": 5}'
-        self.release = release
-        self.release_errors = 0
-
-    async def exchange(self, conn: HttpConnection, result: Result, start: float) -> None:
-        status, payload = await conn.request("POST", "/v1/select", self.body, self.headers)
-        result.latencies_s.append(trio.current_time() - start)
-        result.statuses[status] += 1
-        if status == 200 and self.release:
-            lease = _lease_id(payload)
-            path = f"/v1/leases/{lease}/release"
-            rel, _ = await conn.request("POST", path, self.release_body, self.headers)
-            self.release_errors += rel != 200
+SELECT_BODY = {"group": "bench", "platform": "openai", "model": "m"}
+_LIVEZ = b"GET /livez HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
-def _lease_id(payload: bytes) -> str:
-    start = payload.index(b'"lease_id":"') + len(b'"lease_id":"')
-    return payload[start : payload.index(b'"', start)].decode()
+def _cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def create_accounts(url: str, tokens: dict[str, str]) -> None:
-    host, port = url.split("//", 1)[1].rsplit(":", 1)
+async def create_accounts(daemon: DaemonProcess, tokens: dict[str, str]) -> None:
+    """500 accounts through the control plane; then select (data plane) until one answers."""
+    assert daemon.url is not None and daemon.data_url is not None
+    host, port = daemon.url.split("//", 1)[1].rsplit(":", 1)
     conn = await HttpConnection.open(host, int(port))
     headers = {"Authorization": f"Bearer {tokens['admin']}"}
     try:
@@ -239,44 +236,73 @@ async def create_accounts(url: str, tokens: dict[str, str]) -> None:
             )
             if status != 201:
                 raise RuntimeError(f"account create: {status} {answer[:200]!r}")
-        # The builder publishes the bucket shortly after the writes: select until it answers.
-        gw = Gateway(tokens["gateway"])
-        with trio.fail_after(60):
-            while True:
-                status, answer = await conn.request("POST", "/v1/select", gw.body, gw.headers)
-                if status == 200:
-                    lease = _lease_id(answer)
-                    await conn.request("POST", f"/v1/leases/{lease}/release", b"{}", gw.headers)
-                    break
-                await trio.sleep(0.2)
     finally:
         await conn.aclose()
+    pairs = _pairs(daemon, tokens)
+    gw = await Conn.open(pairs.address)
+    try:
+        # The builder publishes the bucket shortly after the writes: select until it answers.
+        with trio.fail_after(60):
+            while True:
+                answer = await gw.exchange(pairs.select)
+                if answer[0] == 200:
+                    break
+                await trio.sleep(0.2)
+            await gw.exchange(pairs.release(lease_of(answer[1])))
+    finally:
+        gw.close()
 
 
-async def over_http(url: str, tokens: dict[str, str], args: argparse.Namespace) -> list[Result]:
-    """The HTTP runs, in an order where no run inherits another's held leases."""
-    await create_accounts(url, tokens)
-    gw = Gateway(tokens["gateway"])
-    bound = {"count": args.count, "max_duration_s": args.seconds}
-    await closed_loop(url, "warm-up", concurrency=8, count=WARMUP, max_duration_s=20,
-                      exchange=gw.exchange)  # fmt: skip
-    await closed_loop(url, "/livez", concurrency=8, count=WARMUP, max_duration_s=20)
-    runs = [
-        # The HTTP stack alone (no auth, no body, no Redis): the ceiling for this machine.
-        await closed_loop(url, "/livez", concurrency=args.concurrency, **bound),
-        await closed_loop(url, "", concurrency=args.concurrency, exchange=gw.exchange, **bound),
-        await open_loop(url, "", rate=args.rate, exchange=gw.exchange, **bound),
-    ]
-    runs[0].label = f"/livez closed, {args.concurrency} conns"
-    runs[1].label = f"select+release closed, {args.concurrency} conns"
-    runs[2].label = f"select+release open, {args.rate:g} pairs/s"
-    # Last: leases are left to expire (500 x 50 slots, far more than the run takes).
-    only = Gateway(tokens["gateway"], release=False)
-    count = min(args.count, 10_000)
-    runs.append(await closed_loop(url, "", concurrency=args.concurrency, count=count,
-                                  max_duration_s=args.seconds, exchange=only.exchange))  # fmt: skip
-    runs[3].label = f"select only closed, {args.concurrency} conns"
-    print(f"release answers other than 200: {gw.release_errors}")
+def _pairs(daemon: DaemonProcess, tokens: dict[str, str]) -> Pairs:
+    assert daemon.data_url is not None
+    host, port = daemon.data_url.split("//", 1)[1].rsplit(":", 1)
+    return Pairs(host, int(port), tokens["gateway"], SELECT_BODY)
+
+
+async def over_http(
+    daemons: dict[str, DaemonProcess], tokens: dict[str, str], args: argparse.Namespace
+) -> list[PairRun]:
+    """Closed and open loop, every variant, rounds interleaved (A, B, A, B, ...)."""
+    for daemon in daemons.values():
+        await create_accounts(daemon, tokens)
+        warm = PairRun("warm-up")
+        await raw_closed(_pairs(daemon, tokens), warm, connections=8, seconds=2)
+    for name, daemon in daemons.items():
+        # What the daemon's own actors cost with no request (counted in srv µs/req too).
+        cpu0 = _cpu_s(daemon.proc.pid)
+        await trio.sleep(2)
+        print(f"{name}: idle {(_cpu_s(daemon.proc.pid) - cpu0) / 2 * 1e3:.0f} ms CPU per s")
+    runs = []
+    for r in range(args.rounds):
+        for kind in ("livez", "refused", "closed", "open"):
+            for name, daemon in daemons.items():
+                pairs = _pairs(daemon, tokens)
+                if kind in ("livez", "refused"):
+                    # The HTTP stack alone: a probe, and an authenticated POST with a body
+                    # that the handler refuses (422, malformed lease id) without Redis.
+                    req = _LIVEZ if kind == "livez" else pairs.release(b"not-a-lease")
+                    run = PairRun(f"{name} {kind} {args.concurrency}c r{r + 1}")
+                    work = closed_loop_one(
+                        pairs.address, req, run, connections=args.concurrency,
+                        seconds=args.seconds / 2,
+                    )  # fmt: skip
+                elif kind == "closed":
+                    run = PairRun(f"{name} closed {args.concurrency}c r{r + 1}")
+                    work = raw_closed(
+                        _pairs(daemon, tokens), run,
+                        connections=args.concurrency, seconds=args.seconds,
+                    )  # fmt: skip
+                else:
+                    run = PairRun(f"{name} open {2 * args.rate:g}/s r{r + 1}")
+                    work = raw_open(
+                        _pairs(daemon, tokens), run, rate=args.rate,
+                        connections=args.concurrency, seconds=args.seconds,
+                    )  # fmt: skip
+                cpu0 = _cpu_s(daemon.proc.pid)
+                await work
+                run.server_cpu_s = _cpu_s(daemon.proc.pid) - cpu0
+                runs.append(run)
+                print(run.row(), flush=True)
     return runs
 
 
@@ -286,14 +312,50 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--redis-url", default=os.environ.get("STATIONMASTER_TEST_REDIS_URL"))
     p.add_argument("--n", type=int, default=5000, help="in-process select calls")
     p.add_argument("--pace", type=float, default=0.0, help="in-process selects/s (0: closed loop)")
-    p.add_argument("--concurrency", type=int, default=32, help="closed-loop connections")
-    p.add_argument("--count", type=int, default=20000, help="select+release pairs per run (max)")
+    p.add_argument("--concurrency", type=int, default=32, help="HTTP connections")
     p.add_argument(
-        "--rate", type=float, default=500.0, help="open-loop pairs/s (500 = 1,000 HTTP req/s)"
+        "--rate", type=float, default=1000.0, help="open-loop pairs/s (1000 = 2,000 HTTP req/s)"
     )
-    p.add_argument("--seconds", type=float, default=10.0, help="time bound per HTTP run")
+    p.add_argument("--seconds", type=float, default=5.0, help="length of each HTTP run")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant")
+    p.add_argument("--before", type=Path, default=None, help="another checkout to compare")
+    p.add_argument(
+        "--tree", action="append", default=[], metavar="NAME=PATH",
+        help="more checkouts to interleave (e.g. this branch merged with another)",
+    )  # fmt: skip
     p.add_argument("--no-http", action="store_true", help="only the in-process part")
+    p.add_argument("--no-in-process", action="store_true", help="only the HTTP part")
     return p.parse_args()
+
+
+def _median_of(runs: list[PairRun], kind: str, name: str) -> tuple[float, float, float]:
+    """Medians over the rounds: HTTP req/s, server and client CPU µs per HTTP request."""
+    mine = [r for r in runs if r.label.startswith(f"{name} {kind} ")]
+    return (
+        statistics.median(r.requests / r.elapsed_s for r in mine),
+        statistics.median(r.server_cpu_s / max(r.requests, 1) * 1e6 for r in mine),
+        statistics.median(r.client_cpu_s / max(r.requests, 1) * 1e6 for r in mine),
+    )
+
+
+def _summary(runs: list[PairRun], rate: float) -> None:
+    print("\nmedians over the rounds (HTTP req/s; CPU µs per HTTP request, server and client):")
+    for name in dict.fromkeys(r.label.split()[0] for r in runs):
+        for kind, what in (
+            ("livez", "GET /livez (the HTTP stack alone)"),
+            ("refused", "release of a malformed lease id, 422 (auth + body + handler, no Redis)"),
+            ("closed", "select + release closed loop (target >= 4,000 req/s)"),
+        ):
+            rps, srv, cli = _median_of(runs, kind, name)
+            print(f"  {name:<7} {rps:7.0f} req/s  srv {srv:6.1f} µs  cli {cli:5.1f} µs  {what}")
+        opened = [r for r in runs if r.label.startswith(f"{name} open")]
+        p99 = statistics.median(percentile(sorted(r.select_s), 99) * 1e3 for r in opened)
+        pair99 = statistics.median(percentile(sorted(r.pair_s), 99) * 1e3 for r in opened)
+        srv = statistics.median(r.server_cpu_s / max(r.requests, 1) * 1e6 for r in opened)
+        print(
+            f"  {name:<7} open loop {2 * rate:g} req/s: select p99 {p99:.2f} ms (target <= 5 ms),"
+            f" pair p99 {pair99:.2f} ms, srv {srv:.1f} µs/req"
+        )
 
 
 def main() -> int:
@@ -302,12 +364,10 @@ def main() -> int:
     print_setup(
         "stationmaster selection (select() in process; /v1/select + release over HTTP)",
         packages=_PACKAGES,
-        extra={
-            "redis": redis_url,
-            "bounds": f"HTTP runs <= {args.count} pairs, <= {args.seconds:g} s",
-        },
+        extra={"redis": redis_url, "bounds": f"HTTP runs of {args.seconds:g} s"},
     )
-    trio.run(in_process, redis_url, args.n, args.pace)
+    if not args.no_in_process:
+        trio.run(in_process, redis_url, args.n, args.pace)
     if args.no_http or not args.pg_dsn:
         return 0
     tokens = {"admin": "bench-admin-" + secrets.token_hex(12),
@@ -317,25 +377,32 @@ def main() -> int:
         "STATIONMASTER_AUTH_GATEWAY_TOKENS": json.dumps([tokens["gateway"]]),
         "STATIONMASTER_CRYPTO_KEYS": json.dumps([Fernet.generate_key().decode()]),
     }
-    with daemon_process(args.pg_dsn, redis_url, env=env) as (daemon, url):
-        print(f"\ndaemon:   subprocess pid {daemon.proc.pid} (`stationmaster run`), {url}")
-        print("load:     this process, bench/_common load generator (bare HTTP/1.1 keep-alive);")
-        print("          a pair = POST /v1/select, then POST /v1/leases/{id}/release on the same")
-        print("          connection; latency = the select's (open loop: from its due time)")
-        runs = trio.run(over_http, url, tokens, args)
-    print()
-    print(HEADER)
-    for result in runs:
-        print(result.row())
-        other = {k: n for k, n in result.statuses.items() if k != 200}
-        if other:
-            print(f"    non-200 answers: {other}")
-    pairs = len(runs[1].latencies_s) / runs[1].elapsed_s
-    only = len(runs[3].latencies_s) / runs[3].elapsed_s
-    print(f"select+release closed loop: {pairs:.0f} pairs/s = {2 * pairs:.0f} HTTP req/s;"
-          f" select only: {only:.0f} req/s   (target >= 1,500 req/s)")  # fmt: skip
-    print(f"open loop: {args.rate:g} pairs/s = {2 * args.rate:g} HTTP req/s"
-          "   (target p99 <= 10 ms at 1,000 req/s)")  # fmt: skip
+    trees = [("after", ROOT)]
+    if args.before:
+        trees.insert(0, ("before", args.before.resolve()))
+    for spec in args.tree:
+        name, _, path = spec.partition("=")
+        trees.append((name, Path(path).resolve()))
+    with contextlib.ExitStack() as stack:
+        daemons = {}
+        for name, tree in trees:
+            data_plane = (tree / "scheduler/http/data_plane.py").exists()
+            daemon, _ = stack.enter_context(
+                daemon_process(args.pg_dsn, redis_url, env=env, tree=tree, data_plane=data_plane)
+            )
+            daemons[name] = daemon
+            plane = "data plane (wire)" if data_plane else "one server (hypercorn + starlette)"
+            print(f"{name + ':':<8} pid {daemon.proc.pid}, {tree}, gateway routes on {plane}")
+            print(f"          {daemon.data_url}")
+        print("load:    this process, bench/_rawload (raw keep-alive sockets, one request at a")
+        print("         time per connection); a pair = POST /v1/select, then its release on the")
+        print("         same connection; open loop latencies from each pair's due time")
+        print(f"load avg before the HTTP runs: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print()
+        print(HEADER)
+        runs = trio.run(over_http, daemons, tokens, args)
+    print(f"load avg after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    _summary(runs, args.rate)
     return 0
 
 

@@ -30,9 +30,12 @@ from .core.metrics import Metrics
 from .core.probes import InstanceRegistry, LoopLag, StoreProber
 from .core.supervisor import RestartPolicy, Supervisor
 from .core.systemd import Notifier, Watchdog, watchdog_interval_s
-from .http.app import all_endpoints, build_app
-from .http.endpoints import Endpoint
+from .http.app import build_app
+from .http.data_plane import wire_handler
+from .http.endpoints import Endpoint, Plane
+from .http.planes import Shared, all_endpoints, wrap_plane
 from .http.server import HttpServer
+from .http.wire import WireLimits, WireServer
 from .outbox import build_outbox
 from .selection.install import install as install_selection
 from .selection.schedule import build_schedule
@@ -51,11 +54,13 @@ _ACTOR_STOP_TIMEOUT_S = 5.0
 class Daemon:
     """One stationmaster process. ``run`` serves until :meth:`shutdown` (or a signal, via the CLI).
 
-    ``started()`` hands back the HTTP URLs once every actor is up and READY=1 was sent.
+    ``started()`` hands back the control plane's URLs once every actor is up and READY=1
+    was sent; :attr:`data_urls` then holds the data plane's.
     Raises SupervisorError (in an exception group) if an essential actor keeps crashing.
 
     ``extra_actors`` start after the built-in ones (before HTTP) and
-    ``extra_endpoints`` are served next to the built-in routes: the seam tests use
+    ``extra_endpoints`` are served next to the built-in routes (on the planes they
+    name): the seam tests use
     to inject a crashing actor or a slow route without patching production code.
     """
 
@@ -76,8 +81,10 @@ class Daemon:
         self.notifier = Notifier(self.env)
         self.instance_id = f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(3)}"
         self.services: Services | None = None
-        # The bound HTTP URLs once ready (also what run()'s started() hands back).
+        # The bound URLs once ready: the control plane's (what run()'s started() hands
+        # back) and the data plane's.
         self.urls: list[str] = []
+        self.data_urls: list[str] = []
         self._shutdown = trio.Event()
         register_secret(*config.auth.admin_tokens, *config.auth.gateway_tokens, *config.crypto.keys)
 
@@ -116,18 +123,19 @@ class Daemon:
             **{f: getattr(cfg.supervisor, f) for f in cfg.supervisor.__struct_fields__}
         )
         supervisor = Supervisor(policy, self.health, self.metrics)
-        http = HttpServer(build_app(services, [*all_endpoints(), *self.extra_endpoints]), cfg.http)
+        control, data = self._planes(services)
         try:
             async with trio.open_nursery() as nursery:
                 for actor in [*self._actors(services), *self.extra_actors]:
                     await supervisor.start(nursery, actor)
-                urls = self.urls = await supervisor.start(nursery, http)
+                urls = self.urls = await supervisor.start(nursery, control)
+                self.data_urls = await supervisor.start(nursery, data)
                 self.health.set_phase(Phase.RUNNING)
                 self.notifier.ready(self.health.summary())
-                log.info("ready", urls=urls, version=__version__)
+                log.info("ready", urls=urls, data_urls=self.data_urls, version=__version__)
                 task_status.started(urls)
                 await self._shutdown.wait()
-                await self._drain(http, supervisor)
+                await self._drain((control, data), supervisor)
                 nursery.cancel_scope.cancel()
         except BaseException:
             self.health.set_phase(Phase.FAILING)
@@ -135,7 +143,29 @@ class Daemon:
             raise
         log.info("stopped")
 
-    async def _drain(self, http: HttpServer, supervisor: Supervisor) -> None:
+    def _planes(self, services: Services) -> tuple[HttpServer, WireServer]:
+        """The control plane (hypercorn + starlette) and the data plane (the wire) servers."""
+        cfg = self.config.http
+        endpoints = [*all_endpoints(), *self.extra_endpoints]
+        shared = Shared.of(services)
+        control = HttpServer(build_app(wrap_plane(Plane.CONTROL, endpoints, shared)), cfg)
+        limits = WireLimits(
+            max_body_bytes=cfg.max_body_bytes,
+            max_header_bytes=cfg.max_header_bytes,
+            max_headers=cfg.max_headers,
+            read_timeout_s=cfg.read_timeout_s,
+            keep_alive_timeout_s=cfg.keep_alive_timeout_s,
+            drain_timeout_s=cfg.drain_timeout_s,
+        )
+        data = WireServer(
+            wire_handler(wrap_plane(Plane.DATA, endpoints, shared)),
+            host=cfg.data_host,
+            port=cfg.data_port,
+            limits=limits,
+        )
+        return control, data
+
+    async def _drain(self, servers: tuple[HttpServer, WireServer], supervisor: Supervisor) -> None:
         """Stop intake, let in-flight requests finish (bounded), then stop the actors."""
         cfg = self.config.http
         # Order matters: readiness 503 and STOPPING=1 first, so the load balancer
@@ -145,7 +175,11 @@ class Daemon:
         self.notifier.stopping()
         log.info("draining", delay_s=cfg.drain_delay_s, timeout_s=cfg.drain_timeout_s)
         await trio.sleep(cfg.drain_delay_s)
-        await http.drain()
+        # Both planes at once: each closes its listeners, finishes what is in flight
+        # and closes idle connections, within drain_timeout_s.
+        async with trio.open_nursery() as nursery:
+            for server in servers:
+                nursery.start_soon(server.drain)
         await supervisor.stop(timeout_s=_ACTOR_STOP_TIMEOUT_S)
 
     def _settings_event(self, event: str, version: int) -> None:
@@ -157,7 +191,7 @@ class Daemon:
         return actors
 
     def _actors(self, services: Services) -> list[Any]:
-        """Actors in start order (dependencies first); the HTTP server is started last."""
+        """Actors in start order (dependencies first); the two HTTP servers start after them."""
         cfg = self.config
         services.settings = SettingsSnapshot(
             SettingsStore(services.db), services.redis, on_event=self._settings_event

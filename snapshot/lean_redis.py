@@ -63,6 +63,7 @@ import trio
 
 from accounts.errors import StoreUnavailable
 
+from ._redis_config import RedisConfig
 from ._resp import (
     Connection,
     ProtocolError,
@@ -75,7 +76,6 @@ from ._resp import (
     pack,
     start_connection,
 )
-from .redis import RedisConfig
 
 __all__ = ["Endpoint", "LeanRedis", "LeanScript", "RedisReplyError", "open_lean_redis"]
 
@@ -337,11 +337,31 @@ async def open_lean_redis(
 
     Connects lazily (the first call opens the first connection), so it never
     waits for the server here; calls raise StoreUnavailable while Redis is down.
+
+    An exception from the block leaves as itself, not inside an exception group:
+    the reader tasks never raise (they fail their connection instead), so the
+    nursery can only ever carry the block's own exception, and callers keep
+    seeing what they saw before this client existed.
     """
-    async with trio.open_nursery() as nursery:
-        client = LeanRedis(config, nursery, connections=connections, ssl_context=ssl_context)
+    raised: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            client = LeanRedis(config, nursery, connections=connections, ssl_context=ssl_context)
+            try:
+                yield client
+            except BaseException as exc:
+                raised = exc
+                raise
+            finally:
+                client.close()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if raised is None or len(group.exceptions) != 1 or group.exceptions[0] is not raised:
+            raise
+        # Re-raising inside this handler would chain the group as its context; keep
+        # the exception's own chain (a StoreUnavailable's cause, say) as it was.
+        context = raised.__context__
         try:
-            yield client
+            raise raised
         finally:
-            client.close()
-            nursery.cancel_scope.cancel()
+            raised.__context__ = context

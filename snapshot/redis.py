@@ -1,12 +1,27 @@
 """Redis access: the only module that imports coredis.
 
-:func:`open_redis` yields a :class:`RedisStore`: the client, the key prefix every
-key of this deployment starts with, and a health probe. Callers build key names
-with :meth:`RedisStore.key` (or the key builders next to their Lua scripts) and
-never hard-code the prefix, so test runs and deployments sharing one server do
-not collide.
+:func:`open_redis` yields a :class:`RedisStore`: this deployment's two clients of
+one server, the key prefix every key starts with, and a health probe. Callers
+build key names with :meth:`RedisStore.key` (or the key builders next to their
+Lua scripts) and never hard-code the prefix, so test runs and deployments
+sharing one server do not collide.
 
-Connection failures and timeouts become :class:`~accounts.errors.StoreUnavailable`.
+Two clients, one server:
+
+* ``client`` (coredis): pub/sub (snapshot activation, settings invalidation,
+  release messages), snapshot builds (pipelines, transactions, SCAN), the admin
+  routes, the usage prober's bookkeeping, health probes. Rich API, a connection
+  pool, Cluster and Sentinel support; its cost (~200 us CPU per command, ~280 us
+  per EVALSHA, bench/lean.py) does not matter off the request path.
+* ``lean`` (:mod:`snapshot.lean_redis`, hiredis on trio sockets): the scripts and
+  reads every select, release and renew pays for (``scheduler.selection.store``),
+  ~40-50 us CPU per call. It speaks to one server: on a Redis Cluster it refuses
+  MOVED/ASK as StoreUnavailable (see its docstring). Replacing coredis with it
+  everywhere would mean writing pub/sub, pipelines and SCAN again for paths where
+  the CPU does not count; not worth it.
+
+Connection failures and timeouts become :class:`~accounts.errors.StoreUnavailable`
+on both.
 """
 
 from __future__ import annotations
@@ -15,16 +30,18 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import coredis
 import coredis.exceptions
-import msgspec
 import trio
 from coredis.tokens import PureToken
 
 from accounts.errors import StoreUnavailable
+
+from ._redis_config import RedisConfig
+from .lean_redis import LeanRedis, open_lean_redis
 
 # Errors that mean "Redis is not answering" rather than "the command is wrong".
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -54,24 +71,6 @@ def translated() -> Iterator[None]:
         raise StoreUnavailable("redis", type(exc).__name__) from exc
 
 
-class RedisConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """How to reach Redis and how this deployment names its keys."""
-
-    url: str = "redis://127.0.0.1:6379/0"
-    # Every key starts with this, so several deployments (or test runs) can share
-    # one server. Keep it short: it is sent with every command.
-    key_prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "sm:"
-    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
-    # Bounds every command so a wedged server becomes StoreUnavailable quickly.
-    command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
-    max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
-
-    def __post_init__(self) -> None:
-        # Checked here so a typo fails at start with exit 2, not at first command.
-        if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("url: must start with redis://, rediss:// or unix://")
-
-
 def describe_url(url: str) -> str:
     """Where a Redis URL points, for error messages: host:port or socket, db; no password."""
     try:
@@ -85,10 +84,11 @@ def describe_url(url: str) -> str:
 
 
 class RedisStore:
-    """An open coredis client plus this deployment's key prefix."""
+    """This deployment's Redis: the coredis client, the lean hot-path client, the key prefix."""
 
-    def __init__(self, client: coredis.Redis[str], config: RedisConfig) -> None:
+    def __init__(self, client: coredis.Redis[str], config: RedisConfig, lean: LeanRedis) -> None:
         self.client = client
+        self.lean = lean
         self.config = config
         self.prefix = config.key_prefix
         self._scripts: dict[str, Any] = {}
@@ -145,10 +145,11 @@ class RedisStore:
 
 @contextlib.asynccontextmanager
 async def open_redis(config: RedisConfig) -> AsyncIterator[RedisStore]:
-    """Open the client and its pool; the pool's tasks live until the block ends.
+    """Open both clients; their tasks live until the block ends.
 
-    Does not wait for the server: start-up probes with :meth:`RedisStore.ping`,
-    and readiness reports Redis down until it answers.
+    Does not wait for the server (the lean client connects on its first call):
+    start-up probes with :meth:`RedisStore.ping`, and readiness reports Redis
+    down until it answers.
     """
     client: coredis.Redis[str] = coredis.Redis.from_url(
         config.url,
@@ -157,5 +158,5 @@ async def open_redis(config: RedisConfig) -> AsyncIterator[RedisStore]:
         stream_timeout=config.command_timeout_s,
         max_connections=config.max_connections,
     )
-    async with client:
-        yield RedisStore(client, config)
+    async with client, open_lean_redis(config) as lean:
+        yield RedisStore(client, config, lean)

@@ -155,7 +155,7 @@ def config_dict(
     data: dict[str, Any] = {
         "database": {"dsn": pg_dsn, "pool_max": 5, "start_timeout_s": 10},
         "redis": {"url": redis_url, "key_prefix": redis_prefix},
-        "http": {"host": "127.0.0.1", "port": 0, "drain_timeout_s": 5},
+        "http": {"host": "127.0.0.1", "port": 0, "data_port": 0, "drain_timeout_s": 5},
         "auth": {"admin_tokens": [ADMIN_TOKEN], "gateway_tokens": [GATEWAY_TOKEN]},
         "crypto": {"keys": [CRYPTO_KEY]},
         "health": {"probe_interval_s": 0.2, "probe_timeout_s": 0.5},
@@ -295,7 +295,9 @@ class DaemonProcess:
     ) -> None:
         """``python_args`` replaces ``-m scheduler *args`` (a test's own entry point)."""
         self.log_lines: list[dict[str, Any]] = []
+        # The control plane's base URL (admin, metrics) and the data plane's (gateway).
         self.url: str | None = None
+        self.data_url: str | None = None
         self._ready = threading.Event()
         self.proc = subprocess.Popen(
             [sys.executable, *(python_args or ("-m", "scheduler", *args))],
@@ -313,6 +315,7 @@ class DaemonProcess:
             record = _parse(line)
             self.log_lines.append(record)
             if record.get("event") == "ready" and self.url is None:
+                self.data_url = record["data_urls"][0]
                 self.url = record["urls"][0]
                 self._ready.set()
         # EOF: the child is gone. Close our end, or the pipe is left to the garbage
@@ -327,6 +330,11 @@ class DaemonProcess:
         if self.url is None:
             raise RuntimeError(f"daemon exited early ({self.proc.poll()}): {self.log_lines[-8:]}")
         return self.url
+
+    def data(self) -> str:
+        """The data plane's base URL (the gateway's routes), once ready."""
+        assert self.data_url is not None, "wait_ready() first"
+        return self.data_url
 
     def output(self) -> str:
         """Everything the child printed so far, as text."""

@@ -12,8 +12,10 @@ The state directory (``--state-dir``, else ``$STATIONMASTER_STATE_DIR``, else
 
 The development config is the loaded config (file and ``STATIONMASTER_*``
 variables, so log level and tuning still apply) with the stores, the tokens, the
-crypto key and the listen address replaced: always ``127.0.0.1``, port from
-``--port`` (default 8080, 0 picks a free one).
+crypto key and the listen addresses replaced: always ``127.0.0.1``; the data
+plane (the gateway's routes, the probes) on ``--port`` (default 8080, 0 picks a
+free one), the control plane (admin, metrics, OpenAPI; what the CLI uses) on the
+next port (a free one with ``--port 0``).
 
 Lifetimes, outermost first: state-dir lock → PostgreSQL → Redis → upstream
 simulator → daemon; once the daemon serves, the demo accounts (every platform,
@@ -120,7 +122,8 @@ def dev_config(
     data: dict[str, Any] = msgspec.to_builtins(config)
     data["database"]["dsn"] = dsn
     data["redis"]["url"] = redis_url
-    data["http"].update(host="127.0.0.1", port=port)
+    control = port + 1 if port else 0
+    data["http"].update(host="127.0.0.1", port=control, data_host="127.0.0.1", data_port=port)
     data["auth"] = {
         "admin_tokens": [dev_secrets.admin_token],
         "gateway_tokens": [dev_secrets.gateway_token],
@@ -197,8 +200,10 @@ class _Announcer:
             if self._state_dir is not None:
                 # Before the banner: once a user reads it, the CLI must find the profile.
                 port = int(urls[0].rsplit(":", 1)[1])
-                write_profile(self._state_dir, self._daemon.config, port=port)
-            print(self._banner.format(url=urls[0], sim=sim_url), flush=True)
+                data_port = int(self._daemon.data_urls[0].rsplit(":", 1)[1])
+                write_profile(self._state_dir, self._daemon.config, port=port, data_port=data_port)
+            data_url = self._daemon.data_urls[0]
+            print(self._banner.format(url=urls[0], data=data_url, sim=sim_url), flush=True)
             if self._early.requested:
                 self._daemon.shutdown()
                 return
@@ -230,13 +235,14 @@ def _banner(state_dir: Path, dev_secrets: DevSecrets) -> str:
     admin = dev_secrets.admin_token
     return "\n".join(
         [
-            "stationmaster dev: serving on {url}",
+            "stationmaster dev: serving on {data}",
+            "  admin API:     {url}  (admin routes, /metrics; the CLI uses it)",
             f"  admin token:   {admin}",
             f"  gateway token: {dev_secrets.gateway_token}",
             f"  state dir:     {state_dir}  (tokens kept in {SECRETS_FILE}, mode 0600)",
             f"  CLI profile:   {state_dir / PROFILE_FILE}  ({_profile_hint(state_dir)})",
             "  simulator:     {sim}  (upstream APIs; knobs: {sim}/_sim/knobs)",
-            "  try:           curl {url}/readyz   (probes and /openapi.json need no token)",
+            "  try:           curl {data}/readyz   (probes and /openapi.json need no token)",
             "                 stationmaster accounts list",
             "                 stationmaster explain --group demo --platform openai --model gpt-4o",
             "Ctrl-C (or SIGTERM) stops the daemon, the simulator and both servers.",

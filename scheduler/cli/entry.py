@@ -75,7 +75,10 @@ def _add_dev_arguments(p: argparse.ArgumentParser) -> None:
         "--state-dir", help="where the embedded servers keep data (env STATIONMASTER_STATE_DIR)"
     )
     p.add_argument(
-        "--port", type=int, default=None, help="HTTP port (default 8080; 0 picks a free one)"
+        "--port",
+        type=int,
+        default=None,
+        help="data-plane port (default 8080; the control plane takes the next; 0: free ones)",
     )
     p.add_argument(
         "--simulator-port",

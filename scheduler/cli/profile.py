@@ -41,15 +41,21 @@ def _toml(value: Any) -> str:
     return json.dumps(value)
 
 
-def write_profile(state_dir: Path, config: Config, *, port: int) -> Path:
-    """Write the profile for ``config`` (the dev config) served on ``port``; returns its path.
+def write_profile(state_dir: Path, config: Config, *, port: int, data_port: int) -> Path:
+    """Write the profile for ``config`` (the dev config) served on ``port`` (control plane)
+    and ``data_port`` (data plane); returns its path.
 
     Written to a temporary file first and renamed, so a CLI never reads half of it.
     """
     sections: dict[str, dict[str, Any]] = {
         "database": {"dsn": config.database.dsn},
         "redis": {"url": config.redis.url, "key_prefix": config.redis.key_prefix},
-        "http": {"host": config.http.host, "port": port},
+        "http": {
+            "host": config.http.host,
+            "port": port,
+            "data_host": config.http.data_host,
+            "data_port": data_port,
+        },
         "auth": {
             "admin_tokens": list(config.auth.admin_tokens),
             "gateway_tokens": list(config.auth.gateway_tokens),

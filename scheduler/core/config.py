@@ -49,9 +49,16 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Two listeners: the control plane (``host``/``port``: admin, metrics, OpenAPI, probes;
+    hypercorn + starlette) and the data plane (``data_host``/``data_port``: the
+    gateway's routes and the probes the load balancer reads; the lean wire server)."""
+
     host: str = "127.0.0.1"
     # 0 picks a free port (tests, `stationmaster dev`); the bound URL is logged.
-    port: Port = 8080
+    port: Port = 8081
+    data_host: str = "127.0.0.1"
+    # The gateway's and the load balancer's port (/v1/select, /v1/tasks, /livez, /readyz).
+    data_port: Port = 8080
     # Admin bodies (an import of many accounts) are the largest legitimate ones.
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
     # Time SIGTERM gives in-flight requests before they are cancelled.
@@ -59,7 +66,21 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # After SIGTERM, /readyz answers 503 but new connections are still accepted
     # for this long, so a load balancer notices before connections are refused.
     drain_delay_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 0.0
-    keep_alive_timeout_s: PositiveFloat = 5.0
+    # Longer than the gateway's own idle pool (httpx 5 s, Go 90 s): a server that
+    # closes first races the client's next request on that connection, which then
+    # fails with "connection reset" (a POST is not retried).
+    keep_alive_timeout_s: PositiveFloat = 120.0
+    # Data plane: a request head (request line + headers) over either limit gets 431.
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * 1024)] = 16 * 1024
+    max_headers: Annotated[int, msgspec.Meta(ge=8, le=1000)] = 64
+    # Data plane: seconds from a request's first byte to its last (a slow loris gets 408).
+    read_timeout_s: PositiveFloat = 10.0
+
+    def __post_init__(self) -> None:
+        if self.port and self.port == self.data_port and self.host == self.data_host:
+            raise ValueError(
+                "data_port: must differ from port (the data and control planes are two listeners)"
+            )
 
 
 class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -20,14 +20,13 @@ import re
 from typing import Annotated
 
 import msgspec
-from starlette.responses import Response
 
 from accounts.errors import Conflict, PreconditionRequired, StoreUnavailable, ValidationFailed
 from accounts.inputs import AccountCreate, AccountPatch, AccountView, account_view
 from accounts.model import GroupName, Platform, Status
 from accounts.repository import AccountRepository
 
-from .endpoints import Call, Endpoint, Header, Scope, json_response
+from .endpoints import Answer, Call, Endpoint, Header, Scope, json_response
 
 BASE = "/v1/admin/accounts"
 # An admin page is rendered and masked per row; 500 keeps one answer well under a second.
@@ -74,13 +73,13 @@ def _repo(call: Call) -> AccountRepository:
     return repo
 
 
-def _with_etag(view: AccountView, status: int = 200, **headers: str) -> Response:
+def _with_etag(view: AccountView, status: int = 200, **headers: str) -> Answer:
     return json_response(view, status, {"etag": f'"{view.version}"', **headers})
 
 
 def if_match(call: Call) -> int | None:
     """The version in ``If-Match`` (``"3"``, ``3`` or ``W/"3"``), None when absent."""
-    raw = call.request.headers.get("if-match")
+    raw = call.headers.get("if-match")
     if raw is None:
         return None
     # ASCII digits only (str.isdigit would take "²", which int() refuses).
@@ -99,20 +98,20 @@ async def list_accounts(call: Call) -> AccountList:
     return AccountList([account_view(a, repo.cipher) for a in page.items], page.next_cursor)
 
 
-async def create_account(call: Call) -> Response:
+async def create_account(call: Call) -> Answer:
     repo = _repo(call)
     account = await repo.create(call.body)
     view = account_view(account, repo.cipher)
     return _with_etag(view, 201, location=f"{BASE}/{account.id}")
 
 
-async def get_account(call: Call) -> Response:
+async def get_account(call: Call) -> Answer:
     repo = _repo(call)
-    account = await repo.get(call.request.path_params["id"])
+    account = await repo.get(call.path_params["id"])
     return _with_etag(account_view(account, repo.cipher))
 
 
-async def patch_account(call: Call) -> Response:
+async def patch_account(call: Call) -> Answer:
     body: AccountPatch = call.body
     header = if_match(call)
     field = None if body.version is msgspec.UNSET else body.version
@@ -124,25 +123,25 @@ async def patch_account(call: Call) -> Response:
     repo = _repo(call)
     if field is not None and field != expected:
         # Two preconditions: the write applies only if the stored version is both.
-        current = await repo.get(call.request.path_params["id"])
+        current = await repo.get(call.path_params["id"])
         raise Conflict(
             f"If-Match names version {expected}, the body version {field}; "
             f"the account is at version {current.version}",
             current_version=current.version,
         )
-    account = await repo.update(call.request.path_params["id"], body, expected_version=expected)
+    account = await repo.update(call.path_params["id"], body, expected_version=expected)
     return _with_etag(account_view(account, repo.cipher))
 
 
-async def disable_account(call: Call) -> Response:
+async def disable_account(call: Call) -> Answer:
     repo = _repo(call)
-    account = await repo.disable(call.request.path_params["id"], expected_version=if_match(call))
+    account = await repo.disable(call.path_params["id"], expected_version=if_match(call))
     return _with_etag(account_view(account, repo.cipher))
 
 
-async def delete_account(call: Call) -> Response:
-    await _repo(call).delete(call.request.path_params["id"], expected_version=if_match(call))
-    return Response(status_code=204)
+async def delete_account(call: Call) -> Answer:
+    await _repo(call).delete(call.path_params["id"], expected_version=if_match(call))
+    return Answer(204)
 
 
 _TAGS = ("accounts",)

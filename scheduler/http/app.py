@@ -1,8 +1,9 @@
-"""The ASGI application: every module's endpoints, wrapped once."""
+"""The control plane's ASGI application: its endpoints on starlette, wrapped once."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import contextlib
+from collections.abc import Mapping
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -10,37 +11,69 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from accounts.errors import MethodNotAllowed, NotFound
+from accounts.errors import BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge
 
-from ..services import Services
-from . import (
-    accounts_api,
-    buckets_api,
-    explain_api,
-    health_api,
-    outbox_api,
-    select_api,
-    settings_api,
-    tasks_api,
-    usage_api,
-)
-from .endpoints import Endpoint, Outages, TokenTable, error_response, wrap
-from .openapi import openapi_document
+from .endpoints import Answer, error_response
+from .planes import Routes, Wrapped
+
+__all__ = ["build_app", "read_body"]
 
 
-def all_endpoints() -> list[Endpoint]:
-    """Every endpoint of the daemon, in documentation order."""
-    return [
-        *health_api.ENDPOINTS,
-        *accounts_api.ENDPOINTS,
-        *usage_api.ENDPOINTS,
-        *settings_api.ENDPOINTS,
-        *select_api.ENDPOINTS,
-        *explain_api.ENDPOINTS,
-        *buckets_api.ENDPOINTS,
-        *tasks_api.ENDPOINTS,
-        *outbox_api.ENDPOINTS,
-    ]
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest([("content-length", "not an integer")]) from None
+        if size > limit:
+            raise PayloadTooLarge(f"body of {size} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    # aclosing: leaving the stream early (413) must close the generator now, not
+    # leave it to the garbage collector (trio warns; tests turn that into errors).
+    async with contextlib.aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _StarletteIncoming:
+    """A starlette request as :func:`scheduler.http.endpoints.wrap` reads one."""
+
+    __slots__ = ("_request", "method")
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self.method = request.method
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._request.headers
+
+    @property
+    def path_params(self) -> Mapping[str, str]:
+        return self._request.path_params
+
+    @property
+    def query_params(self) -> Mapping[str, str]:
+        return self._request.query_params
+
+    async def read_body(self, limit: int) -> bytes:
+        return await read_body(self._request, limit)
+
+
+def _response(answer: Answer) -> Response:
+    response = Response(answer.body, status_code=answer.status, media_type=None)
+    if answer.status != 204:
+        response.headers["content-type"] = answer.content_type
+    for name, value in answer.headers:
+        response.headers.append(name, value)
+    return response
 
 
 class _MethodDispatch:
@@ -50,7 +83,7 @@ class _MethodDispatch:
     would add HEAD to GET and answer other methods itself, naming one route's).
     """
 
-    def __init__(self, handlers: dict[str, Callable[[Request], Awaitable[Response]]]) -> None:
+    def __init__(self, handlers: dict[str, Wrapped]) -> None:
         self._handlers = handlers
         self._allowed = sorted(handlers)
 
@@ -59,43 +92,31 @@ class _MethodDispatch:
         handler = self._handlers.get(request.method)
         if handler is None:
             allowed = ", ".join(self._allowed)
-            response = error_response(
+            answer = error_response(
                 MethodNotAllowed(
                     f"{request.method} is not allowed here (allowed: {allowed})",
                     allowed=self._allowed,
                 )
             )
         else:
-            response = await handler(request)
-        await response(scope, receive, send)
+            answer = await handler(_StarletteIncoming(request))
+        await _response(answer)(scope, receive, send)
 
 
-def build_app(services: Services, endpoints: Iterable[Endpoint] | None = None) -> Starlette:
-    """The starlette app for ``services``; handles the ASGI lifespan (hypercorn needs it)."""
-    endpoints = list(all_endpoints() if endpoints is None else endpoints)
-    cfg = services.config
-    tokens = TokenTable(cfg.auth.admin_tokens, cfg.auth.gateway_tokens)
-    outages = Outages()
-    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
-    for e in endpoints:
-        by_path.setdefault(e.path, {})[e.method] = wrap(
-            e,
-            services=services,
-            tokens=tokens,
-            max_body=cfg.http.max_body_bytes,
-            metrics=services.metrics,
-            outages=outages,
-        )
+def build_app(routes: Routes) -> Starlette:
+    """The starlette app of one plane's routes; handles the ASGI lifespan (hypercorn needs it)."""
+    by_path: dict[str, dict[str, Wrapped]] = {}
+    for method, path, handler in routes.handlers:
+        by_path.setdefault(path, {})[method] = handler
     # One route per path that dispatches on the method itself: a 405 then lists every
     # method of the path in Allow (starlette's per-route 405 would name only one route's).
-    routes = [Route(path, _MethodDispatch(handlers)) for path, handlers in by_path.items()]
+    starlette_routes = [Route(path, _MethodDispatch(h)) for path, h in by_path.items()]
 
     async def not_found(_request: Request, _exc: Exception) -> Response:
-        return error_response(NotFound("no such route"))
+        return _response(error_response(NotFound("no such route")))
 
-    app = Starlette(routes=routes, exception_handlers={404: not_found})
+    app = Starlette(routes=starlette_routes, exception_handlers={404: not_found})
     # A trailing slash is another path (404), not an undocumented 307 to this one.
     app.router.redirect_slashes = False
-    app.state.services = services
-    app.state.openapi = openapi_document(endpoints)
+    app.state.openapi = routes.openapi
     return app

@@ -1,23 +1,28 @@
 """Declaring HTTP endpoints once: routing, auth, body decoding, errors and OpenAPI.
 
-Each API module lists :class:`Endpoint` values; :func:`scheduler.http.app.build_app`
-turns them into starlette routes wrapped by :func:`_wrap`, and
-:func:`scheduler.http.openapi.openapi_document` documents the same list, so a
-route cannot exist without appearing in ``/openapi.json``.
+Each API module lists :class:`Endpoint` values; :func:`wrap` turns one into a
+transport-neutral handler (an :class:`Incoming` request in, an :class:`Answer`
+out), and :func:`scheduler.http.openapi.openapi_document` documents the same
+list, so a route cannot exist without appearing in ``/openapi.json``. Two
+transports serve those handlers (:mod:`scheduler.http.planes`): the control plane
+on hypercorn + starlette (:mod:`scheduler.http.app`) and the data plane on the
+lean wire server (:mod:`scheduler.http.data_plane`); neither routes anything by hand.
 
 A handler is ``async def handler(call: Call) -> Any``. ``call.body`` is the
 decoded, validated request struct (or None), ``call.query`` the decoded query
-struct (or None), ``call.request`` the starlette request, ``call.services`` the
+struct (or None), ``call.headers`` the request headers (lower-case names),
+``call.path_params`` the percent-decoded path parameters, ``call.services`` the
 daemon's services. Returning a msgspec Struct, dict or list sends it as JSON
-with ``Endpoint.status``; returning a starlette ``Response`` sends it as is.
+with ``Endpoint.status``; returning an :class:`Answer` sends it as is.
 Raising a :class:`~accounts.errors.StationmasterError` sends the error body with
 its status.
 
 What the wrapper answers before a handler runs, in order: 401/403 (token), 415
 (a route with a JSON body sent another ``Content-Type``), 400/413 (the body),
-422 (query or body invalid). The published schema is generated from the same
-structs that decode the request (body, query, path and header types), so what
-it says is what the server enforces.
+422 (query or body invalid). (The data plane's wire refuses a body over the
+limit, 413, while reading it: before the token is looked at.) The published
+schema is generated from the same structs that decode the request (body, query,
+path and header types), so what it says is what the server enforces.
 
 A store outage (:class:`~accounts.errors.StoreUnavailable`) is a 503
 ``store_unavailable`` with ``Retry-After``, on every route, and is logged once
@@ -28,7 +33,6 @@ so once, when a route that needs that store (``Endpoint.stores``) answers again.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hmac
 import secrets
@@ -36,18 +40,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import msgspec
 import structlog
-from starlette.requests import Request
-from starlette.responses import Response
 
 from accounts.errors import (
-    BadRequest,
     Forbidden,
     MethodNotAllowed,
-    PayloadTooLarge,
     StationmasterError,
     StoreUnavailable,
     Unauthorized,
@@ -56,6 +56,7 @@ from accounts.errors import (
 from accounts.validation import convert_query, decode_json
 
 from ..core.logs import get_logger
+from ._wire_messages import Response as Answer
 
 log = get_logger("http")
 
@@ -65,6 +66,24 @@ class Scope(enum.Enum):
 
     ADMIN = "admin"
     GATEWAY = "gateway"
+
+
+class Plane(enum.Enum):
+    """Which listener serves an endpoint (``Endpoint.planes``).
+
+    DATA: the gateway's per-request routes and the load balancer's probes, on the
+    lean wire server (``http.data_host``/``http.data_port``). CONTROL: admin,
+    metrics, OpenAPI, on hypercorn + starlette (``http.host``/``http.port``).
+    """
+
+    DATA = "data"
+    CONTROL = "control"
+
+
+# The gateway's routes: the data plane only (the control port may be firewalled off it).
+DATA = (Plane.DATA,)
+# The probes and the OpenAPI document: on both (each plane documents its own routes).
+BOTH = (Plane.DATA, Plane.CONTROL)
 
 
 class ErrorDetail(msgspec.Struct, frozen=True):
@@ -79,13 +98,37 @@ class ErrorBody(msgspec.Struct, frozen=True):
     error: ErrorDetail
 
 
+class Incoming(Protocol):
+    """A request as a transport hands it to :func:`wrap` (starlette's or the wire's)."""
+
+    method: str
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Header values by lower-case name."""
+
+    @property
+    def path_params(self) -> Mapping[str, str]:
+        """The route template's parameters, percent-decoded."""
+
+    @property
+    def query_params(self) -> Mapping[str, str]:
+        """Query parameters (the last value of a repeated name)."""
+
+    async def read_body(self, limit: int) -> bytes:
+        """The body, refusing (413) one over ``limit`` bytes."""
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
-    request: Request
+    headers: Mapping[str, str]
+    path_params: Mapping[str, str]
     body: Any
     services: Any
     scope: Scope | None
     query: Any = None
+    # The OpenAPI document of the plane answering (what /openapi.json serves there).
+    openapi: Any = None
 
 
 Handler = Callable[[Call], Awaitable[Any]]
@@ -127,6 +170,8 @@ class Endpoint:
     media_type: str = "application/json"
     # Stores a successful answer of this route proves reachable (ends an outage's log).
     stores: tuple[str, ...] = ()
+    # The listeners that serve it (see Plane).
+    planes: tuple[Plane, ...] = (Plane.CONTROL,)
 
     @property
     def reads_body(self) -> bool:
@@ -148,16 +193,11 @@ def utc_or_none(epoch_s: float | None) -> datetime | None:
 
 def json_response(
     value: Any, status: int = 200, headers: Mapping[str, str] | None = None
-) -> Response:
-    return Response(
-        msgspec.json.encode(value),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
+) -> Answer:
+    return Answer(status, msgspec.json.encode(value), headers=list((headers or {}).items()))
 
 
-def error_response(exc: StationmasterError, request_id: str = "") -> Response:
+def error_response(exc: StationmasterError, request_id: str = "") -> Answer:
     headers = {"x-request-id": request_id} if request_id else {}
     retry = exc.details.get("retry_after_s")
     if isinstance(retry, (int, float)):
@@ -188,8 +228,8 @@ class TokenTable:
         return found
 
 
-def authorize(request: Request, tokens: TokenTable, needed: Scope) -> Scope:
-    header = request.headers.get("authorization", "")
+def authorize(headers: Mapping[str, str], tokens: TokenTable, needed: Scope) -> Scope:
+    header = headers.get("authorization", "")
     kind, _, presented = header.partition(" ")
     if kind.lower() != "bearer" or not presented.strip():
         raise Unauthorized("a bearer token is required")
@@ -201,31 +241,8 @@ def authorize(request: Request, tokens: TokenTable, needed: Scope) -> Scope:
     return scope
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over ``limit`` bytes without reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise BadRequest([("content-length", "not an integer")]) from None
-        if size > limit:
-            raise PayloadTooLarge(f"body of {size} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    total = 0
-    # aclosing: leaving the stream early (413) must close the generator now, not
-    # leave it to the garbage collector (trio warns; tests turn that into errors).
-    async with contextlib.aclosing(request.stream()) as stream:
-        async for chunk in stream:
-            total += len(chunk)
-            if total > limit:
-                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id", "")
+def _request_id(headers: Mapping[str, str]) -> str:
+    given = headers.get("x-request-id", "")
     # Accept the gateway's id when it is a plausible token; never echo arbitrary bytes.
     if 0 < len(given) <= 64 and all(c.isalnum() or c in "-_." for c in given):
         return given
@@ -270,30 +287,38 @@ def wrap(
     max_body: int,
     metrics: Any,
     outages: Outages | None = None,
-) -> Callable[[Request], Awaitable[Response]]:
-    """The starlette handler for ``endpoint``: auth, body, call, errors, metrics, logs."""
-    outages = outages if outages is not None else Outages()
+    openapi: Any = None,
+) -> Callable[[Incoming], Awaitable[Answer]]:
+    """The handler of ``endpoint`` for any transport: auth, body, call, errors, metrics, logs.
 
-    async def handle(request: Request) -> Response:
-        rid = _request_id(request)
+    ``openapi`` is the document of the plane serving it (``call.openapi``).
+    """
+    outages = outages if outages is not None else Outages()
+    requests_total = metrics.http_requests
+
+    async def handle(request: Incoming) -> Answer:
+        rid = _request_id(request.headers)
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(request_id=rid):
-            response, unavailable = await _run(endpoint, request, rid, services, tokens, max_body)
-            response.headers.setdefault("x-request-id", rid)
-            metrics.http_requests.labels(endpoint.path, str(response.status_code)).inc()
+            answer, unavailable = await _run(
+                endpoint, request, rid, services, tokens, max_body, openapi
+            )
+            if not any(name == "x-request-id" for name, _ in answer.headers):
+                answer.headers.append(("x-request-id", rid))
+            requests_total.labels(endpoint.path, str(answer.status)).inc()
             if unavailable is not None:
                 outages.failed(unavailable)
-            elif response.status_code >= 500:
+            elif answer.status >= 500:
                 log.warning(
                     "request failed",
                     method=endpoint.method,
                     route=endpoint.path,
-                    status=response.status_code,
+                    status=answer.status,
                     ms=round((time.perf_counter() - started) * 1000, 2),
                 )
-            elif response.status_code < 400:
+            elif answer.status < 400:
                 outages.succeeded(endpoint.stores)
-            return response
+            return answer
 
     handle.__name__ = endpoint.handler.__name__
     return handle
@@ -307,28 +332,40 @@ def is_json(content_type: str) -> bool:
     )
 
 
+async def _decode(endpoint: Endpoint, request: Incoming, max_body: int) -> tuple[Any, Any]:
+    """The body and query structs (415, 400/413, 422 when they cannot be)."""
+    body: Any = None
+    if endpoint.body is not None:
+        content_type = request.headers.get("content-type")
+        if content_type is not None and not is_json(content_type):
+            raise UnsupportedMediaType(
+                "this route takes a JSON body (Content-Type: application/json)"
+            )
+        raw = await request.read_body(max_body)
+        body = decode_json(raw or b"{}", endpoint.body)
+    elif endpoint.reads_body:
+        # Still bounded: a route without a body must not buffer an unbounded one.
+        await request.read_body(max_body)
+    query = None if endpoint.query is None else convert_query(request.query_params, endpoint.query)
+    return body, query
+
+
 async def _run(
-    endpoint: Endpoint, request: Request, rid: str, services: Any, tokens: TokenTable, max_body: int
-) -> tuple[Response, StoreUnavailable | None]:
-    """The response, and the store outage behind it if that is what it answers."""
+    endpoint: Endpoint,
+    request: Incoming,
+    rid: str,
+    services: Any,
+    tokens: TokenTable,
+    max_body: int,
+    openapi: Any,
+) -> tuple[Answer, StoreUnavailable | None]:
+    """The answer, and the store outage behind it if that is what it answers."""
     try:
-        scope = authorize(request, tokens, endpoint.scope) if endpoint.scope else None
-        body: Any = None
-        if endpoint.body is not None:
-            content_type = request.headers.get("content-type")
-            if content_type is not None and not is_json(content_type):
-                raise UnsupportedMediaType(
-                    "this route takes a JSON body (Content-Type: application/json)"
-                )
-            raw = await read_body(request, max_body)
-            body = decode_json(raw or b"{}", endpoint.body)
-        elif endpoint.reads_body:
-            # Still bounded: a route without a body must not buffer an unbounded one.
-            await read_body(request, max_body)
-        query = (
-            None if endpoint.query is None else convert_query(request.query_params, endpoint.query)
-        )
-        result = await endpoint.handler(Call(request, body, services, scope, query))
+        headers = request.headers
+        scope = authorize(headers, tokens, endpoint.scope) if endpoint.scope else None
+        body, query = await _decode(endpoint, request, max_body)
+        call = Call(headers, request.path_params, body, services, scope, query, openapi)
+        result = await endpoint.handler(call)
     except StoreUnavailable as exc:
         return error_response(exc, rid), exc
     except StationmasterError as exc:
@@ -339,6 +376,6 @@ async def _run(
         return error_response(
             StationmasterError("internal error; see the daemon log with this request id"), rid
         ), None
-    if isinstance(result, Response):
+    if isinstance(result, Answer):
         return result, None
     return json_response(result, endpoint.status), None

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from starlette.responses import Response
 
 from ..core.metrics import CONTENT_TYPE
-from .endpoints import Call, Endpoint, UtcTime, json_response, utc
+from .endpoints import BOTH, Answer, Call, Endpoint, UtcTime, json_response, utc
 
 
 class ComponentState(msgspec.Struct, frozen=True):
@@ -31,13 +30,13 @@ class Liveness(msgspec.Struct, frozen=True):
     loop_lag_s: float
 
 
-async def livez(call: Call) -> Response:
+async def livez(call: Call) -> Answer:
     health = call.services.health
     body = Liveness(health.live(), health.phase.value, round(health.loop_lag_s, 4))
     return json_response(body, 200 if body.live else 503)
 
 
-async def readyz(call: Call) -> Response:
+async def readyz(call: Call) -> Answer:
     snap: dict[str, Any] = call.services.health.snapshot()
     body = Readiness(
         ready=bool(snap["ready"]),
@@ -50,12 +49,13 @@ async def readyz(call: Call) -> Response:
     return json_response(body, 200 if body.ready else 503)
 
 
-async def metrics(call: Call) -> Response:
-    return Response(call.services.metrics.render(), media_type=CONTENT_TYPE)
+async def metrics(call: Call) -> Answer:
+    return Answer(200, call.services.metrics.render(), content_type=CONTENT_TYPE)
 
 
-async def openapi(call: Call) -> Response:
-    return json_response(call.request.app.state.openapi)
+async def openapi(call: Call) -> Answer:
+    # The document of the plane answering: each lists the routes it serves.
+    return json_response(call.openapi)
 
 
 ENDPOINTS = [
@@ -68,6 +68,7 @@ ENDPOINTS = [
         other_responses={503: Liveness},
         tags=("health",),
         description="503 (with the same body) when the loop lags or supervision failed.",
+        planes=BOTH,
     ),
     Endpoint(
         "GET",
@@ -78,6 +79,7 @@ ENDPOINTS = [
         other_responses={503: Readiness},
         tags=("health",),
         description="503 (with the same body) while warming up, draining or a store is down.",
+        planes=BOTH,
     ),
     Endpoint(
         "GET",
@@ -87,5 +89,12 @@ ENDPOINTS = [
         tags=("health",),
         media_type="text/plain",
     ),
-    Endpoint("GET", "/openapi.json", openapi, "This document (OpenAPI 3.1)", tags=("health",)),
+    Endpoint(
+        "GET",
+        "/openapi.json",
+        openapi,
+        "This document (OpenAPI 3.1): the routes of the plane (port) answering",
+        tags=("health",),
+        planes=BOTH,
+    ),
 ]

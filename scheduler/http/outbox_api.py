@@ -27,7 +27,7 @@ import msgspec
 from accounts.errors import StoreUnavailable, ValidationFailed
 
 from ..outbox import CURSOR_PATTERN, Cursor, FeedPage, OutboxEvent, OutboxStore, Status
-from .endpoints import Call, Endpoint, Scope
+from .endpoints import DATA, Call, Endpoint, Scope
 
 MAX_FEED_PAGE = 1000
 MAX_ADMIN_PAGE = 500
@@ -87,7 +87,7 @@ def _store(call: Call) -> OutboxStore:
 
 
 def _event_id(call: Call) -> int:
-    text = call.request.path_params["id"]
+    text = call.path_params["id"]
     # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
     if not _DIGITS.fullmatch(text) or int(text) > _ID_MAX:
         raise ValidationFailed.one("id", "must be an outbox event id (a positive integer)")
@@ -128,6 +128,8 @@ ENDPOINTS = [
         errors=(422, 503),
         tags=("events",),
         query=FeedQuery,
+        # The gateway's feed: on the port the gateway talks to.
+        planes=DATA,
     ),
     Endpoint(
         "GET",

@@ -22,7 +22,16 @@ from accounts.model import Kind, Platform
 from ..selection.reports import RELEASE_HEADERS_DOC, Released, ReleaseOutcome, Renewed
 from ..selection.select import SelectRequest
 from ..selection.store import LEASE_ID_PATTERN, parse_lease_id
-from .endpoints import Call, Endpoint, Scope, UtcTime, error_response, utc, utc_or_none
+from .endpoints import (
+    DATA,
+    Call,
+    Endpoint,
+    Scope,
+    UtcTime,
+    error_response,
+    utc,
+    utc_or_none,
+)
 
 LeaseId = Annotated[str, msgspec.Meta(pattern=LEASE_ID_PATTERN, max_length=200)]
 # The largest TTL a renew can ask for: the highest leases.max_ttl_s settings allow.
@@ -122,13 +131,13 @@ async def select(call: Call) -> Any:
 
 
 async def release(call: Call) -> Released:
-    lease_id = call.request.path_params["lease_id"]
+    lease_id = call.path_params["lease_id"]
     released: Released = await selection_services(call).reporter.release(lease_id, call.body)
     return released
 
 
 async def renew(call: Call) -> RenewAnswer:
-    lease_id = call.request.path_params["lease_id"]
+    lease_id = call.path_params["lease_id"]
     r: Renewed = await selection_services(call).reporter.renew(lease_id, call.body.ttl_s)
     return RenewAnswer(
         lease_id=r.lease_id,
@@ -159,6 +168,7 @@ ENDPOINTS = [
         "`no_available_accounts`: some account could serve it but none can now "
         "(`Retry-After` and `details.retry_after_s` say when to try again).",
         stores=("redis",),
+        planes=DATA,
     ),
     Endpoint(
         "POST",
@@ -173,6 +183,7 @@ ENDPOINTS = [
         path_types={"lease_id": LeaseId},
         description=RELEASE_HEADERS_DOC,
         stores=("redis",),
+        planes=DATA,
     ),
     Endpoint(
         "POST",
@@ -189,5 +200,6 @@ ENDPOINTS = [
         "`leases.max_ttl_s` and at grant + `leases.max_lifetime_s`; never earlier than "
         "its current expiry. `clamped_by` names the cap that cut the TTL asked for.",
         stores=("redis",),
+        planes=DATA,
     ),
 ]

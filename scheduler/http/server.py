@@ -1,4 +1,8 @@
-"""The HTTP server actor: hypercorn on trio, with graceful drain."""
+"""The control plane's HTTP server actor: hypercorn on trio, with graceful drain.
+
+The data plane has its own server (:mod:`scheduler.http.wire`); both serve
+handlers made from the same Endpoint table (:mod:`scheduler.http.planes`).
+"""
 
 from __future__ import annotations
 

@@ -18,12 +18,11 @@ import re
 from typing import Annotated, Any, get_type_hints
 
 import msgspec
-from starlette.responses import Response
 
 from accounts.errors import PreconditionRequired, StoreUnavailable, ValidationFailed
 from snapshot.settings import Settings, SettingsRecord, SettingsSnapshot, SettingsStore
 
-from .endpoints import Call, Endpoint, Header, Scope, UtcTime, json_response
+from .endpoints import Answer, Call, Endpoint, Header, Scope, UtcTime, json_response
 
 PATH = "/v1/admin/settings"
 # The settings version in If-Match: "3", 3 or W/"3" (0 = never written).
@@ -72,7 +71,7 @@ def _snapshot(call: Call) -> SettingsSnapshot:
     return snapshot
 
 
-def _answer(record: SettingsRecord, snapshot: SettingsSnapshot) -> Response:
+def _answer(record: SettingsRecord, snapshot: SettingsSnapshot) -> Answer:
     view = SettingsView(
         version=record.version,
         settings=record.settings,
@@ -85,7 +84,7 @@ def _answer(record: SettingsRecord, snapshot: SettingsSnapshot) -> Response:
 
 def if_match_version(call: Call) -> int:
     """The version in ``If-Match`` (``"3"``, ``3`` or ``W/"3"``); 428 when absent."""
-    raw = call.request.headers.get("if-match")
+    raw = call.headers.get("if-match")
     if raw is None:
         raise PreconditionRequired(
             'settings writes need If-Match: "<version>" (GET shows the current version)'
@@ -97,12 +96,12 @@ def if_match_version(call: Call) -> int:
     return int(match.group(1))
 
 
-async def get_settings(call: Call) -> Response:
+async def get_settings(call: Call) -> Answer:
     snapshot = _snapshot(call)
     return _answer(await SettingsStore(call.services.db).load(), snapshot)
 
 
-async def put_settings(call: Call) -> Response:
+async def put_settings(call: Call) -> Answer:
     snapshot = _snapshot(call)
     expected = if_match_version(call)
     patch: dict[str, Any] = msgspec.to_builtins(call.body)  # absent fields left out, nulls kept

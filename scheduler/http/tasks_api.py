@@ -14,7 +14,6 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
-from starlette.responses import Response
 
 from accounts.errors import Conflict, NotFound, StoreUnavailable, ValidationFailed
 from accounts.model import GroupName
@@ -23,7 +22,7 @@ from accounts.validation import convert
 from ..selection.model import ModelName, SessionHash
 from ..tasks import TaskStatus, TaskView
 from ..upstream import adapter_platforms
-from .endpoints import Call, Endpoint, Header, Scope, json_response
+from .endpoints import DATA, Answer, Call, Endpoint, Header, Scope, json_response
 
 MAX_PAGE = 500
 # Platforms that run async tasks (an adapter each); the schema enumerates them.
@@ -162,7 +161,7 @@ def _tasks(call: Call) -> Any:
 
 
 def _task_id(call: Call) -> str:
-    return _uuid("task_id", call.request.path_params["task_id"])
+    return _uuid("task_id", call.path_params["task_id"])
 
 
 async def _page(call: Call, q: ListQuery | OwnerListQuery) -> TaskList:
@@ -180,8 +179,8 @@ async def _page(call: Call, q: ListQuery | OwnerListQuery) -> TaskList:
 # --- gateway -------------------------------------------------------------------------
 
 
-async def submit(call: Call) -> Response:
-    key = call.request.headers.get("idempotency-key")
+async def submit(call: Call) -> Answer:
+    key = call.headers.get("idempotency-key")
     if key is not None:
         key = convert(key, IdempotencyKey)  # type: ignore[arg-type]
     task, created = await _tasks(call).create(call.body, key)
@@ -240,7 +239,7 @@ async def topup(call: Call) -> TopUpAnswer:
 
 
 async def credit(call: Call) -> Credit:
-    owner = convert(call.request.path_params["owner"], Owner)  # type: ignore[arg-type]
+    owner = convert(call.path_params["owner"], Owner)  # type: ignore[arg-type]
     return _credit(await _tasks(call).store.credit(owner))
 
 
@@ -266,24 +265,24 @@ ENDPOINTS = [
         scope=Scope.GATEWAY, body=TaskRequest, response=TaskView, status=202,
         errors=(402, 404, 422, 429, 503), tags=("tasks",), headers=(_IDEMPOTENCY,),
         # A replay of an Idempotency-Key answers the task it already made: 200, not 202.
-        other_responses={200: TaskView},
+        other_responses={200: TaskView}, planes=DATA,
     ),
     Endpoint(
         "GET", "/v1/tasks", list_tasks, "An owner's tasks, newest first (keyset pages)",
         scope=Scope.GATEWAY, response=TaskList, errors=(422,), tags=("tasks",),
-        query=OwnerListQuery,
+        query=OwnerListQuery, planes=DATA,
     ),
     Endpoint(
         "GET", "/v1/tasks/{task_id}", get_task,
         "A task: status, progress, results, costs (refresh=true reads the upstream when stale)",
         scope=Scope.GATEWAY, response=TaskView, errors=(404, 422), tags=("tasks",),
-        query=GetQuery, path_types=_TASK_ID,
+        query=GetQuery, path_types=_TASK_ID, planes=DATA,
     ),
     Endpoint(
         "POST", "/v1/tasks/{task_id}/cancel", cancel,
         "Cancel a live task (upstream too where supported); 409 if it has ended",
         scope=Scope.GATEWAY, response=TaskView, errors=(404, 409, 422), tags=("tasks",),
-        query=OwnerQuery, path_types=_TASK_ID,
+        query=OwnerQuery, path_types=_TASK_ID, planes=DATA,
     ),
     Endpoint(
         "GET", "/v1/admin/tasks", admin_list, "Tasks with filters (keyset pages)",

@@ -23,7 +23,7 @@ async def probe_account(call: Call) -> ProbeResult:
     usage: UsageProbe | None = call.services.usage
     if usage is None:
         raise StoreUnavailable("usage", "the usage prober is not set up on this instance")
-    return await usage.probe_now(call.request.path_params["id"])
+    return await usage.probe_now(call.path_params["id"])
 
 
 ENDPOINTS = [

@@ -19,6 +19,15 @@ the grant time in Redis server time appended by the acquire script), so
 releasing or renewing needs no lookup key and costs one script call, and renew
 can cap a lease's total lifetime. Changing any part of an id makes it an
 unknown lease.
+
+Which client: every command here goes through the lean hot-path client
+(``RedisStore.lean``, :mod:`snapshot.lean_redis`): these are the calls each
+select, release and renew pays for, and the runtime reads of the view refresher.
+coredis (``RedisStore.client``) stays for what is off the request path: the
+release/readings pub/sub (:mod:`.watcher`), snapshot builds, admin. The lean
+client raises StoreUnavailable itself (connect, timeout, lost connection,
+LOADING/BUSY, a Cluster's MOVED/ASK); any other error reply is a bug here
+(a wrong script or key type) and leaves as ``RedisReplyError``.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from accounts.model import Platform, QuotaWindow
-from snapshot.redis import RedisStore, translated
+from snapshot.redis import RedisStore
 
 from . import fields as F
 from .state import (
@@ -60,6 +69,7 @@ RENEW_LUA = _HERE / "renew.lua"
 READ_LUA = _HERE / "runtime_read.lua"
 UNBIND_LUA = _HERE / "unbind.lua"
 READINGS_LUA = _HERE / "readings.lua"
+_SCRIPTS = (ACQUIRE_LUA, RELEASE_LUA, RENEW_LUA, READ_LUA, UNBIND_LUA, READINGS_LUA)
 
 
 class Keys:
@@ -98,20 +108,23 @@ class RuntimeStore:
 
     Every Redis failure leaves as :class:`~accounts.errors.StoreUnavailable` (503).
     ``clock`` is this instance's wall clock (epoch s; tests inject a skewed one):
-    states read are moved onto it (see :class:`RuntimeState`).
+    states read are moved onto it (see :class:`RuntimeState`). Commands go through
+    ``redis.lean`` (a benchmark swaps in a coredis stand-in there to compare).
     """
 
     def __init__(self, redis: RedisStore, *, clock: Callable[[], float] = time.time) -> None:
         self.redis = redis
+        self.hot = redis.lean
         self.keys = Keys(redis)
         self.clock = clock
         self.round_trips = 0
         # Tags this store's release messages: its own Reporter already applied them.
         self.origin = secrets.token_hex(6)
+        # Resolved once: a path lookup per call would cost more than the packing.
+        self._scripts = {path: self.hot.script(path) for path in _SCRIPTS}
 
     async def _call(self, script: Path, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        with translated():
-            return await self.redis.script(script)(keys=keys, args=args)
+        return await self.hot.evalsha(self._scripts[script], keys, args)
 
     def _shift(self, redis_now_ms: Any) -> float:
         """This instance's clock minus Redis's, from a reply's ``TIME`` (ms)."""
@@ -254,8 +267,7 @@ class RuntimeStore:
 
     async def bindings(self, keys: Sequence[str]) -> list[str | None]:
         self.round_trips += 1
-        with translated():
-            return list(await self.redis.client.mget(keys))
+        return list(await self.hot.execute("MGET", *keys))
 
     async def unbind(self, key: str, account_id: str) -> bool:
         """Delete a sticky binding only if it still names ``account_id``; True if deleted.
@@ -312,9 +324,11 @@ class RuntimeStore:
 
     async def set_state(self, platform: str, account_id: str, fields: dict[str, str]) -> None:
         """HSET fields on one account's state hash as they are (tests; another writer's write)."""
+        if not fields:
+            return
         self.round_trips += 1
-        with translated():
-            await self.redis.client.hset(self.keys.state(platform, account_id), fields)
+        flat = [x for item in fields.items() for x in item]
+        await self.hot.execute("HSET", self.keys.state(platform, account_id), *flat)
 
 
 __all__ = [

@@ -15,12 +15,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
+import msgspec
 import trio
 
 from accounts.crypto import Cipher, CryptoConfig
 from accounts.db import Database
 from accounts.inputs import AccountCreate, AccountPatch
-from accounts.model import Account, Platform
+from accounts.model import Account, Kind, Platform
 from accounts.repository import AccountRepository
 from snapshot.builder import SnapshotBuilder
 from snapshot.keys import Bucket, BucketKeys
@@ -292,3 +293,39 @@ async def test_two_instances_follow_a_rebuilt_snapshot_after_the_keys_are_delete
                 assert snap.version < held.version  # a smaller number, a newer epoch
                 assert set(snap.by_id) == {first_id, second_id}
         nursery.cancel_scope.cancel()
+
+
+async def test_buckets_share_the_records_of_accounts_they_have_in_common(redis: RedisStore) -> None:
+    """An account in two groups is one object in both copies (memory, bench/rss.py); a
+    changed record is not shared with a bucket still holding the old one."""
+    both = Account(
+        id="acct-both",
+        name="both",
+        platform=Platform.OPENAI,
+        kind=Kind.APIKEY,
+        groups=("g1", "g2"),
+        credentials_enc="gAAAA-ciphertext",
+    )
+    other = Bucket("g2", Platform.OPENAI)
+    for bucket, alone in ((BUCKET, "only-g1"), (other, "only-g2")):
+        mine = msgspec.structs.replace(both, id=alone, name=alone, groups=(bucket.group,))
+        await set_snapshot(redis, bucket, [both, mine], grace_s=60)
+    view = ScheduleView(redis, _NoSource())
+    first, second = await view.ensure(BUCKET), await view.ensure(other)
+    assert first.by_id["acct-both"] is second.by_id["acct-both"]
+    assert first.by_id["only-g1"] is not second.by_id.get("only-g1")
+
+    changed = msgspec.structs.replace(both, priority=7)
+    stamp = await set_snapshot(redis, other, [changed], grace_s=60)
+    again = await view.refresh(other, min_stamp=stamp.version)
+    assert again.by_id["acct-both"] == changed
+    assert again.by_id["acct-both"] is not view.get(BUCKET).by_id["acct-both"]  # type: ignore[union-attr]
+    assert view.get(BUCKET).by_id["acct-both"].priority == 0  # type: ignore[union-attr]
+
+
+class _NoSource:
+    async def bucket_accounts(self, bucket: Bucket) -> list[Account]:
+        return []
+
+    async def buckets(self) -> list[Bucket]:
+        return []

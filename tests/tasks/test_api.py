@@ -28,10 +28,10 @@ async def test_submit_poll_settle_end_to_end(db, pg_dsn, redis_url, redis_prefix
     config = make_config(pg_dsn, redis_url, redis_prefix, tasks=tasks_config())
     sim_url, sim = simulator(seed=1, duration_min_s=0.3, duration_max_s=0.6)
     with trio.fail_after(60):
-        async with open_daemon(config) as (_d, url):
+        async with open_daemon(config) as (d, url):
             await create_accounts(url, sim_url, 2)
             await topup(url, "alice", 10_000_000)
-            async with gateway(url) as gw:
+            async with gateway(d.data_urls[0]) as gw:
                 r = await gw.post("/v1/tasks", json=task_body())
                 assert r.status_code == 202, r.text
                 task = r.json()
@@ -59,9 +59,9 @@ async def test_bad_input_402_and_429_record_nothing(db, pg_dsn, redis_url, redis
     )  # fmt: skip
     sim_url, _sim = simulator(seed=1, duration_min_s=30, duration_max_s=30)
     with trio.fail_after(60):
-        async with open_daemon(config) as (_d, url):
+        async with open_daemon(config) as (d, url):
             await create_accounts(url, sim_url, 1)
-            async with gateway(url) as gw:
+            async with gateway(d.data_urls[0]) as gw:
                 r = await gw.post("/v1/tasks", json=task_body("bob"))
                 assert r.status_code == 402, r.text
                 assert r.json()["error"]["code"] == "insufficient_credit"
@@ -104,10 +104,10 @@ async def test_a_task_with_an_origin_goes_to_the_origins_account(
     sim_url, _sim = simulator(seed=2, duration_min_s=30, duration_max_s=30)
     config = make_config(pg_dsn, redis_url, redis_prefix, tasks=tasks_config())
     with trio.fail_after(60):
-        async with open_daemon(config) as (_d, url):
+        async with open_daemon(config) as (d, url):
             await create_accounts(url, sim_url, 4)
             await topup(url, "alice", 10**9)
-            async with gateway(url) as gw:
+            async with gateway(d.data_urls[0]) as gw:
                 for _ in range(3):
                     r = await gw.post("/v1/tasks", json=task_body())
                     origin = r.json()

@@ -30,9 +30,9 @@ async def test_credits_and_tasks_commands(db: Database, pg_dsn, redis_url, redis
     with trio.fail_after(60):
         async with open_daemon(
             make_config(pg_dsn, redis_url, redis_prefix, tasks=tasks_config())
-        ) as (_d, url):
+        ) as (d, url):
             await create_accounts(url, sim_url, 1)
-            async with gateway(url) as gw:
+            async with gateway(d.data_urls[0]) as gw:
                 r = await gw.post("/v1/tasks", json=task_body())
                 assert r.status_code == 202, r.text
                 task = r.json()

@@ -54,7 +54,7 @@ async def test_kill_9_mid_run(db: Database, pg_dsn, redis_url, redis_prefix, sim
     )
     victim, survivor = DaemonProcess(cfg), DaemonProcess(cfg)
     try:
-        url_a, url_b = await victim.wait_ready(60), await survivor.wait_ready(60)
+        url_a, _ = await victim.wait_ready(60), await survivor.wait_ready(60)
         await create_accounts(url_a, sim_url, 2)
         async with admin_client(url_a) as admin:
             r = await admin.post(
@@ -70,7 +70,7 @@ async def test_kill_9_mid_run(db: Database, pg_dsn, redis_url, redis_prefix, sim
             assert r.status_code == 201, r.text
         await topup(url_a, "alice", 10**10)
         with trio.fail_after(150):
-            async with gateway(url_a) as gw_a, gateway(url_b) as gw_b:
+            async with gateway(victim.data()) as gw_a, gateway(survivor.data()) as gw_b:
                 for i in range(40):
                     gw = gw_a if i % 2 else gw_b
                     assert (await gw.post("/v1/tasks", json=task_body())).status_code == 202
@@ -80,8 +80,8 @@ async def test_kill_9_mid_run(db: Database, pg_dsn, redis_url, redis_prefix, sim
             # Two submits the upstream accepts and never answers, in flight on the victim.
             sim.set(submit_timeout_after_create_rate=1.0)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_post_and_forget, url_a, kling_body())
-                nursery.start_soon(_post_and_forget, url_a, task_body())
+                nursery.start_soon(_post_and_forget, victim.data(), kling_body())
+                nursery.start_soon(_post_and_forget, victim.data(), task_body())
                 kling_id, ds_id = await _submitting_upstream(db, sim)
                 held = await _held_by(db, pattern)
                 victim.kill()  # SIGKILL: no drain, no lease given back

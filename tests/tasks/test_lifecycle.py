@@ -45,18 +45,18 @@ async def test_task_is_listed_before_the_upstream_submit_returns(
         tasks=tasks_config(submitting_stale_s=3.0), upstream={"submit_timeout_s": 2.0},
     )  # fmt: skip
     with trio.fail_after(60):
-        async with open_daemon(config) as (_d, url):
+        async with open_daemon(config) as (d, url):
             await create_accounts(url, sim_url, 1)
             await topup(url, "alice", 10**9)
             answered = trio.Event()
             answer: list[httpx.Response] = []
 
             async def post() -> None:
-                async with gateway(url) as gw:
+                async with gateway(d.data_urls[0]) as gw:
                     answer.append(await gw.post("/v1/tasks", json=task_body()))
                 answered.set()
 
-            async with trio.open_nursery() as nursery, gateway(url) as gw:
+            async with trio.open_nursery() as nursery, gateway(d.data_urls[0]) as gw:
                 nursery.start_soon(post)
                 while True:
                     listed = (await gw.get("/v1/tasks", params={"owner": "alice"})).json()
@@ -72,7 +72,7 @@ async def test_task_is_listed_before_the_upstream_submit_returns(
                 assert not answered.is_set()
             assert answer[0].status_code == 202
             assert answer[0].json()["status"] == "submitting"
-            async with gateway(url) as gw:
+            async with gateway(d.data_urls[0]) as gw:
                 while (await gw.get(f"/v1/tasks/{task['id']}")).json()["status"] == "submitting":
                     await trio.sleep(0.05)
                 done = (await gw.get(f"/v1/tasks/{task['id']}")).json()
@@ -92,7 +92,7 @@ async def test_same_key_concurrently_one_task_one_hold(
     sim_url, _sim = simulator(seed=4, duration_min_s=30, duration_max_s=30)
     config = make_config(pg_dsn, redis_url, redis_prefix, tasks=tasks_config())
     with trio.fail_after(60):
-        async with open_daemon(config) as (_d, url):
+        async with open_daemon(config) as (d, url):
             await create_accounts(url, sim_url, 1)
             await topup(url, "alice", 10**9)
             answers: list[httpx.Response] = []
@@ -102,7 +102,7 @@ async def test_same_key_concurrently_one_task_one_hold(
                     await gw.post("/v1/tasks", json=task_body(), headers={"idempotency-key": "k1"})
                 )
 
-            async with gateway(url) as gw, trio.open_nursery() as nursery:
+            async with gateway(d.data_urls[0]) as gw, trio.open_nursery() as nursery:
                 for _ in range(10):
                     nursery.start_soon(post, gw)
     assert sorted(r.status_code for r in answers) == [200] * 9 + [202]
@@ -122,10 +122,10 @@ async def test_database_error_during_the_check_is_503_and_records_nothing(
             database={"connect_timeout_s": 1.0, "statement_timeout_s": 2.0},
         )  # fmt: skip
         with trio.fail_after(60):
-            async with open_daemon(config) as (_d, url):
+            async with open_daemon(config) as (d, url):
                 await create_accounts(url, sim_url, 1)
                 await topup(url, "alice", 10**9)
-                async with gateway(url) as gw:
+                async with gateway(d.data_urls[0]) as gw:
                     await proxy.block("refuse")
                     r = await gw.post(
                         "/v1/tasks", json=task_body(), headers={"idempotency-key": "k-outage"}
@@ -157,10 +157,10 @@ async def test_unchanged_polls_write_nothing_and_shutdown_gives_leases_back(
     n = 10
     try:
         with trio.fail_after(90):
-            async with open_daemon(config) as (_d, url):
+            async with open_daemon(config) as (d, url):
                 await create_accounts(url, sim_url, 2)
                 await topup(url, "alice", 10**9)
-                async with gateway(url) as gw:
+                async with gateway(d.data_urls[0]) as gw:
                     for _ in range(n):
                         assert (await gw.post("/v1/tasks", json=task_body())).status_code == 202
                 await _wait_fetches(sim, n, 3)
@@ -236,10 +236,10 @@ async def test_a_task_ended_elsewhere_is_let_go(
     sim_url, sim = simulator(seed=10, duration_min_s=0.2, duration_max_s=0.2, never_finish_rate=1.0)
     config = make_config(pg_dsn, redis_url, redis_prefix, tasks=tasks_config())
     with trio.fail_after(60):
-        async with open_daemon(config) as (_d, url):
+        async with open_daemon(config) as (d, url):
             await create_accounts(url, sim_url, 1)
             await topup(url, "alice", 10**9)
-            async with gateway(url) as gw:
+            async with gateway(d.data_urls[0]) as gw:
                 for _ in range(3):
                     assert (await gw.post("/v1/tasks", json=task_body())).status_code == 202
             await _wait_fetches(sim, 3, 2)

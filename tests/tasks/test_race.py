@@ -75,8 +75,8 @@ async def test_three_daemons_settle_every_task_exactly_once(
         with trio.fail_after(240):
             async with trio.open_nursery() as nursery:
                 done = trio.Event()
-                nursery.start_soon(_submit_all, urls, ids, done)
-                nursery.start_soon(_chaos, urls, ids, done, stats)
+                nursery.start_soon(_submit_all, [p.data() for p in procs], ids, done)
+                nursery.start_soon(_chaos, [p.data() for p in procs], ids, done, stats)
             await wait_all_terminal(db, timeout=180)
         assert len(ids) == TASKS
         assert stats["cancelled"] > 0 and stats["refreshed"] > 0, stats

@@ -119,7 +119,8 @@ async def test_dev_serves_then_stops_both_servers_and_reuses_tokens(state_dir: P
         async with _dev(state_dir, env=env) as first:
             url = await _wait_ready(first)
             assert url.startswith("http://127.0.0.1:")
-            assert _banner_value(first, "stationmaster dev") == f"serving on {url}"
+            assert _banner_value(first, "stationmaster dev") == f"serving on {first.data()}"
+            assert _banner_value(first, "admin API").startswith(url)
             tokens = (_banner_value(first, "admin token"), _banner_value(first, "gateway token"))
             assert len(_server_processes(state_dir)) >= 2  # the scan does see them
             await _stop(first, state_dir)
@@ -134,7 +135,7 @@ async def test_dev_serves_then_stops_both_servers_and_reuses_tokens(state_dir: P
             again = (_banner_value(second, "admin token"), _banner_value(second, "gateway token"))
             assert again == tokens
             await _check_demo(second, url, tokens[0])
-            await _check_quick_start_task(url, tokens[1])
+            await _check_quick_start_task(second.data(), tokens[1])
             await _cli_reaches_dev(home, second)
             await _stop(second, state_dir)
 

@@ -30,6 +30,12 @@ from scheduler.core.config import load_config, parse_config
         ({"supervisor": {"max_restarts": 0}}, "supervisor.max_restarts", ">= 1"),
         ({"http": {"drain_timeout_s": -1}}, "http.drain_timeout_s", "> 0"),
         ({"crypto": {"keys": ["not-a-key"]}}, "crypto.keys[0]", "length >= 44"),
+        ({"http": {"data_port": 70000}}, "http.data_port", "<= 65535"),
+        ({"http": {"data_port": 8081}}, "http.data_port", "must differ from port"),
+        ({"http": {"port": 9000, "data_port": 9000}}, "http.data_port", "must differ from port"),
+        ({"http": {"max_header_bytes": 100}}, "http.max_header_bytes", ">= 1024"),
+        ({"http": {"max_headers": 0}}, "http.max_headers", ">= 8"),
+        ({"http": {"read_timeout_s": 0}}, "http.read_timeout_s", "> 0"),
     ],
 )
 def test_bad_values_name_their_key(data: dict, key: str, reason_part: str) -> None:

@@ -24,7 +24,7 @@ import trio
 
 from accounts.db import Database
 from scheduler.core.logs import REDACTED, configure_logging, get_logger, register_secret
-from scheduler.http.endpoints import Call, Endpoint
+from scheduler.http.endpoints import Call, Endpoint, Plane
 
 from ...support import make_config, open_daemon
 
@@ -150,12 +150,18 @@ class Ticker:
         await trio.sleep_forever()
 
 
+@pytest.mark.parametrize("plane", [Plane.CONTROL, Plane.DATA])
 async def test_request_id_bound_per_request_and_actor_per_actor(
-    captured: io.StringIO, pg_dsn: str, redis_url: str, redis_prefix: str, db: Database
+    captured: io.StringIO,
+    pg_dsn: str,
+    redis_url: str,
+    redis_prefix: str,
+    db: Database,
+    plane: Plane,
 ) -> None:
     async def noisy(call: Call) -> dict[str, str]:
         # Two tasks' worth of context: the handler's and a child it starts.
-        get_logger("test").info("in handler", tag=call.request.query_params["tag"])
+        get_logger("test").info("in handler", tag=call.headers["x-tag"])
         return {"ok": "yes"}
 
     ticker = Ticker()
@@ -165,17 +171,23 @@ async def test_request_id_bound_per_request_and_actor_per_actor(
             open_daemon(
                 config,
                 extra_actors=[ticker],
-                extra_endpoints=[Endpoint("GET", "/test/noisy", noisy, "test only")],
-            ) as (_daemon, url),
-            httpx.AsyncClient(base_url=url, timeout=5) as client,
+                extra_endpoints=[
+                    Endpoint("GET", "/test/noisy", noisy, "test only", planes=(plane,))
+                ],
+            ) as (daemon, url),
+            httpx.AsyncClient(
+                base_url=url if plane is Plane.CONTROL else daemon.data_urls[0], timeout=5
+            ) as client,
         ):
             await ticker.logged.wait()
-            given = await client.get("/test/noisy?tag=a", headers={"x-request-id": "req-given-1"})
+            given = await client.get(
+                "/test/noisy", headers={"x-request-id": "req-given-1", "x-tag": "a"}
+            )
             assert given.headers["x-request-id"] == "req-given-1"
-            minted = await client.get("/test/noisy?tag=b")
+            minted = await client.get("/test/noisy", headers={"x-tag": "b"})
             minted_id = minted.headers["x-request-id"]
             # An id that is not a plausible token is replaced, never echoed.
-            odd = await client.get("/test/noisy?tag=c", headers={"x-request-id": "a b<c>"})
+            odd = await client.get("/test/noisy", headers={"x-request-id": "a b<c>", "x-tag": "c"})
             assert odd.headers["x-request-id"] != "a b<c>"
 
     records = _lines(captured)
@@ -183,9 +195,33 @@ async def test_request_id_bound_per_request_and_actor_per_actor(
     assert handler["a"]["request_id"] == "req-given-1"
     assert handler["b"]["request_id"] == minted_id != "req-given-1"
     assert handler["c"]["request_id"] == odd.headers["x-request-id"]
-    assert handler["a"]["actor"] == "http"
+    assert handler["a"]["actor"] == ("http" if plane is Plane.CONTROL else "http-data")
     tick = next(r for r in records if r["event"] == "tick")
     assert tick["actor"] == "ticker"
     assert "request_id" not in tick
     # Context does not leak out of a request into the actor lines logged later.
     assert all("request_id" not in r for r in records if r.get("event") == "stopped")
+
+
+def test_thousands_of_registered_secrets_are_all_redacted(captured: io.StringIO) -> None:
+    """10,000 accounts' credentials registered (as selection does when it decrypts them):
+    any one of them is redacted; of two secrets where one starts the other, the longer is
+    replaced whole; two ending alike are both found; text around them is kept."""
+    keys = [f"sk-many-{i:06d}-{secrets.token_hex(10)}" for i in range(10_000)]
+    for key in keys:
+        register_secret(key, '{"api_key":"' + key + '"}')
+    short = "pfx-" + secrets.token_hex(6)
+    register_secret(short, short + "-longer-tail")
+    tail = secrets.token_hex(6)  # two secrets ending alike
+    register_secret("one-" + tail, "other-" + tail)
+    log = get_logger("test")
+    log.info(
+        "many",
+        detail=f"a {keys[7321]} b {keys[0]}c",
+        other=f"x {short}-longer-tail y {short}!",
+        alike=f"other-{tail} one-{tail}.",
+    )
+    record = _lines(captured)[-1]
+    assert record["detail"] == f"a {REDACTED} b {REDACTED}c"
+    assert record["other"] == f"x {REDACTED} y {REDACTED}!"
+    assert record["alike"] == f"{REDACTED} {REDACTED}."

@@ -1,8 +1,11 @@
-"""schemathesis over ``/openapi.json`` of a real daemon, with the admin and the gateway token.
+"""schemathesis over ``/openapi.json`` of a real daemon's two planes, one token each.
 
 A ``stationmaster run`` subprocess with accounts in it; ``schemathesis run`` (the
 CLI of schemathesis 4, in a subprocess: its own event loop, its own threads)
-once per token, with every default check, bounded examples and time. Green
+once per plane: the admin token against the control plane (hypercorn +
+starlette, its own document: admin, metrics, probes) and the gateway token
+against the data plane (the lean wire server, its own document: the gateway's
+routes and the probes), with every default check, bounded examples and time. Green
 means: no 5xx, no answer outside the published schema, no status the operation
 does not document, and valid requests accepted / invalid ones refused.
 
@@ -115,7 +118,7 @@ async def _delete_accounts(http: httpx.AsyncClient) -> None:
             assert r.status_code in (200, 204, 404), r.text
 
 
-async def _real_leases(url: str) -> dict[str, str]:
+async def _real_leases(url: str, data_url: str) -> dict[str, str]:
     """A lease id for each of release and renew (operationId -> lease id).
 
     The admin run may have deleted or changed every account: fresh ones are added,
@@ -126,7 +129,7 @@ async def _real_leases(url: str) -> dict[str, str]:
         await _seed_accounts(http, "gateway")
     leases = {}
     body = {"group": "default", "platform": "openai", "model": "gpt-4o"}
-    async with admin_client(url, GATEWAY_TOKEN) as gw:
+    async with admin_client(data_url, GATEWAY_TOKEN) as gw:
         with trio.fail_after(30):
             for operation in ("release", "renew"):
                 while (r := await gw.post("/v1/select", json=body)).status_code != 200:
@@ -181,10 +184,13 @@ async def test_schemathesis_finds_nothing(
             await _seed_accounts(http, "admin")
             await _reset_settings(http)
         results = {}
-        for name, token in (("admin", ADMIN_TOKEN), ("gateway", GATEWAY_TOKEN)):
-            leases = await _real_leases(url) if name == "gateway" else {}
+        planes = (("admin", ADMIN_TOKEN, url), ("gateway", GATEWAY_TOKEN, proc.data()))
+        for name, token, plane_url in planes:
+            leases = await _real_leases(url, proc.data()) if name == "gateway" else {}
             config = _config(tmp_path, leases)
-            results[name] = await _schemathesis(url, token, MAX_TIME_S[name], tmp_path, config)
+            results[name] = await _schemathesis(
+                plane_url, token, MAX_TIME_S[name], tmp_path, config
+            )
             async with admin_client(url) as http:
                 await _reset_settings(http)
         for name, (code, output) in results.items():

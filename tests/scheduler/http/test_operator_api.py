@@ -35,7 +35,7 @@ def ts(value: str) -> float:
 
 async def test_unknown_model_is_404_listing_served_models_and_503_only_when_busy(config, db):
     with trio.fail_after(40):
-        async with open_daemon(config) as (_daemon, url):
+        async with open_daemon(config) as (daemon, url):
             await create_accounts(url, 1, models=["gpt-4o*"])
             async with admin_client(url) as admin:
                 r = await admin.post(
@@ -55,7 +55,7 @@ async def test_unknown_model_is_404_listing_served_models_and_503_only_when_busy
                     if len(answer["candidates"]) == 2:
                         break
                     await trio.sleep(0.05)
-            async with gateway(url) as gw:
+            async with gateway(daemon.data_urls[0]) as gw:
                 # A long wait allowed: a model nobody serves must not wait at all.
                 r = await gw.post(
                     "/v1/select", json={**SELECT, "model": "claude-3", "wait_ms": 60_000}
@@ -73,9 +73,9 @@ async def test_unknown_model_is_404_listing_served_models_and_503_only_when_busy
 
 async def test_renew_never_shortens_reports_the_cap_and_the_lifetime_cap(config, db):
     with trio.fail_after(40):
-        async with open_daemon(config) as (_daemon, url):
+        async with open_daemon(config) as (daemon, url):
             await create_accounts(url, 2, concurrency=2)
-            async with gateway(url) as gw:
+            async with gateway(daemon.data_urls[0]) as gw:
                 got = (await gw.post("/v1/select", json=SELECT)).json()
                 assert got["ttl_ms"] == 300_000  # leases.ttl_s, from the grant (Redis clock)
                 granted = ts(got["lease_expires_at"]) - got["ttl_ms"] / 1000
@@ -105,7 +105,7 @@ async def test_renew_never_shortens_reports_the_cap_and_the_lifetime_cap(config,
                     headers={"if-match": str(version)},
                 )
                 assert r.status_code == 200, r.text
-            async with gateway(url) as gw:
+            async with gateway(daemon.data_urls[0]) as gw:
                 fresh = (await gw.post("/v1/select", json=SELECT)).json()
                 start = ts(fresh["lease_expires_at"]) - fresh["ttl_ms"] / 1000
                 r = (
@@ -126,9 +126,9 @@ async def test_openai_ratelimit_headers_and_explain_why(config, db):
     """A 429 with x-ratelimit-* headers: rate-limited until the reset of the family at 0
     (6m0s), not the default cool-down; explain says so, with the time."""
     with trio.fail_after(40):
-        async with open_daemon(config) as (_daemon, url):
+        async with open_daemon(config) as (daemon, url):
             [acc] = await create_accounts(url, 1)
-            async with gateway(url) as gw:
+            async with gateway(daemon.data_urls[0]) as gw:
                 got = (await gw.post("/v1/select", json=SELECT)).json()
                 headers = {
                     "x-ratelimit-limit-requests": "500",
@@ -160,22 +160,25 @@ async def test_openai_ratelimit_headers_and_explain_why(config, db):
 
 async def test_protocol_details_405_allow_trailing_slash_and_public_openapi(config, db):
     with trio.fail_after(40):
-        async with open_daemon(config) as (_daemon, url):
+        async with open_daemon(config) as (daemon, url):
             [acc] = await create_accounts(url, 1)
-            async with httpx.AsyncClient(base_url=url, timeout=10) as anon:
-                r = await anon.get("/openapi.json")
-                assert r.status_code == 200 and r.json()["openapi"].startswith("3.1")
-                assert (await anon.get("/livez/")).status_code == 404  # not a 307
-            async with admin_client(url) as admin:
-                for method, path, allow in (
-                    ("PUT", "/v1/select", "POST"),
-                    ("POST", f"/v1/admin/accounts/{acc['id']}", "DELETE, GET, PATCH"),
-                    ("DELETE", "/v1/admin/settings", "GET, PUT"),
-                ):
+            for base in (url, daemon.data_urls[0]):  # both planes
+                async with httpx.AsyncClient(base_url=base, timeout=10) as anon:
+                    r = await anon.get("/openapi.json")
+                    assert r.status_code == 200 and r.json()["openapi"].startswith("3.1")
+                    assert (await anon.get("/livez/")).status_code == 404  # not a 307
+            for base, method, path, allow in (
+                (daemon.data_urls[0], "PUT", "/v1/select", "POST"),
+                (daemon.data_urls[0], "GET", "/v1/leases/x/release", "POST"),
+                (url, "POST", f"/v1/admin/accounts/{acc['id']}", "DELETE, GET, PATCH"),
+                (url, "DELETE", "/v1/admin/settings", "GET, PUT"),
+            ):
+                async with admin_client(base) as admin:
                     r = await admin.request(method, path)
                     assert r.status_code == 405, (method, path)
                     assert r.headers["allow"] == allow
                     assert r.json()["error"]["code"] == "method_not_allowed"
+            async with admin_client(url) as admin:
                 r = await admin.post("/v1/admin/buckets/rebuild")  # no body at all
                 assert r.status_code == 200, r.text
                 # Found by schemathesis: a value of the wrong type followed by garbage was
@@ -190,13 +193,13 @@ async def test_protocol_details_405_allow_trailing_slash_and_public_openapi(conf
 
 async def test_published_schema_states_what_the_server_enforces(config, db):
     with trio.fail_after(40):
-        async with (
-            open_daemon(config) as (_daemon, url),
-            httpx.AsyncClient(base_url=url, timeout=10) as anon,
-        ):
-            doc = (await anon.get("/openapi.json")).json()
-    paths = doc["paths"]
-    comps = doc["components"]["schemas"]
+        async with open_daemon(config) as (daemon, url):
+            docs = []
+            for base in (url, daemon.data_urls[0]):  # each plane documents its own routes
+                async with httpx.AsyncClient(base_url=base, timeout=10) as anon:
+                    docs.append((await anon.get("/openapi.json")).json())
+    paths = {**docs[0]["paths"], **docs[1]["paths"]}
+    comps = {**docs[0]["components"]["schemas"], **docs[1]["components"]["schemas"]}
 
     def params(path: str, method: str) -> dict[str, dict[str, Any]]:
         return {p["name"]: p for p in paths[path][method].get("parameters", [])}

@@ -104,10 +104,10 @@ async def _has(items: Awaitable[list]) -> bool:
 async def test_pull_feed_over_http(pg_dsn, redis_url, redis_prefix, db):
     config = outbox_config(pg_dsn, redis_url, redis_prefix)
     with trio.fail_after(60):
-        async with open_daemon(config) as (_daemon, url):
+        async with open_daemon(config) as (daemon, url):
             await insert_events(db, 5, None, prefix="pull")
             seen: list[str] = []
-            async with admin_client(url, token=GATEWAY_TOKEN) as gw:
+            async with admin_client(daemon.data_urls[0], token=GATEWAY_TOKEN) as gw:
                 cursor = None
                 while len(seen) < 5:
                     params = {"limit": "2", **({"after": cursor} if cursor else {})}
@@ -123,8 +123,11 @@ async def test_pull_feed_over_http(pg_dsn, redis_url, redis_prefix, db):
             assert seen == [f"pull{i}" for i in range(1, 6)]
             async with admin_client(url) as admin:
                 doc = (await admin.get("/openapi.json")).json()
-            for path in ("/v1/events", "/v1/admin/outbox", "/v1/admin/outbox/{id}/retry"):
+            async with admin_client(daemon.data_urls[0]) as data:
+                data_doc = (await data.get("/openapi.json")).json()
+            for path in ("/v1/admin/outbox", "/v1/admin/outbox/{id}/retry"):
                 assert path in doc["paths"]
+            assert "/v1/events" in data_doc["paths"]  # the gateway's feed: the data plane
 
 
 async def test_bad_input_is_refused_and_changes_nothing(pg_dsn, redis_url, redis_prefix, db):
@@ -133,9 +136,12 @@ async def test_bad_input_is_refused_and_changes_nothing(pg_dsn, redis_url, redis
     await insert_events(db, 2, "http://127.0.0.1:9/h", prefix="x")
     with trio.fail_after(60):
         async with (
-            open_daemon(config) as (_daemon, url),
+            open_daemon(config) as (daemon, url),
             admin_client(url) as admin,
-            admin_client(url, token=GATEWAY_TOKEN) as gw,
+            # The feed is on the data plane; the admin routes, on the control plane.
+            admin_client(daemon.data_urls[0], token=GATEWAY_TOKEN) as gw,
+            admin_client(url, token=GATEWAY_TOKEN) as gw_control,
+            admin_client(daemon.data_urls[0]) as admin_data,
         ):
             before = await snapshot(db)
             cases = [
@@ -150,8 +156,8 @@ async def test_bad_input_is_refused_and_changes_nothing(pg_dsn, redis_url, redis
                 (gw.get("/v1/events", params={"after": "1."}), 422, "after"),
                 (gw.get("/v1/events", params={"after": "-1.2"}), 422, "after"),
                 (gw.get("/v1/events", params={"limit": "5000"}), 422, "limit"),
-                (admin.get("/v1/events"), 403, None),
-                (gw.get("/v1/admin/outbox"), 403, None),
+                (admin_data.get("/v1/events"), 403, None),
+                (gw_control.get("/v1/admin/outbox"), 403, None),
             ]
             for request, status, field in cases:
                 r = await request

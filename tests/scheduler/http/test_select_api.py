@@ -50,9 +50,9 @@ SELECT = {"group": "g1", "platform": "openai", "model": "gpt-4o"}
 
 async def test_select_release_renew_and_503(config, db):
     with trio.fail_after(40):
-        async with open_daemon(config) as (_daemon, url):
+        async with open_daemon(config) as (daemon, url):
             await create_accounts(url, 1)
-            async with gateway(url) as gw:
+            async with gateway(daemon.data_urls[0]) as gw:
                 r = await gw.post("/v1/select", json=SELECT)
                 assert r.status_code == 200, r.text
                 got = r.json()
@@ -88,9 +88,9 @@ async def test_select_release_renew_and_503(config, db):
 
 async def test_bad_input_is_4xx_and_changes_nothing(config, db):
     with trio.fail_after(40):
-        async with open_daemon(config) as (_daemon, url):
+        async with open_daemon(config) as (daemon, url):
             await create_accounts(url, 1)
-            async with gateway(url) as gw:
+            async with gateway(daemon.data_urls[0]) as gw:
                 cases = [
                     ({**SELECT, "platform": "nope"}, 422, "platform"),
                     ({"group": "g1", "platform": "openai"}, 422, "model"),
@@ -125,9 +125,10 @@ async def test_bad_input_is_4xx_and_changes_nothing(config, db):
                 assert r.status_code == 503
                 r = await gw.post(f"/v1/leases/{lease}/release", json={"status": 200})
                 assert r.status_code == 200
-            async with admin_client(url) as admin:
+            async with admin_client(daemon.data_urls[0]) as admin:
                 r = await admin.post("/v1/select", json=SELECT)
                 assert r.status_code == 403
+            async with admin_client(url) as admin:
                 r = await admin.get("/v1/admin/explain", params={"group": "g1"})
                 assert r.status_code == 422
                 # Nothing the bad input tried changed anything: no rate limit from the
@@ -158,7 +159,7 @@ async def test_a_failed_answer_gives_the_lease_back(config, db):
             while (held := view.get(Bucket("g1", Platform.OPENAI))) and held.version < version:
                 await trio.sleep(0.01)
             leases = daemon.services.selector.runtime.keys.leases("openai", account["id"])
-            async with gateway(url) as gw:
+            async with gateway(daemon.data_urls[0]) as gw:
                 for _ in range(2):  # the second finds the slot free again, not "full"
                     r = await gw.post("/v1/select", json=SELECT)
                     assert r.status_code == 500, r.text

@@ -61,7 +61,7 @@ async def test_every_redis_route_answers_503_logs_once_and_recovers(
                 url = await proc.wait_ready()
                 async with (
                     admin_client(url) as admin,
-                    admin_client(url, token=GATEWAY_TOKEN) as gw,
+                    admin_client(proc.data(), token=GATEWAY_TOKEN) as gw,
                 ):
                     r = await admin.post(
                         "/v1/admin/accounts",

@@ -69,7 +69,7 @@ async def test_redis_restarted_empty_is_healed_and_followed(
             async with (
                 open_daemon(config) as (daemon, base),
                 admin_client(base) as admin,
-                admin_client(base, token=GATEWAY_TOKEN) as gw,
+                admin_client(daemon.data_urls[0], token=GATEWAY_TOKEN) as gw,
                 open_redis(RedisConfig(url=url, key_prefix=redis_prefix)) as redis,
             ):
                 a, b = await _account(admin, "a"), await _account(admin, "b")

@@ -214,9 +214,9 @@ class Hammer:
                 self.counts["released"] += 1
 
 
-async def _take_all(urls: list[str], capacity: int) -> list[tuple[httpx.AsyncClient, str]]:
+async def _take_all(data_urls: list[str], capacity: int) -> list[tuple[httpx.AsyncClient, str]]:
     """After expiry every slot is free again: ``capacity`` grants, then a 503 (all full)."""
-    clients = [admin_client(u, token=GATEWAY_TOKEN) for u in urls]
+    clients = [admin_client(u, token=GATEWAY_TOKEN) for u in data_urls]
     taken = []
     for i in range(capacity):
         gw = clients[i % len(clients)]
@@ -243,7 +243,7 @@ async def test_two_daemons_never_exceed_concurrency(pg_dsn, redis_url, redis_pre
             tracker, sampler = Tracker(limits), Sampler(redis, limits)
             hammer = Hammer(tracker, trio.current_time() + HAMMER_S)
             stop = trio.Event()
-            gateways = [admin_client(u, token=GATEWAY_TOKEN) for u in urls]
+            gateways = [admin_client(p.data(), token=GATEWAY_TOKEN) for p in procs]
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sampler.run, stop)
                 async with trio.open_nursery() as workers:
@@ -260,7 +260,7 @@ async def test_two_daemons_never_exceed_concurrency(pg_dsn, redis_url, redis_pre
             latest = max(hammer.abandoned.values(), default=time.time())
             await trio.sleep(max(0.0, latest - time.time()) + 0.05)
             assert not any((await sampler.sample()).values())
-            await _take_all(urls, sum(limits.values()))
+            await _take_all([p.data() for p in procs], sum(limits.values()))
             assert not any((await sampler.sample()).values())
         finally:
             with trio.move_on_after(20, shield=True):

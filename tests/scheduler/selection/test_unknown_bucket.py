@@ -58,7 +58,7 @@ async def test_unknown_groups_change_nothing(config: Any, db: Any) -> None:
         async with (
             open_daemon(config) as (daemon, url),
             admin_client(url) as admin,
-            admin_client(url, token=GATEWAY_TOKEN) as gw,
+            admin_client(daemon.data_urls[0], token=GATEWAY_TOKEN) as gw,
         ):
             r = await admin.post(
                 "/v1/admin/accounts",

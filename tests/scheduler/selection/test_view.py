@@ -15,6 +15,7 @@ import trio
 from accounts.model import Platform
 from scheduler.selection.reports import ReleaseOutcome, Reporter
 from scheduler.selection.select import SelectRequest
+from scheduler.selection.store import EMPTY
 
 from .selectkit import GROUP, SettingsBox, make_account, open_selector
 
@@ -63,3 +64,17 @@ async def test_a_release_during_a_chunked_read_survives_it(redis) -> None:  # ty
         sel.view.patch(b.id, error_rate=0.9)  # local only, Redis says 0
         await sel.view.refresh(VIEW_KEY, "openai", ids, force=True)
     assert sel.view.get(b.id).error_rate == 0.0
+
+
+async def test_idle_accounts_share_one_empty_state(redis: Any) -> None:
+    """A runtime read of accounts with no state at all gives the one shared EMPTY record
+    (memory: bench/rss.py), and an account with a lease or any field its own."""
+    accounts = [make_account(f"idle{i}", concurrency=2) for i in range(3)]
+    sel = await open_selector(redis, accounts, SettingsBox())
+    held = await sel.runtime.acquire("openai", GROUP, accounts[0].id, concurrency=2, ttl_s=30)
+    await sel.runtime.set_state("openai", accounts[1].id, {"rl_until": "1"})
+    states = await sel.runtime.read_many("openai", [a.id for a in accounts])
+    assert states[accounts[2].id] is EMPTY
+    assert states[accounts[0].id].leases == 1 and held is not None
+    assert states[accounts[1].id] is not EMPTY
+    assert states[accounts[1].id].rate_limited_until is not None
