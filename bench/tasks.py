@@ -324,6 +324,7 @@ def daemon_env(args: argparse.Namespace, dsn: str, admin: str) -> dict[str, str]
             "STATIONMASTER_REDIS_URL": args.redis_url,
             "STATIONMASTER_REDIS_KEY_PREFIX": f"smbench:{os.getpid()}:",
             "STATIONMASTER_HTTP_PORT": "0",
+            "STATIONMASTER_HTTP_DATA_PORT": "0",
             "STATIONMASTER_AUTH_ADMIN_TOKENS": json.dumps([admin]),
             "STATIONMASTER_CRYPTO_KEYS": json.dumps([generate_key()]),
         }
