@@ -14,6 +14,8 @@ and :data:`CheckViolation`, so callers can catch them without importing asyncpg.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Annotated, Any
@@ -326,11 +328,38 @@ async def open_database(
             pool.terminate()
 
 
+# A leftover of the asyncio side that nobody awaits any more: (what happened, error type).
+LoopErrorReport = Callable[[str, str], None]
+
+
 @contextlib.asynccontextmanager
-async def open_loop() -> AsyncIterator[None]:
-    """The asyncio loop the bridge needs; callers above this module use this, not trio_asyncio."""
-    async with trio_asyncio.open_loop():
+async def open_loop(report: LoopErrorReport | None = None) -> AsyncIterator[None]:
+    """The asyncio loop the bridge needs; callers above this module use this, not trio_asyncio.
+
+    Errors nobody is waiting for (asyncio's "Task exception was never retrieved",
+    a connection reset with an open transaction) go to ``report`` (default: the
+    ``accounts.db`` stdlib logger) instead of trio-asyncio's default, which raises
+    them in the loop's nursery and so ends the whole process. asyncpg leaves them
+    behind when the server is slow: ``Pool.release`` runs the reset in a shielded
+    task, and when the caller stops waiting (our bounded release) that task's
+    TimeoutError is never retrieved. Seen in bench/tasks.py: the daemon died in
+    the burst of terminal writes. The connection itself is terminated by asyncpg
+    and replaced on the next acquire.
+    """
+    async with trio_asyncio.open_loop() as loop:
+        loop.set_exception_handler(functools.partial(_unawaited_error, report or _log_loop_error))
         yield
+
+
+def _unawaited_error(report: LoopErrorReport, _loop: object, context: dict[str, Any]) -> None:
+    exc = context.get("exception")
+    # The message is asyncio's or asyncpg's own text; the exception's text is left
+    # out (a driver error can quote connection details).
+    report(str(context.get("message") or "unhandled error"), type(exc).__name__ if exc else "")
+
+
+def _log_loop_error(message: str, error: str) -> None:
+    logging.getLogger(__name__).warning("asyncio: %s (%s)", message, error)
 
 
 async def admin_execute(dsn: str, sql: str) -> None:

@@ -309,6 +309,19 @@ def bench_database(server_dsn: str) -> Iterator[str]:
         trio.run(run, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+_PROFILED = """
+import cProfile, runpy, sys, time
+sys.argv[0] = "scheduler"
+profile = cProfile.Profile(time.process_time)
+try:
+    profile.runcall(runpy.run_module, "scheduler", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+finally:
+    profile.dump_stats({out!r})
+"""
+
+
 class DaemonProcess:
     """``python -m scheduler <args>`` as a child; ``url`` once its 'ready' line appears."""
 
@@ -323,8 +336,12 @@ class DaemonProcess:
         """``tree``: the checkout to run (``-m`` imports from the working directory);
         ``python``: the interpreter (another venv, e.g. one without the test extras)."""
         clean = {k: v for k, v in os.environ.items() if not k.startswith("STATIONMASTER_")}
+        # BENCH_PROFILE=FILE: the daemon runs under cProfile timing CPU (not wall: the
+        # machine is shared), stats written to FILE when it exits.
+        profile = os.environ.get("BENCH_PROFILE")
+        runner = ["-c", _PROFILED.format(out=profile)] if profile else ["-m", "scheduler"]
         self.proc = subprocess.Popen(
-            [python, "-m", "scheduler", *args],
+            [python, *runner, *args],
             env={**clean, **env, "STATIONMASTER_LOG_FORMAT": "json"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -341,8 +358,17 @@ class DaemonProcess:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
+        # BENCH_DAEMON_LOG=FILE: every line the daemon writes is kept there too.
+        path = os.environ.get("BENCH_DAEMON_LOG")
+        with open(path, "w") if path else contextlib.nullcontext() as log:
+            self._read_lines(log)
+
+    def _read_lines(self, log: Any) -> None:
+        assert self.proc.stdout is not None
         for raw in self.proc.stdout:
             line = raw.decode(errors="replace").rstrip()
+            if log is not None:
+                print(line, file=log, flush=True)
             self.tail = [*self.tail[-20:], line]
             with contextlib.suppress(ValueError, AttributeError, KeyError, IndexError):
                 record: Any = json.loads(line)

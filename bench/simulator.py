@@ -28,8 +28,8 @@ import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator  # noqa: E402
+from contextlib import asynccontextmanager, contextmanager  # noqa: E402
 
 import trio  # noqa: E402
 
@@ -172,30 +172,77 @@ async def run(
 
 
 async def adapter_side(url: str, paths: list[str], args: argparse.Namespace) -> None:
-    """The other end: the DashScope adapter's fetch (httpx on trio) in this process."""
-    import resource
+    """The other end: a DashScope task fetch in this process, three ways, interleaved.
+
+    ``adapter`` is what the daemon does (``DashScope.fetch`` over
+    ``TrioTransport.call``, no httpx models); ``httpx+lean`` is an httpx client on
+    the same transport and ``httpx+httpcore`` one on httpx's own pool, each
+    decoding the answer the adapter's way.
+    """
+    print(
+        f"client side: DashScope task fetch in this process, {args.concurrency} tasks,"
+        f" {args.seconds:g} s per run, CPU of this process"
+    )
+    print(f"  {'variant':<16} {'fetches/s':>10} {'CPU µs/fetch':>13} {'fetches/s per core':>19}")
+    for _round in range(args.rounds):
+        for name in ("httpx+httpcore", "httpx+lean", "adapter"):
+            rate, per = await client_run(url, paths, args, name)
+            print(f"  {name:<16} {rate:>10.0f} {per:>13.0f} {1e6 / per:>19.0f}")
+
+
+@asynccontextmanager
+async def fetcher(url: str, name: str) -> AsyncIterator[Callable[[str], Awaitable[object]]]:
+    import httpx
+    import msgspec
 
     from accounts.model import Account, Kind
+    from scheduler.core.transport import CookielessClient, TrioTransport
     from scheduler.upstream import UpstreamConfig, open_upstream
+    from scheduler.upstream.dashscope import _Answer, status_from
 
-    account = Account(
-        id="00000000-0000-0000-0000-000000000001",
-        name="bench",
-        platform="dashscope",  # type: ignore[arg-type]
-        kind=Kind.APIKEY,
-        groups=("g",),
-        base_url=url,
+    headers = {"authorization": "Bearer sk-bench"}
+    if name == "adapter":
+        account = Account(
+            id="00000000-0000-0000-0000-000000000001",
+            name="bench",
+            platform="dashscope",  # type: ignore[arg-type]
+            kind=Kind.APIKEY,
+            groups=("g",),
+            base_url=url,
+        )
+        async with open_upstream(UpstreamConfig()) as up:
+            adapter = up.adapter("dashscope")
+            creds = {"api_key": "sk-bench"}
+            yield lambda task_id: adapter.fetch(account, creds, task_id)
+        return
+    transport = (
+        TrioTransport()
+        if name == "httpx+lean"
+        else httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=512))
     )
+    async with CookielessClient(transport=transport, trust_env=False) as client:
+
+        async def one(task_id: str) -> object:
+            r = await client.get(f"{url}/api/v1/tasks/{task_id}", headers=headers)
+            return status_from(msgspec.json.decode(r.content, type=_Answer))
+
+        yield one
+
+
+async def client_run(
+    url: str, paths: list[str], args: argparse.Namespace, name: str
+) -> tuple[float, float]:
+    import resource
+
     ids = [p.rsplit("/", 1)[1] for p in paths]
     done = 0
-    async with open_upstream(UpstreamConfig()) as up:
-        adapter = up.adapter("dashscope")
+    async with fetcher(url, name) as fetch:
 
         async def worker(offset: int) -> None:
             nonlocal done
             i = offset
             while True:
-                await adapter.fetch(account, {"api_key": "sk-bench"}, ids[i % len(ids)])
+                await fetch(ids[i % len(ids)])
                 done += 1
                 i += args.concurrency
 
@@ -208,11 +255,7 @@ async def adapter_side(url: str, paths: list[str], args: argparse.Namespace) -> 
         elapsed = trio.current_time() - start
         after = resource.getrusage(resource.RUSAGE_SELF)
     used = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    print(
-        f"adapter side (DashScope fetch through the shared httpx client, {args.concurrency} "
-        f"tasks): {done / elapsed:.0f} fetches/s, {used / done * 1e6:.0f} µs CPU per fetch "
-        f"in the caller -> {done / used:.0f} fetches/s per fully busy core"
-    )
+    return done / elapsed, used / done * 1e6
 
 
 if __name__ == "__main__":

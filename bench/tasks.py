@@ -85,8 +85,13 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--step", type=float, default=1.0, help="duration step between waves (s)")
     p.add_argument("--window", type=float, default=30.0, help="steady window (s)")
-    p.add_argument("--base-interval", type=float, default=2.0, help="poll base interval (s)")
-    p.add_argument("--max-interval", type=float, default=4.0, help="poll max interval (s)")
+    p.add_argument(
+        "--base-interval",
+        type=float,
+        default=10.0,
+        help="poll base interval (s); 10 = DashScope's recommended interval",
+    )
+    p.add_argument("--max-interval", type=float, default=10.0, help="poll max interval (s)")
     p.add_argument("--concurrency", type=int, default=512, help="polls in flight")
     return p.parse_args()
 
@@ -255,6 +260,16 @@ def metric_sum(text: str, name: str, label: str | None = None) -> float:
     return total
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -309,6 +324,7 @@ def daemon_env(args: argparse.Namespace, dsn: str, admin: str) -> dict[str, str]
             "STATIONMASTER_REDIS_URL": args.redis_url,
             "STATIONMASTER_REDIS_KEY_PREFIX": f"smbench:{os.getpid()}:",
             "STATIONMASTER_HTTP_PORT": "0",
+            "STATIONMASTER_HTTP_DATA_PORT": "0",
             "STATIONMASTER_AUTH_ADMIN_TOKENS": json.dumps([admin]),
             "STATIONMASTER_CRYPTO_KEYS": json.dumps([generate_key()]),
         }
@@ -329,7 +345,10 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
             await install_write_counter(db)
             keys, account_ids = await create_accounts(url, admin, sim.url, args.accounts)
             rate = await ceiling(sim, "sk-calibration")
-            print(f"reference: one httpx client, 64 in flight -> simulator: {rate:,.0f} fetches/s")
+            print(
+                "reference: httpx + httpcore (the old upstream client), 64 in flight"
+                f" -> simulator: {rate:,.0f} fetches/s"
+            )
             t0 = time.time()
             # Durations of an hour: nothing ends until the clock is moved on purpose.
             tasks = await submit_upstream(sim, keys, args.tasks, args.waves, 3600.0, args.step)
@@ -340,6 +359,8 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
             print(f"all {args.tasks} claimed {time.time() - t0:.1f} s after the first submit")
             await trio.sleep(5)  # past the claim burst
             window = args.window
+            load_before = loadavg()
+            cpu_before = (cpu_s(daemon.proc.pid), cpu_s(sim.proc.pid))
             before = (await metrics(url), await row_writes(db), time.monotonic())
             rss = []
             end = time.monotonic() + window
@@ -347,13 +368,15 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
                 rss.append(rss_mb(daemon.proc.pid))
                 await trio.sleep(1)
             after = (await metrics(url), await row_writes(db), time.monotonic())
-            report_window(before, after, rss)
+            cpu = (cpu_s(daemon.proc.pid) - cpu_before[0], cpu_s(sim.proc.pid) - cpu_before[1])
+            polls = report_window(before, after, rss)
+            report_cpu(cpu, polls, after[2] - before[2], load_before)
             # Move the simulator's clock so the first wave ends --first-done from now.
             advance = min(t[3] for t in tasks) - time.time() - args.first_done
             sim.advance(advance)
             tasks = [(a, b, c, done - advance) for a, b, c, done in tasks]
             await wait_terminal(db, args.tasks, daemon)
-            await report_lag(db, tasks)
+            await report_lag(db, tasks, args.base_interval)
     finally:
         daemon.stop()
         sim.stop()
@@ -361,9 +384,22 @@ async def run(args: argparse.Namespace, dsn: str) -> None:
             print("\n".join(daemon.tail))
 
 
+def report_cpu(cpu: tuple[float, float], polls: float, seconds: float, load: str) -> None:
+    daemon, sim = (c / max(polls, 1) * 1e6 for c in cpu)
+    print(f"  load average:                 {load} at the start, {loadavg()} at the end")
+    print(
+        f"  CPU per poll:                 daemon {daemon:.0f} µs, simulator {sim:.0f} µs"
+        f"  (daemon {cpu[0] / seconds * 100:.0f} % of a core)"
+    )
+    print(
+        f"  -> one fully busy core:       {1e6 / max(daemon, 1):,.0f} polls/s of the daemon"
+        " (load-independent estimate)"
+    )
+
+
 def report_window(
     before: tuple[str, int, float], after: tuple[str, int, float], rss: list[float]
-) -> None:
+) -> float:
     name = "stationmaster_task_polls_total"
     seconds = after[2] - before[2]
     polls = metric_sum(after[0], name) - metric_sum(before[0], name)
@@ -390,6 +426,7 @@ def report_window(
     )
     print(f"  mean lateness of a poll:      {lag_sum / max(lag_n, 1) * 1000:.0f} ms after due")
     print(f"  RSS of the daemon:            max {max(rss):.0f} MB, last {rss[-1]:.0f} MB")
+    return polls
 
 
 async def wait_terminal(db: Database, n: int, daemon: DaemonProcess) -> None:
@@ -402,7 +439,9 @@ async def wait_terminal(db: Database, n: int, daemon: DaemonProcess) -> None:
         await trio.sleep(1)
 
 
-async def report_lag(db: Database, tasks: list[tuple[str, str, int, float]]) -> None:
+async def report_lag(
+    db: Database, tasks: list[tuple[str, str, int, float]], interval_s: float
+) -> None:
     done = {t[0]: t[3] for t in tasks}
     rows = await db.fetch("SELECT id, status, finished_at FROM tasks")
     lags = sorted(r["finished_at"].timestamp() - done[str(r["id"])] for r in rows)
@@ -412,7 +451,7 @@ async def report_lag(db: Database, tasks: list[tuple[str, str, int, float]]) -> 
     print(f"completion -> terminal state ({len(lags)} tasks, {statuses}):")
     print(
         f"  lag p50 {percentile(lags, 50):.2f} s, p99 {percentile(lags, 99):.2f} s,"
-        f" max {lags[-1]:.2f} s"
+        f" max {lags[-1]:.2f} s   (target p99 <= 2 x the poll interval = {2 * interval_s:g} s)"
     )
 
 

@@ -22,7 +22,7 @@ OWNERS = {
     # upstream simulator's server (a test and dev tool, not a store driver).
     "httptools": {
         "scheduler/http/wire.py",
-        "scheduler/outbox/_transport.py",
+        "scheduler/core/transport.py",
         "scheduler/upstream/simulator/_server.py",
     },
     "hypercorn": {"scheduler/http/server.py"},

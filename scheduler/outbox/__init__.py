@@ -23,7 +23,7 @@ transaction anywhere on the server holds the feed back for its duration
 Public surface (everything else lives in private modules):
 
 - :func:`enqueue` — insert an event in the caller's transaction; idempotent on
-  ``event_key``.
+  ``event_key``; :func:`enqueue_many` — the same for many in one round trip.
 - :class:`OutboxStore` — every read and write of the table (claims, outcomes,
   the feed, operators' list and retry, stats, purge); :class:`Cursor` for the feed.
 - :class:`Dispatcher`, :class:`Purger`, :class:`BacklogMonitor` — the actors;
@@ -33,7 +33,7 @@ Public surface (everything else lives in private modules):
 
 from ._delivery import Signer
 from ._dispatcher import Dispatcher
-from ._enqueue import enqueue
+from ._enqueue import enqueue, enqueue_many
 from ._install import Outbox, build_outbox
 from ._metrics import OutboxMetrics
 from ._rules import Status, Verdict, classify, may_move, retry_delay_s, settle
@@ -73,6 +73,7 @@ __all__ = [
     "build_outbox",
     "classify",
     "enqueue",
+    "enqueue_many",
     "may_move",
     "retry_delay_s",
     "settle",

@@ -102,7 +102,7 @@ async def _post(
 ) -> Answer:
     # A prepared Request through client.send(): skips merging client defaults
     # (none are set) in build_request. The transport reads at most a small answer
-    # (see _transport.TrioTransport).
+    # (see core.transport.TrioTransport).
     request = httpx.Request("POST", _url(url), headers=headers, content=body.encode())
     response = await client.send(request)
     code = response.status_code

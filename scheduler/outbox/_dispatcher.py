@@ -42,12 +42,12 @@ from accounts.errors import StoreUnavailable
 
 from ..core.config import OutboxConfig
 from ..core.logs import get_logger
+from ..core.transport import CookielessClient, TrioTransport
 from . import _queries as q
 from ._delivery import Answer, Signer, deliver
 from ._metrics import OutboxMetrics
 from ._rules import Status, Verdict, classify, display_url, origin, retry_delay_s, settle
 from ._store import Claim, DeliveryOutcome, OutboxStore
-from ._transport import TrioTransport, WebhookClient
 
 log = get_logger("outbox")
 
@@ -123,7 +123,7 @@ class Dispatcher:
             # some environment variable happens to name. deliver() bounds each
             # attempt as a whole with a trio deadline.
             async with (
-                WebhookClient(
+                CookielessClient(
                     transport=transport, trust_env=False, timeout=cfg.timeout_s
                 ) as client,
                 trio.open_nursery() as nursery,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from accounts.db import Connection
@@ -42,3 +42,22 @@ async def enqueue(
         raise ValueError("max_attempts must be at least 1")
     row = await conn.fetchrow(q.ENQUEUE, event_key, type, dict(payload), destination, max_attempts)
     return bool(row["inserted"])
+
+
+async def enqueue_many(conn: Connection, events: Sequence[Mapping[str, Any]]) -> int:
+    """:func:`enqueue` for many events in one round trip; how many were inserted.
+
+    Each event is ``{event_key, type, payload, destination}`` (the default
+    ``max_attempts``); the same checks as :func:`enqueue`, all before anything is
+    written, and the same no-op for a key that exists already.
+    """
+    for event in events:
+        if not _TOKEN.fullmatch(event["event_key"]) or not _TOKEN.fullmatch(event["type"]):
+            raise ValueError("event_key and type must be 1-200 visible ASCII characters")
+        destination = event["destination"]
+        if destination is not None and not destination.startswith(("http://", "https://")):
+            raise ValueError("destination must be an http:// or https:// URL")
+    if not events:
+        return 0
+    row = await conn.fetchrow(q.ENQUEUE_MANY, list(events))
+    return int(row["inserted"])

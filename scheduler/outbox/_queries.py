@@ -24,6 +24,21 @@ WITH ins AS (
 )
 SELECT EXISTS (SELECT FROM ins) AS inserted, (SELECT count(*) FROM wake) AS woken
 """
+# Many events in one round trip ($1: a JSON array of {event_key, type, payload,
+# destination}); one wake-up for the lot.
+ENQUEUE_MANY = f"""
+WITH ins AS (
+    INSERT INTO outbox (event_key, type, payload, destination)
+    SELECT e.event_key, e.type, e.payload, e.destination
+    FROM jsonb_to_recordset($1::jsonb) AS e (event_key text, type text, payload jsonb,
+        destination text)
+    ON CONFLICT (event_key) DO NOTHING
+    RETURNING destination
+), wake AS (
+    SELECT pg_notify('{CHANNEL}', '') FROM ins WHERE destination IS NOT NULL LIMIT 1
+)
+SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM wake) AS woken
+"""
 
 # --- the dispatcher -------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from accounts.model import Account
 from ..upstream import Upstream, UpstreamRequest, UpstreamState, UpstreamStatus
 from ._model import Held
 from ._states import Event, Proposal, Snapshot, TaskStatus, plan, settlement
-from .store import TaskStore
+from .store import Finish, TaskStore
 
 # Account records (and their decrypted credentials) are re-read this often: a
 # disabled or re-keyed account is noticed within it.
@@ -145,6 +145,47 @@ class TaskWriter:
         if self.metrics is not None:
             self.metrics.task_settlements.labels(change.after.status.value).inc()
         return Result(Written.FINISHED, held)
+
+    async def finish_many(
+        self, items: Sequence[tuple[Held, Proposal, UpstreamStatus | None]]
+    ) -> list[Result]:
+        """:meth:`write` for many terminal proposals: params read in one query, the
+        transitions and their settlements written in one transaction
+        (:meth:`TaskStore.finish_many`); one result per item, in order.
+
+        An item whose plan is not terminal any more is written on its own.
+        """
+        planned = [
+            (held, plan(held.snapshot, proposal), status) for held, proposal, status in items
+        ]
+        ending = [(h, c, st) for h, c, st in planned if c is not None and c.settles]
+        params = await self.store.params_many([h.id for h, _, _ in ending]) if ending else {}
+        finishes = []
+        for held, change, status in ending:
+            found = params.get(held.id)
+            if found is None:
+                continue  # the row is gone: nothing to settle, reported as lost
+            units = None
+            if change.after.status is TaskStatus.SUCCEEDED and status is not None:
+                units = self._final_units(held, found[0], status)
+            settle = settlement(change.after.status, found[1], units)
+            usage = dict(status.usage) if status is not None else None
+            finishes.append(Finish(held.id, held.version, change, settle, usage))
+        won = await self.store.finish_many(finishes)
+        results = []
+        for (held, planned_change, status), (_, proposal, _) in zip(planned, items, strict=True):
+            if planned_change is None:
+                results.append(Result(Written.UNCHANGED, held))
+            elif not planned_change.settles:
+                results.append(await self.write(held, proposal, status=status))
+            elif held.id in won:
+                held.version, held.snapshot = won[held.id], planned_change.after
+                if self.metrics is not None:
+                    self.metrics.task_settlements.labels(planned_change.after.status.value).inc()
+                results.append(Result(Written.FINISHED, held))
+            else:
+                results.append(Result(Written.LOST, held))
+        return results
 
     def _final_units(self, held: Held, params: dict[str, Any], status: UpstreamStatus) -> int:
         adapter = self.upstream.adapter(held.platform)

@@ -5,9 +5,13 @@ Shape (river's claim, trio's nurseries)::
     Poller.run
     ├── _renew_loop     renews this poller's lease (one row: every held task at once)
     ├── _claim_loop     reaps expired leases, claims due tasks in batches (SKIP LOCKED)
-    └── _dispatch_loop  pops due tasks off a heap and starts a poll in the nursery,
-                        within the global limit, the account's limit and the
-                        account's QPS (the platform's documented query rate)
+    ├── _dispatch_loop  pops due tasks off a heap and starts a poll in the nursery,
+    │                   within the global limit, the account's limit and the
+    │                   account's QPS (the platform's documented query rate)
+    └── Settler.run     writes the polls' terminal changes in batches (_settler.py)
+
+Writes hold one of the write slots (half the pool): a live change alone, a
+batch of terminal ones together; an unchanged poll never waits for a slot.
 
 A held task stays in memory between polls: an unchanged poll writes nothing
 (not even its next poll time), the lease is renewed for all held tasks by one
@@ -42,9 +46,10 @@ from accounts.errors import NotFound, StationmasterError
 from ..core.config import TasksConfig
 from ..core.logs import get_logger
 from ..upstream import AuthFailed, RateLimited, Rejected, Transient, Upstream, UpstreamStatus
-from ._apply import Accounts, TaskWriter, Written, proposal_from
+from ._apply import Accounts, Result, TaskWriter, Written, proposal_from
 from ._model import Held
-from ._states import PollSchedule, Proposal
+from ._settler import Settler
+from ._states import PollSchedule, Proposal, plan
 from .store import TaskStore
 
 log = get_logger("tasks.poller")
@@ -134,6 +139,7 @@ class Poller:
         self._db = trio.Semaphore(db_slots)
         self._buckets: dict[str, _Bucket] = {}
         self._children: dict[tuple[str, str], Any] = {}
+        self._settler = Settler(writer, self._db)
 
     @property
     def held(self) -> int:
@@ -146,6 +152,7 @@ class Poller:
                 nursery.start_soon(self._renew_loop)
                 nursery.start_soon(self._claim_loop)
                 nursery.start_soon(self._dispatch_loop, nursery)
+                nursery.start_soon(self._settler.run)
                 task_status.started()
         finally:
             with trio.move_on_after(5, shield=True):
@@ -313,6 +320,9 @@ class Poller:
         held = track.held
         if held.id not in self._tracks:
             return
+        if held.snapshot.status.terminal:
+            self._drop(held.id)  # ended (a write whose poll gave up waiting for it)
+            return
         if time.time() >= held.deadline:
             # The sweeper ends it (TIMED_OUT, hold released); polling it on is waste.
             self._drop(held.id)
@@ -360,13 +370,28 @@ class Poller:
     async def _observe(self, track: _Track, status: UpstreamStatus) -> str:
         track.unknown = track.unknown + 1 if status.state.value == "unknown" else 0
         proposal = proposal_from(status, track.unknown)
-        if proposal is None:
+        change = None if proposal is None else plan(track.held.snapshot, proposal)
+        if proposal is None or change is None:
+            # Decided before queueing for a write slot: during a burst of
+            # completions an unchanged poll must not wait behind the writes.
             return "unchanged"
+        if change.settles:
+            return await self._end(track, proposal, status)
         async with self._db:
-            return await self._write(track, proposal, status)
+            written = await self.writer.write(track.held, proposal, status=status)
+            return await self._written(track, proposal, status, written)
 
-    async def _write(self, track: _Track, proposal: Proposal, status: UpstreamStatus) -> str:
-        written = await self.writer.write(track.held, proposal, status=status)
+    async def _end(self, track: _Track, proposal: Proposal, status: UpstreamStatus) -> str:
+        """A terminal write, settled in a batch with others (see :class:`Settler`)."""
+        result = await self._settler.end(track.held, proposal, status)
+        if result is None:
+            return "timeout"
+        async with self._db:
+            return await self._written(track, proposal, status, result)
+
+    async def _written(
+        self, track: _Track, proposal: Proposal, status: UpstreamStatus, written: Result
+    ) -> str:
         if written.written is Written.LOST:
             # Someone else wrote first (a refresh, a cancel, the sweeper, another
             # poller after a lease loss): take the row as it is and try once more.

@@ -74,7 +74,27 @@ UPDATE tasks SET status = $3, progress = $4, result_urls = $5, failure_reason = 
 WHERE id = $1 AND version = $2 AND status IN ('submitting', 'pending', 'running')
 RETURNING version, owner, webhook_url, cost_held, created_at, finished_at
 """
+# FINISH for many tasks at once ($1: a JSON array, one object per task); each row
+# is its own compare-and-set, and only the rows returned settle.
+FINISH_MANY = f"""
+UPDATE tasks t SET status = u.status, progress = u.progress, result_urls = u.result_urls,
+    failure_reason = u.failure_reason, upstream_id = u.upstream_id, usage = u.usage,
+    cost_charged = u.charged, cost_released = u.released,
+    lease_owner = NULL, next_poll_at = NULL, finished_at = now(),
+    version = t.version + 1, updated_at = now()
+FROM jsonb_to_recordset($1::jsonb) AS u (id uuid, version bigint, status text, progress real,
+    result_urls text[], failure_reason text, upstream_id text, usage jsonb, charged bigint,
+    released bigint)
+WHERE t.id = u.id AND t.version = u.version AND t.status IN {LIVE}
+RETURNING t.id, t.version, t.owner, t.webhook_url, t.cost_held, t.finished_at
+"""
+# SETTLE_ENTRIES for many: the rows are built by the caller (winners only).
+SETTLE_ENTRIES_MANY = """
+INSERT INTO ledger (owner, kind, amount, task_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::uuid[])
+"""
 PARAMS = "SELECT params, billing FROM tasks WHERE id = $1"
+PARAMS_MANY = "SELECT id, params, billing FROM tasks WHERE id = ANY($1::uuid[])"
 CURRENT = f"SELECT {HELD_COLUMNS} FROM tasks WHERE id = $1"
 
 # --- claiming and leases (river's shape: one round trip) -----------------------------

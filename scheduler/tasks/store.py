@@ -26,7 +26,7 @@ from typing import Any
 from accounts.db import Connection, Database
 from accounts.errors import StoreUnavailable
 
-from ..outbox import enqueue
+from ..outbox import enqueue, enqueue_many
 from . import _queries as q
 from ._model import Held, NewTask, TaskView, uuid7, view_of
 from ._states import Billing, Change, Settlement, TaskStatus
@@ -44,6 +44,17 @@ EVENT_TYPES = {
 class Created:
     task: TaskView
     created: bool  # False: the idempotency key named an existing task
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """One terminal change for :meth:`TaskStore.finish_many`."""
+
+    task_id: str
+    version: int
+    change: Change
+    settle: Settlement
+    usage: Mapping[str, float] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,24 +211,53 @@ class TaskStore:
             settle.capture,
             status is TaskStatus.SUCCEEDED,
         )
-        payload = {
-            "id": task_id,
-            "owner": owner,
-            "status": status.value,
-            "result_urls": list(change.after.result_urls),
-            "failure_reason": change.after.failure_reason,
-            "cost_held": row["cost_held"],
-            "cost_charged": settle.capture,
-            "cost_released": released,
-            "finished_at": row["finished_at"].isoformat(),
-        }
+        event = _event(task_id, row, change, settle, released)
         await enqueue(
             conn,
-            event_key=f"task:{task_id}:{status.value}",
-            type=EVENT_TYPES[status],
-            payload=payload,
-            destination=row["webhook_url"],
+            event_key=event["event_key"],
+            type=event["type"],
+            payload=event["payload"],
+            destination=event["destination"],
         )
+
+    async def finish_many(self, items: Sequence[Finish]) -> dict[str, int]:
+        """:meth:`apply` of many terminal changes in one transaction of three statements.
+
+        Each row is its own compare-and-set; the winners' ledger entries and outbox
+        events are written with them, the losers' not at all. Returns the new
+        version of each winner by task id. Why: a burst of completions settled one
+        transaction each (about eight round trips through the asyncio bridge)
+        could not keep up with 200 completions/s on the 2-core machine.
+        """
+        if not items:
+            return {}
+        rows = [_finish_row(f) for f in items]
+        by_id = {f.task_id: f for f in items}
+        async with self.db.transaction() as conn:
+            won = await conn.fetch(q.FINISH_MANY, rows)
+            entries: list[tuple[str, str, int, str]] = []
+            events = []
+            for row in won:
+                task_id = str(row["id"])
+                f = by_id[task_id]
+                released = max(0, f.settle.release - f.settle.capture)
+                status = f.change.after.status
+                entries.append((row["owner"], "release", f.settle.release, task_id))
+                if status is TaskStatus.SUCCEEDED:
+                    entries.append((row["owner"], "capture", -f.settle.capture, task_id))
+                events.append(_event(task_id, row, f.change, f.settle, released))
+            if entries:
+                # Owners' balance rows are locked in one order by every batch: no deadlock.
+                entries.sort(key=lambda e: (e[0], e[3]))  # stable: release, then capture
+                await conn.execute(q.SETTLE_ENTRIES_MANY, *map(list, zip(*entries, strict=True)))
+            await enqueue_many(conn, events)
+        return {str(row["id"]): int(row["version"]) for row in won}
+
+    async def params_many(
+        self, task_ids: Sequence[str]
+    ) -> dict[str, tuple[dict[str, Any], Billing]]:
+        rows = await self.db.fetch(q.PARAMS_MANY, list(task_ids))
+        return {str(r["id"]): (r["params"], Billing.from_json(r["billing"])) for r in rows}
 
     async def params(self, task_id: str) -> tuple[dict[str, Any], Billing]:
         row = await self.db.fetchrow(q.PARAMS, task_id)
@@ -320,6 +360,46 @@ class TaskStore:
 
     async def balances(self, *, after: str | None, limit: int) -> list[tuple[str, int]]:
         return [(r["owner"], r["balance"]) for r in await self.db.fetch(q.BALANCES, after, limit)]
+
+
+def _finish_row(f: Finish) -> dict[str, Any]:
+    a = f.change.after
+    return {
+        "id": f.task_id,
+        "version": f.version,
+        "status": a.status.value,
+        "progress": a.progress,
+        "result_urls": list(a.result_urls),
+        "failure_reason": a.failure_reason,
+        "upstream_id": a.upstream_id,
+        "usage": dict(f.usage or {}),
+        "charged": f.settle.capture,
+        "released": max(0, f.settle.release - f.settle.capture),
+    }
+
+
+def _event(
+    task_id: str, row: Any, change: Change, settle: Settlement, released: int
+) -> dict[str, Any]:
+    """The outbox event of a won terminal transition (``row``: what FINISH returned)."""
+    status = change.after.status
+    payload = {
+        "id": task_id,
+        "owner": row["owner"],
+        "status": status.value,
+        "result_urls": list(change.after.result_urls),
+        "failure_reason": change.after.failure_reason,
+        "cost_held": row["cost_held"],
+        "cost_charged": settle.capture,
+        "cost_released": released,
+        "finished_at": row["finished_at"].isoformat(),
+    }
+    return {
+        "event_key": f"task:{task_id}:{status.value}",
+        "type": EVENT_TYPES[status],
+        "payload": payload,
+        "destination": row["webhook_url"],
+    }
 
 
 def _count(status: str) -> int:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-import httpx
+import trio
 
 from accounts.errors import ConfigError
 
 from ..core.config import UpstreamConfig
+from ..core.transport import TrioTransport
 from ._http import Exchange
 from .dashscope import DashScope
 from .errors import Rejected
@@ -26,11 +27,11 @@ _FACTORIES: dict[str, Callable[[Exchange, dict[str, int]], Adapter]] = {
 
 
 class Upstream:
-    """Every adapter, sharing one ``httpx.AsyncClient``; built by :func:`open_upstream`."""
+    """Every adapter, sharing one transport; built by :func:`open_upstream`."""
 
-    def __init__(self, adapters: dict[str, Adapter], client: httpx.AsyncClient) -> None:
+    def __init__(self, adapters: dict[str, Adapter], transport: TrioTransport) -> None:
         self._adapters = adapters
-        self.client = client
+        self.transport = transport
 
     def adapter(self, platform: str) -> Adapter:
         """The platform's adapter; Rejected (not KeyError) for a platform without one."""
@@ -52,34 +53,50 @@ def adapter_platforms() -> list[str]:
     return sorted(_FACTORIES)
 
 
+# The largest upstream answer read: a task status with its result URLs is a few
+# KB; a longer body is cut, fails to decode and counts as a Transient answer.
+MAX_ANSWER_BYTES = 1024 * 1024
+
+
 @contextlib.asynccontextmanager
 async def open_upstream(config: UpstreamConfig) -> AsyncIterator[Upstream]:
-    """The registry with its client open; the client (and its connections) close on exit.
+    """The registry with its transport open; its connections close on exit.
 
+    The wire is :class:`~scheduler.core.transport.TrioTransport` (lean HTTP/1.1
+    keep-alive on trio, called without httpx's models: a fraction of httpx +
+    httpcore's CPU per request, see bench/simulator.py). No proxy from the
+    environment ever sits between us and an upstream holding our credentials,
+    no cookie travels from one account's answer to another's request, and
+    redirects are not followed.
     Raises ConfigError for a ``[upstream.platforms.X]`` naming no adapter.
     """
     unknown = sorted(set(config.platforms) - set(_FACTORIES))
     if unknown:
         raise ConfigError(f"upstream.platforms.{unknown[0]}", "no adapter for this platform")
-    limits = httpx.Limits(
-        max_connections=config.max_connections,
-        max_keepalive_connections=config.max_connections,
-        keepalive_expiry=config.keepalive_expiry_s,
+    # Requests in flight (so connections) are bounded by the Exchanges' limiters,
+    # per platform and in all; idle connections per origin here.
+    transport = TrioTransport(
+        max_body=MAX_ANSWER_BYTES,
+        max_idle=config.max_connections_per_platform,
+        idle_timeout_s=config.keepalive_expiry_s,
     )
-    # trust_env=False: a proxy from the environment must not silently sit between us
-    # and an upstream holding our credentials.
-    async with httpx.AsyncClient(limits=limits, trust_env=False, follow_redirects=False) as client:
+    try:
         adapters: dict[str, Adapter] = {}
+        shared = trio.CapacityLimiter(config.max_connections)
         for platform, factory in _FACTORIES.items():
             own = config.platforms.get(platform)
             exchange = Exchange(
-                client,
+                transport,
                 platform,
                 connect_timeout_s=config.connect_timeout_s,
                 timeout_s=(own and own.timeout_s) or config.timeout_s,
                 submit_timeout_s=(own and own.submit_timeout_s) or config.submit_timeout_s,
                 max_connections=(own and own.max_connections)
                 or config.max_connections_per_platform,
+                shared=shared,
             )
             adapters[platform] = factory(exchange, dict(own.prices) if own else {})
-        yield Upstream(adapters, client)
+        yield Upstream(adapters, transport)
+    finally:
+        with trio.move_on_after(1, shield=True):
+            await transport.aclose()

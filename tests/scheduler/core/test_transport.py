@@ -17,11 +17,11 @@ import httpx
 import pytest
 import trio
 
+from scheduler.core.transport import CookielessClient, TrioTransport
 from scheduler.outbox import Claim, Signer
 from scheduler.outbox._delivery import deliver
-from scheduler.outbox._transport import TrioTransport, WebhookClient
 
-from .support import SECRET
+from ..outbox.support import SECRET
 
 Handler = Callable[[trio.SocketStream, int], Awaitable[None]]
 
@@ -67,7 +67,7 @@ async def read_request(stream: trio.SocketStream) -> bytes:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with WebhookClient(transport=TrioTransport(max_body=1000), trust_env=False) as c:
+    async with CookielessClient(transport=TrioTransport(max_body=1000), trust_env=False) as c:
         yield c
 
 
@@ -156,3 +156,24 @@ async def test_garbage_refusals_and_bad_urls_become_answers(client):
     for bad in ("ftp://example.com/x", "http:///nohost"):
         answer = await attempt(client, bad)
         assert answer.unrecoverable, (bad, answer)
+
+
+async def test_a_connect_that_hangs_is_a_connect_timeout(client):
+    # A listener that never accepts, its queue filled: the kernel drops further SYNs,
+    # so a connect hangs (as one to a black-holed address does).
+    with trio.socket.socket() as listener:
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            with trio.move_on_after(0.5):
+                while True:  # until a connect no longer completes
+                    sock = trio.socket.socket()
+                    fillers.append(sock)
+                    await sock.connect(("127.0.0.1", port))
+            with trio.fail_after(5), pytest.raises(httpx.ConnectTimeout):
+                await client.get(f"http://127.0.0.1:{port}/", timeout=httpx.Timeout(5, connect=0.2))
+        finally:
+            for sock in fillers:
+                sock.close()
