@@ -16,9 +16,14 @@ Shape::
     │                    background) only while every open one has calls in flight
     └── Connection      commands of concurrent callers are pipelined: whoever finds
         │                the connection idle sends everything queued in one write
-        └── reader task  feeds hiredis.Reader and hands each reply to the oldest
-                         waiter; Redis answers in request order, so no reply can
-                         reach the wrong caller
+        │                and reads its own reply in its own task (one task switch
+        │                per call, not two); calls queued behind it get theirs from it
+        └── reader task  takes over reading while calls are in flight and the inline
+                         reader has its reply (or was cancelled); hands each reply to
+                         the oldest waiter. Redis answers in request order, so no
+                         reply can reach the wrong caller. Nobody watches an idle
+                         connection: a call checks it (one non-blocking read) before
+                         sending, so one the server hung up on is replaced, not used
 
 Failures::
 
@@ -37,8 +42,8 @@ closes its connection (never reused: the late reply would be read by nobody or,
 worse, by the next caller) and every call queued behind it on that connection
 fails too; they are behind the same stuck reply and would time out anyway. A
 call cancelled from outside (its HTTP client left) leaves the connection healthy:
-the reader still reads its reply and drops it. Writes are shielded, so a cancel
-never leaves half a command on the wire.
+its reply is still read (by the reader task, when it was reading inline) and
+dropped. Writes are shielded, so a cancel never leaves half a command on the wire.
 
 Cluster: this client speaks to one server, as :mod:`snapshot.redis` (a plain
 ``coredis.Redis``) does today. The hot-path keys of one call share a hash tag,
@@ -65,6 +70,8 @@ from accounts.errors import StoreUnavailable
 
 from ._redis_config import RedisConfig
 from ._resp import (
+    CALLER,
+    IDLE,
     Connection,
     ProtocolError,
     RedisReplyError,
@@ -157,6 +164,7 @@ class LeanRedis:
         *,
         connections: int = 4,
         ssl_context: ssl.SSLContext | None = None,
+        inline_reads: bool = True,
     ) -> None:
         self.config = config
         self.endpoint = Endpoint.from_url(config.url)
@@ -171,6 +179,9 @@ class LeanRedis:
         self._retry_at = 0.0
         self._last_error = ""
         self._scripts: dict[str, LeanScript] = {}
+        # A caller that finds its connection idle reads its own reply (False: the
+        # reader task always reads; bench/lean.py compares the two).
+        self.inline_reads = inline_reads
         # Counters for metrics and benches.
         self.connects = 0
         self.timeouts = 0
@@ -222,6 +233,9 @@ class LeanRedis:
         deadline = trio.current_time() + timeout
         conn = await self._pick(deadline)
         waiter = Waiter(want)
+        inline = conn.reading == IDLE
+        if inline:
+            conn.reading = CALLER
         conn.pending.append(waiter)
         conn.out.append(payload)
         if not conn.writing:
@@ -231,9 +245,12 @@ class LeanRedis:
                 await conn.flush(deadline)
         if waiter.result is None:
             with trio.CancelScope(deadline=deadline) as scope:
-                waiter.parked = True
-                result: list[Reply] = await trio.lowlevel.wait_task_rescheduled(waiter.abort)
-                return result
+                if inline:
+                    await conn.read_inline(waiter)
+                else:
+                    waiter.parked = True
+                    result: list[Reply] = await trio.lowlevel.wait_task_rescheduled(waiter.abort)
+                    return result
             # Only our own deadline gets here (an outside cancel propagates).
             if scope.cancelled_caught:
                 self.timeouts += 1
@@ -247,8 +264,10 @@ class LeanRedis:
     async def _pick(self, deadline: float) -> Connection:
         """The least busy open connection; grows the pool in the background when all are busy."""
         live = self._live
-        if live:
+        while live:
             best = min(live, key=lambda c: len(c.pending)) if len(live) > 1 else live[0]
+            if best.reading == IDLE and not best.idle_and_healthy():
+                continue  # the server hung up on it while idle: closed, out of the pool
             if best.pending and len(live) < self._size and not self._growing:
                 self._growing = True
                 self._nursery.start_soon(self._grow)
@@ -315,7 +334,7 @@ class LeanRedis:
         except BaseException:
             close_now(stream)
             raise
-        return await start_connection(stream, ep.handshake(), self._live)
+        return await start_connection(stream, ep.handshake(), self._live, inline=self.inline_reads)
 
     async def _serve(self, conn: Connection) -> None:
         try:
@@ -331,7 +350,11 @@ class LeanRedis:
 
 @contextlib.asynccontextmanager
 async def open_lean_redis(
-    config: RedisConfig, *, connections: int = 4, ssl_context: ssl.SSLContext | None = None
+    config: RedisConfig,
+    *,
+    connections: int = 4,
+    ssl_context: ssl.SSLContext | None = None,
+    inline_reads: bool = True,
 ) -> AsyncIterator[LeanRedis]:
     """A :class:`LeanRedis` whose reader tasks live until the block ends.
 
@@ -346,7 +369,13 @@ async def open_lean_redis(
     raised: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            client = LeanRedis(config, nursery, connections=connections, ssl_context=ssl_context)
+            client = LeanRedis(
+                config,
+                nursery,
+                connections=connections,
+                ssl_context=ssl_context,
+                inline_reads=inline_reads,
+            )
             try:
                 yield client
             except BaseException as exc:
