@@ -10,6 +10,7 @@ waiting for its reply (or replies). The pool, timeouts, backoff and scripts are
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -38,11 +39,24 @@ class RedisReplyError(Exception):
 class Waiter:
     """One call waiting for ``want`` replies on a connection."""
 
-    __slots__ = ("abandoned", "parked", "replies", "result", "task", "want")
+    __slots__ = (
+        "abandoned",
+        "deadline",
+        "parked",
+        "replies",
+        "result",
+        "task",
+        "timeout_s",
+        "want",
+    )
 
-    def __init__(self, want: int) -> None:
+    def __init__(self, want: int, deadline: float = math.inf, timeout_s: float = math.inf) -> None:
         self.task = trio.lowlevel.current_task()
         self.want = want
+        # When the call must have its answer (trio clock); the client's watcher fails
+        # the connection of a call past it.
+        self.deadline = deadline
+        self.timeout_s = timeout_s
         self.replies: list[Reply] = []
         self.result: outcome.Outcome[list[Reply]] | None = None
         self.parked = False
@@ -220,8 +234,9 @@ class Connection:
         Replies of calls pipelined behind it are handed on as they come. On the way
         out, normal or cancelled, reading passes to the reader task while calls are
         still in flight (a cancelled caller's own reply among them: read and
-        dropped), else the connection is idle again. The caller's deadline is the
-        caller's to enforce (a cancel scope around this call).
+        dropped), else the connection is idle again. A call past its deadline is
+        failed by the client's watcher, which closes the connection (that wakes
+        this read with an error).
         """
         try:
             while waiter.result is None and not self.closed:
