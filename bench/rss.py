@@ -3,7 +3,7 @@
 Usage::
 
     python bench/rss.py [--pg-dsn DSN] [--redis-url URL] [--accounts 10000] [--groups 10]
-        [--pairs 4000]
+        [--pairs 4000] [--python PATH] [--env KEY=VALUE ...]
 
 ``stationmaster run`` starts as a subprocess on a fresh database (dropped
 afterwards) and its own Redis key prefix, with no accounts. Then this script
@@ -172,7 +172,15 @@ def main() -> int:
         help="the daemon's interpreter: e.g. a venv with only the runtime dependencies"
         " (pip install . without the test extras, as deployed)",
     )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the daemon (repeatable), e.g. MALLOC_ARENA_MAX=2",
+    )
     args = p.parse_args()
+    extra_env = dict(item.split("=", 1) for item in args.env)
     if not args.pg_dsn:
         print("needs --pg-dsn (or STATIONMASTER_TEST_PG_DSN)")
         return 2
@@ -184,6 +192,7 @@ def main() -> int:
         {
             "redis": redis_url,
             "daemon": args.python,
+            "daemon env": " ".join(args.env) or "(nothing extra)",
             "accounts": f"{args.accounts} over {len(all_buckets)} buckets"
             f" ({args.groups} groups + 'all', x {len(PLATFORMS)} platforms)",
         },
@@ -200,6 +209,7 @@ def main() -> int:
             "STATIONMASTER_AUTH_ADMIN_TOKENS": json.dumps([admin]),
             "STATIONMASTER_AUTH_GATEWAY_TOKENS": json.dumps([gateway]),
             "STATIONMASTER_CRYPTO_KEYS": json.dumps([key]),
+            **extra_env,
         }
         daemon = DaemonProcess(["run"], env, python=args.python)
         try:
