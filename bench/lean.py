@@ -8,14 +8,17 @@ Usage::
 Part 1, Redis (this process, one caller in a loop): a bare PING and one EVALSHA of
 ``scheduler/selection/acquire.lua`` (real keys, always granted), through coredis
 (``snapshot.redis``, as the daemon uses it today) and through the lean client
-(``snapshot.lean_redis``), the four variants interleaved round by round. Printed:
+(``snapshot.lean_redis``; "lean task" is the same client with ``inline_reads=False``:
+its reader task reads every reply, as before the inline read), the variants
+interleaved round by round. Printed:
 process CPU µs per call and the p50 round trip. Then the same script from 32
 concurrent tasks (the lean client pipelines them on its connections).
 
 Part 2, in-process ``select()`` on a 500-account bucket, each followed by a release,
 interleaved round by round: before (the runtime store's commands through coredis, as
 until the switch: a bench-only stand-in put where ``RedisStore.lean`` goes) and after
-(the daemon's own path, the lean client). Each selector has its view refresher
+(the daemon's own path, the lean client), and the lean client with its reader task
+reading every reply ("lean, reader task"). Each selector has its view refresher
 running, as in the daemon. Printed: CPU µs per select and per release (process time
 inside each call's window), select p50/p99, and the ratio select p50 / bare lean
 PING p50, PINGs measured in the same rounds.
