@@ -38,9 +38,10 @@ Failures::
                                      script is wrong, not the server
 
 Timeouts and cancellation: a call that gets no complete answer within its timeout
-(checked every ``WATCH_INTERVAL_S`` by one watcher task, not a cancel scope per
-call) closes its connection (never reused: the late reply would be read by nobody or,
-worse, by the next caller) and every call queued behind it on that connection
+(checked by one watcher task every ``command_timeout_s / 8``, 0.05 to 0.25 s, not
+by a cancel scope per call, so it fires up to that late) closes its connection
+(never reused: the late reply would be read by nobody or, worse, by the next
+caller) and every call queued behind it on that connection
 fails too; they are behind the same stuck reply and would time out anyway. A
 call cancelled from outside (its HTTP client left) leaves the connection healthy:
 its reply is still read (by the reader task, when it was reading inline) and
@@ -91,10 +92,13 @@ __all__ = ["Endpoint", "LeanRedis", "LeanScript", "RedisReplyError", "open_lean_
 # ones spread out so a dead server is not hammered by every request.
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 1.0
-# The deadline watcher looks at every call in flight this often: a call with no
-# answer fails at most this long after its timeout. (A cancel scope per call would
-# be exact, but costs ~7 us of CPU per call: as much as a fifth of a PING.)
-WATCH_INTERVAL_S = 0.05
+# The deadline watcher looks at every call in flight every command_timeout_s / 8,
+# within these bounds: a call with no answer fails at most that long after its
+# timeout (0.25 s late at the default 2 s). A cancel scope per call would be exact
+# but costs ~7 us of CPU per call, as much as a fifth of a PING; each wake-up of
+# the watcher costs ~250 us here (bench/README.md), so it does not tick faster.
+WATCH_MIN_S = 0.05
+WATCH_MAX_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +184,7 @@ class LeanRedis:
         self._live: list[Connection] = []
         self._growing = False
         self._watching = False
+        self._watch_interval_s = min(WATCH_MAX_S, max(WATCH_MIN_S, config.command_timeout_s / 8))
         self._connect_lock = trio.Lock()
         self._failures = 0
         self._retry_at = 0.0
@@ -288,7 +293,7 @@ class LeanRedis:
         reply that never comes closes its connection the same way.
         """
         while True:
-            await trio.sleep(WATCH_INTERVAL_S)
+            await trio.sleep(self._watch_interval_s)
             now = trio.current_time()
             for conn in list(self._live):
                 late = next((w for w in conn.pending if w.deadline <= now), None)
