@@ -64,12 +64,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import trio
 
 from accounts.errors import StoreUnavailable
 
+from ._endpoint import Endpoint
 from ._redis_config import RedisConfig
 from ._resp import (
     CALLER,
@@ -111,56 +111,6 @@ class LeanScript:
     @classmethod
     def from_text(cls, text: str) -> LeanScript:
         return cls(text, hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest())
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where and how to connect, parsed from ``RedisConfig.url``."""
-
-    host: str = "127.0.0.1"
-    port: int = 6379
-    unix_path: str | None = None
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-    db: int = 0
-
-    @classmethod
-    def from_url(cls, url: str) -> Endpoint:
-        """redis://[user:pass@]host[:port][/db], rediss://..., unix://[user:pass@]/path[?db=N]."""
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        username = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password is not None else None
-        db_text = query.get("db", [""])[0] or parts.path.lstrip("/")
-        if parts.scheme == "unix":
-            db_text = query.get("db", ["0"])[0]
-        try:
-            db = int(db_text or 0)
-        except ValueError:
-            raise ValueError("url: the database must be a number") from None
-        if parts.scheme == "unix":
-            return cls(unix_path=parts.path, username=username, password=password, db=db)
-        return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            tls=parts.scheme == "rediss",
-            username=username,
-            password=password,
-            db=db,
-        )
-
-    def handshake(self) -> list[tuple[str | int, ...]]:
-        """Commands sent on every new connection before it serves calls."""
-        commands: list[tuple[str | int, ...]] = []
-        if self.password is not None:
-            if self.username:
-                commands.append(("AUTH", self.username, self.password))
-            else:
-                commands.append(("AUTH", self.password))
-        if self.db:
-            commands.append(("SELECT", self.db))
-        return commands
 
 
 class LeanRedis:
