@@ -8,14 +8,17 @@ Usage::
 Part 1, Redis (this process, one caller in a loop): a bare PING and one EVALSHA of
 ``scheduler/selection/acquire.lua`` (real keys, always granted), through coredis
 (``snapshot.redis``, as the daemon uses it today) and through the lean client
-(``snapshot.lean_redis``), the four variants interleaved round by round. Printed:
+(``snapshot.lean_redis``; "lean task" is the same client with ``inline_reads=False``:
+its reader task reads every reply, as before the inline read), the variants
+interleaved round by round. Printed:
 process CPU µs per call and the p50 round trip. Then the same script from 32
 concurrent tasks (the lean client pipelines them on its connections).
 
 Part 2, in-process ``select()`` on a 500-account bucket, each followed by a release,
 interleaved round by round: before (the runtime store's commands through coredis, as
 until the switch: a bench-only stand-in put where ``RedisStore.lean`` goes) and after
-(the daemon's own path, the lean client). Each selector has its view refresher
+(the daemon's own path, the lean client), and the lean client with its reader task
+reading every reply ("lean, reader task"). Each selector has its view refresher
 running, as in the daemon. Printed: CPU µs per select and per release (process time
 inside each call's window), select p50/p99, and the ratio select p50 / bare lean
 PING p50, PINGs measured in the same rounds.
@@ -96,11 +99,16 @@ async def measure_concurrent(call: Call, n: int, tasks: int) -> tuple[float, flo
 async def redis_clients(url: str, n: int, rounds: int) -> None:
     prefix = f"benchlean:{secrets.token_hex(3)}:"
     config = RedisConfig(url=url, key_prefix=prefix)
-    async with open_redis(config) as store, open_lean_redis(config) as lean:
+    async with (
+        open_redis(config) as store,
+        open_lean_redis(config) as lean,
+        open_lean_redis(config, inline_reads=False) as lean_task,
+    ):
         tag = "{rt.openai}"
         keys = [f"{prefix}rt:{tag}:lease:a", f"{prefix}rt:{tag}:state:a", f"{prefix}rt:{tag}:s:-"]
         coredis_script = store.script(ACQUIRE_LUA)
         lean_script = lean.script(ACQUIRE_LUA)
+        task_script = lean_task.script(ACQUIRE_LUA)
         counter = iter(range(10**9))
 
         def args() -> list[Any]:
@@ -108,8 +116,10 @@ async def redis_clients(url: str, n: int, rounds: int) -> None:
 
         variants: dict[str, Call] = {
             "PING      coredis": lambda: store.client.ping(),
+            "PING      lean task": lambda: lean_task.execute("PING"),
             "PING      lean": lambda: lean.execute("PING"),
             "acquire   coredis": lambda: coredis_script(keys=keys, args=args()),
+            "acquire   lean task": lambda: lean_task.evalsha(task_script, keys, args()),
             "acquire   lean": lambda: lean.evalsha(lean_script, keys, args()),
         }
         try:
@@ -132,7 +142,7 @@ async def redis_clients(url: str, n: int, rounds: int) -> None:
                 each = " ".join(us(v[0]).strip() for v in values)
                 print(f"  {name:<20} {us(cpu):>12} {us(p50):>8}   {each}")
             print("\n  acquire.lua from 32 concurrent tasks:")
-            for name in ("acquire   coredis", "acquire   lean"):
+            for name in ("acquire   coredis", "acquire   lean task", "acquire   lean"):
                 cpu, rate = await measure_concurrent(variants[name], n * 2, 32)
                 await store.client.delete([keys[0]])
                 print(f"  {name:<20} {us(cpu):>12} CPU us/call   {rate:8.0f} calls/s")
@@ -206,14 +216,23 @@ async def selects(url: str, n: int, rounds: int) -> None:
 
     prefix = f"benchlean:{secrets.token_hex(3)}:"
     config = RedisConfig(url=url, key_prefix=prefix)
-    async with open_redis(config) as store:
+    async with (
+        open_redis(config) as store,
+        open_lean_redis(config, inline_reads=False) as lean_task,
+    ):
         accounts = bench_accounts()
         settings = Settings()
         await set_snapshot(store, BUCKET, accounts, grace_s=30)
         req = SelectRequest(group="bench", platform=BUCKET.platform, model="m")
         before = RedisStore(store.client, store.config, _CoredisHot(store))  # type: ignore[arg-type]
         sels = {}
-        for name, redis in (("coredis (before)", before), ("lean (after)", store)):
+        task_reads = RedisStore(store.client, store.config, lean_task)
+        variants = (
+            ("coredis (before)", before),
+            ("lean, reader task", task_reads),
+            ("lean (after)", store),
+        )
+        for name, redis in variants:
             sel = Selector(redis, ScheduleView(store, _Source(accounts)), lambda: settings)
             sels[name] = (sel, Reporter(sel, lambda: settings))
         pings: dict[str, Call] = {

@@ -3,7 +3,7 @@
 Usage::
 
     python bench/rss.py [--pg-dsn DSN] [--redis-url URL] [--accounts 10000] [--groups 10]
-        [--pairs 4000]
+        [--pairs 4000] [--python PATH] [--env KEY=VALUE ...] [--tree PATH]
 
 ``stationmaster run`` starts as a subprocess on a fresh database (dropped
 afterwards) and its own Redis key prefix, with no accounts. Then this script
@@ -172,7 +172,21 @@ def main() -> int:
         help="the daemon's interpreter: e.g. a venv with only the runtime dependencies"
         " (pip install . without the test extras, as deployed)",
     )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the daemon (repeatable), e.g. MALLOC_ARENA_MAX=2",
+    )
+    p.add_argument(
+        "--tree",
+        type=Path,
+        default=None,
+        help="run the daemon from another checkout (e.g. a worktree of main, to compare)",
+    )
     args = p.parse_args()
+    extra_env = dict(item.split("=", 1) for item in args.env)
     if not args.pg_dsn:
         print("needs --pg-dsn (or STATIONMASTER_TEST_PG_DSN)")
         return 2
@@ -183,7 +197,8 @@ def main() -> int:
         _PACKAGES,
         {
             "redis": redis_url,
-            "daemon": args.python,
+            "daemon": f"{args.python}, tree {args.tree or 'this checkout'}",
+            "daemon env": " ".join(args.env) or "(nothing extra)",
             "accounts": f"{args.accounts} over {len(all_buckets)} buckets"
             f" ({args.groups} groups + 'all', x {len(PLATFORMS)} platforms)",
         },
@@ -200,8 +215,10 @@ def main() -> int:
             "STATIONMASTER_AUTH_ADMIN_TOKENS": json.dumps([admin]),
             "STATIONMASTER_AUTH_GATEWAY_TOKENS": json.dumps([gateway]),
             "STATIONMASTER_CRYPTO_KEYS": json.dumps([key]),
+            **extra_env,
         }
-        daemon = DaemonProcess(["run"], env, python=args.python)
+        tree = {} if args.tree is None else {"tree": args.tree.resolve()}
+        daemon = DaemonProcess(["run"], env, python=args.python, **tree)
         try:
             daemon.wait_ready()
             url = daemon.data_url  # the gateway routes are on the data plane

@@ -10,6 +10,7 @@ waiting for its reply (or replies). The pool, timeouts, backoff and scripts are
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -38,11 +39,24 @@ class RedisReplyError(Exception):
 class Waiter:
     """One call waiting for ``want`` replies on a connection."""
 
-    __slots__ = ("abandoned", "parked", "replies", "result", "task", "want")
+    __slots__ = (
+        "abandoned",
+        "deadline",
+        "parked",
+        "replies",
+        "result",
+        "task",
+        "timeout_s",
+        "want",
+    )
 
-    def __init__(self, want: int) -> None:
+    def __init__(self, want: int, deadline: float = math.inf, timeout_s: float = math.inf) -> None:
         self.task = trio.lowlevel.current_task()
         self.want = want
+        # When the call must have its answer (trio clock); the client's watcher fails
+        # the connection of a call past it.
+        self.deadline = deadline
+        self.timeout_s = timeout_s
         self.replies: list[Reply] = []
         self.result: outcome.Outcome[list[Reply]] | None = None
         self.parked = False
@@ -72,11 +86,31 @@ class Waiter:
         return trio.lowlevel.Abort.SUCCEEDED
 
 
+# Who reads a connection's replies (``Connection.reading``). At most one reads at a time;
+# a connection with calls in flight always has one.
+IDLE = 0  # nothing in flight: the next caller reads its own reply (inline)
+CALLER = 1  # a caller reads inline; calls pipelined behind it get theirs from it
+TASK = 2  # the connection's reader task reads (pipelined calls, TLS)
+
+
 class Connection:
-    """One socket, its hiredis reader, the waiters in request order, the queued writes."""
+    """One socket, its hiredis reader, the waiters in request order, the queued writes.
+
+    Replies are read by whoever holds :attr:`reading`. A caller that finds the
+    connection idle reads its own reply (:meth:`read_inline`): one task switch
+    per call instead of two (the reader task's wake-up, then the caller's). When
+    calls are pipelined behind it, it hands reading to the reader task once its
+    own reply is in (or it is cancelled), so nobody waits on a caller that left.
+    TLS streams are always read by the task (no fd to wait on).
+    """
 
     def __init__(
-        self, stream: trio.abc.Stream, reader: hiredis.Reader, pool: list[Connection]
+        self,
+        stream: trio.abc.Stream,
+        reader: hiredis.Reader,
+        pool: list[Connection],
+        *,
+        inline: bool = True,
     ) -> None:
         self.stream = stream
         self.reader = reader
@@ -90,6 +124,11 @@ class Connection:
         self.out: list[bytes] = []
         self.writing = False
         self.closed = False
+        # Without inline reads (or an fd) the reader task reads everything, always.
+        self.inline = inline and self.fd >= 0
+        self.reading = IDLE if self.inline else TASK
+        # The reader task parks here while it is not the one reading.
+        self._lot = trio.lowlevel.ParkingLot()
 
     def fail(self, exc: StoreUnavailable) -> None:
         """Close for good; every waiter gets ``exc``. Idempotent and synchronous."""
@@ -101,6 +140,27 @@ class Connection:
         while self.pending:
             self.pending.popleft().fail(exc)
         close_now(self.stream)
+        self._lot.unpark_all()
+
+    def idle_and_healthy(self) -> bool:
+        """For an idle connection (nobody reads it): False, and closed, if the server hung up.
+
+        While idle nothing watches the socket, so a server that closed it (a
+        restart, ``CLIENT KILL``, its idle ``timeout``) is noticed here, before a
+        command is sent into it: one non-blocking read, which finds nothing on a
+        healthy connection. Anything else (end of file, an error, bytes nobody
+        asked for) ends it.
+        """
+        try:
+            data = os.read(self.fd, 1)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            self.fail(StoreUnavailable("redis", f"connection lost ({type(exc).__name__})"))
+            return False
+        why = "a reply nobody asked for" if data else "the server closed the connection"
+        self.fail(StoreUnavailable("redis", why))
+        return False
 
     def write_nowait(self) -> None:
         """Write the queued command now if the socket takes it (the usual case).
@@ -143,28 +203,69 @@ class Connection:
             self.writing = False
 
     async def read_loop(self) -> None:
-        """Hand replies to waiters in order until the connection ends."""
+        """The reader task: hand replies to waiters in order whenever it holds :attr:`reading`."""
         try:
             while not self.closed:
-                data: bytes | bytearray
-                if self.fd >= 0:
+                if self.fd < 0:
+                    data = await self.stream.receive_some(_RECV_BYTES)
+                elif self.inline and (self.reading != TASK or not self.pending):
+                    # Not ours to read (idle, or a caller reads inline): wait to be handed it.
+                    if self.reading == TASK:
+                        self.reading = IDLE
+                    await self._lot.park()
+                    continue
+                else:
                     # Wait first, then read: no speculative read that finds nothing.
                     await trio.lowlevel.wait_readable(self.fd)
                     try:
                         data = os.read(self.fd, _RECV_BYTES)
                     except BlockingIOError:
                         continue
-                else:
-                    data = await self.stream.receive_some(_RECV_BYTES)
-                if not data:
-                    self.fail(StoreUnavailable("redis", "the server closed the connection"))
-                    return
-                self.reader.feed(data)  # type: ignore[arg-type]  # stub says str|bytes; any buffer works
-                self._dispatch()
+                self._received(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.fail(StoreUnavailable("redis", f"connection lost ({type(exc).__name__})"))
         except hiredis.ProtocolError as exc:
             self.fail(StoreUnavailable("redis", f"protocol error ({exc})"))
+
+    async def read_inline(self, waiter: Waiter) -> None:
+        """Read replies in the caller's own task until ``waiter`` has its own (or fails).
+
+        The caller holds :attr:`reading` (set when it found the connection idle).
+        Replies of calls pipelined behind it are handed on as they come. On the way
+        out, normal or cancelled, reading passes to the reader task while calls are
+        still in flight (a cancelled caller's own reply among them: read and
+        dropped), else the connection is idle again. A call past its deadline is
+        failed by the client's watcher, which closes the connection (that wakes
+        this read with an error).
+        """
+        try:
+            while waiter.result is None and not self.closed:
+                await trio.lowlevel.wait_readable(self.fd)
+                try:
+                    data = os.read(self.fd, _RECV_BYTES)
+                except BlockingIOError:
+                    continue
+                self._received(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.fail(StoreUnavailable("redis", f"connection lost ({type(exc).__name__})"))
+        except hiredis.ProtocolError as exc:
+            self.fail(StoreUnavailable("redis", f"protocol error ({exc})"))
+        finally:
+            if waiter.result is None:
+                waiter.abandoned = True  # cancelled: its reply will be read and dropped
+            if not self.closed:
+                if self.pending:
+                    self.reading = TASK
+                    self._lot.unpark()
+                else:
+                    self.reading = IDLE
+
+    def _received(self, data: bytes | bytearray) -> None:
+        if not data:
+            self.fail(StoreUnavailable("redis", "the server closed the connection"))
+            return
+        self.reader.feed(data)  # type: ignore[arg-type]  # stub says str|bytes; any buffer works
+        self._dispatch()
 
     def _dispatch(self) -> None:
         reader, pending = self.reader, self.pending
@@ -184,7 +285,11 @@ def close_now(stream: trio.abc.Stream) -> None:
 
 
 async def start_connection(
-    stream: trio.abc.Stream, handshake: Sequence[tuple[str | int, ...]], pool: list[Connection]
+    stream: trio.abc.Stream,
+    handshake: Sequence[tuple[str | int, ...]],
+    pool: list[Connection],
+    *,
+    inline: bool = True,
 ) -> Connection:
     """A Connection on ``stream`` once ``handshake`` (AUTH, SELECT) is answered.
 
@@ -202,7 +307,7 @@ async def start_connection(
     except BaseException:
         close_now(stream)
         raise
-    return Connection(stream, reader, pool)
+    return Connection(stream, reader, pool, inline=inline)
 
 
 async def _read_one(stream: trio.abc.Stream, reader: hiredis.Reader) -> Reply:

@@ -16,9 +16,14 @@ Shape::
     │                    background) only while every open one has calls in flight
     └── Connection      commands of concurrent callers are pipelined: whoever finds
         │                the connection idle sends everything queued in one write
-        └── reader task  feeds hiredis.Reader and hands each reply to the oldest
-                         waiter; Redis answers in request order, so no reply can
-                         reach the wrong caller
+        │                and reads its own reply in its own task (one task switch
+        │                per call, not two); calls queued behind it get theirs from it
+        └── reader task  takes over reading while calls are in flight and the inline
+                         reader has its reply (or was cancelled); hands each reply to
+                         the oldest waiter. Redis answers in request order, so no
+                         reply can reach the wrong caller. Nobody watches an idle
+                         connection: a call checks it (one non-blocking read) before
+                         sending, so one the server hung up on is replaced, not used
 
 Failures::
 
@@ -33,12 +38,14 @@ Failures::
                                      script is wrong, not the server
 
 Timeouts and cancellation: a call that gets no complete answer within its timeout
-closes its connection (never reused: the late reply would be read by nobody or,
-worse, by the next caller) and every call queued behind it on that connection
+(checked by one watcher task every ``command_timeout_s / 8``, 0.05 to 0.25 s, not
+by a cancel scope per call, so it fires up to that late) closes its connection
+(never reused: the late reply would be read by nobody or, worse, by the next
+caller) and every call queued behind it on that connection
 fails too; they are behind the same stuck reply and would time out anyway. A
 call cancelled from outside (its HTTP client left) leaves the connection healthy:
-the reader still reads its reply and drops it. Writes are shielded, so a cancel
-never leaves half a command on the wire.
+its reply is still read (by the reader task, when it was reading inline) and
+dropped. Writes are shielded, so a cancel never leaves half a command on the wire.
 
 Cluster: this client speaks to one server, as :mod:`snapshot.redis` (a plain
 ``coredis.Redis``) does today. The hot-path keys of one call share a hash tag,
@@ -57,14 +64,16 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import trio
 
 from accounts.errors import StoreUnavailable
 
+from ._endpoint import Endpoint
 from ._redis_config import RedisConfig
 from ._resp import (
+    CALLER,
+    IDLE,
     Connection,
     ProtocolError,
     RedisReplyError,
@@ -83,6 +92,13 @@ __all__ = ["Endpoint", "LeanRedis", "LeanScript", "RedisReplyError", "open_lean_
 # ones spread out so a dead server is not hammered by every request.
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 1.0
+# The deadline watcher looks at every call in flight every command_timeout_s / 8,
+# within these bounds: a call with no answer fails at most that long after its
+# timeout (0.25 s late at the default 2 s). A cancel scope per call would be exact
+# but costs ~7 us of CPU per call, as much as a fifth of a PING; each wake-up of
+# the watcher costs ~250 us here (bench/README.md), so it does not tick faster.
+WATCH_MIN_S = 0.05
+WATCH_MAX_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,56 +113,6 @@ class LeanScript:
         return cls(text, hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest())
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where and how to connect, parsed from ``RedisConfig.url``."""
-
-    host: str = "127.0.0.1"
-    port: int = 6379
-    unix_path: str | None = None
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-    db: int = 0
-
-    @classmethod
-    def from_url(cls, url: str) -> Endpoint:
-        """redis://[user:pass@]host[:port][/db], rediss://..., unix://[user:pass@]/path[?db=N]."""
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        username = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password is not None else None
-        db_text = query.get("db", [""])[0] or parts.path.lstrip("/")
-        if parts.scheme == "unix":
-            db_text = query.get("db", ["0"])[0]
-        try:
-            db = int(db_text or 0)
-        except ValueError:
-            raise ValueError("url: the database must be a number") from None
-        if parts.scheme == "unix":
-            return cls(unix_path=parts.path, username=username, password=password, db=db)
-        return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 6379,
-            tls=parts.scheme == "rediss",
-            username=username,
-            password=password,
-            db=db,
-        )
-
-    def handshake(self) -> list[tuple[str | int, ...]]:
-        """Commands sent on every new connection before it serves calls."""
-        commands: list[tuple[str | int, ...]] = []
-        if self.password is not None:
-            if self.username:
-                commands.append(("AUTH", self.username, self.password))
-            else:
-                commands.append(("AUTH", self.password))
-        if self.db:
-            commands.append(("SELECT", self.db))
-        return commands
-
-
 class LeanRedis:
     """Calls on a small pool of pipelined connections; see the module docstring."""
 
@@ -157,6 +123,7 @@ class LeanRedis:
         *,
         connections: int = 4,
         ssl_context: ssl.SSLContext | None = None,
+        inline_reads: bool = True,
     ) -> None:
         self.config = config
         self.endpoint = Endpoint.from_url(config.url)
@@ -166,11 +133,16 @@ class LeanRedis:
         self._size = connections
         self._live: list[Connection] = []
         self._growing = False
+        self._watching = False
+        self._watch_interval_s = min(WATCH_MAX_S, max(WATCH_MIN_S, config.command_timeout_s / 8))
         self._connect_lock = trio.Lock()
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = ""
         self._scripts: dict[str, LeanScript] = {}
+        # A caller that finds its connection idle reads its own reply (False: the
+        # reader task always reads; bench/lean.py compares the two).
+        self.inline_reads = inline_reads
         # Counters for metrics and benches.
         self.connects = 0
         self.timeouts = 0
@@ -221,7 +193,10 @@ class LeanRedis:
         timeout = self.config.command_timeout_s if timeout_s is None else timeout_s
         deadline = trio.current_time() + timeout
         conn = await self._pick(deadline)
-        waiter = Waiter(want)
+        waiter = Waiter(want, deadline, timeout)
+        inline = conn.reading == IDLE
+        if inline:
+            conn.reading = CALLER
         conn.pending.append(waiter)
         conn.out.append(payload)
         if not conn.writing:
@@ -230,15 +205,13 @@ class LeanRedis:
             if conn.out:
                 await conn.flush(deadline)
         if waiter.result is None:
-            with trio.CancelScope(deadline=deadline) as scope:
+            # No cancel scope of our own: the deadline is the watcher's (_watch).
+            if inline:
+                await conn.read_inline(waiter)
+            else:
                 waiter.parked = True
                 result: list[Reply] = await trio.lowlevel.wait_task_rescheduled(waiter.abort)
                 return result
-            # Only our own deadline gets here (an outside cancel propagates).
-            if scope.cancelled_caught:
-                self.timeouts += 1
-                conn.fail(StoreUnavailable("redis", "a call timed out on this connection"))
-                raise StoreUnavailable("redis", f"no answer within {timeout}s")
         assert waiter.result is not None
         return waiter.result.unwrap()
 
@@ -247,8 +220,10 @@ class LeanRedis:
     async def _pick(self, deadline: float) -> Connection:
         """The least busy open connection; grows the pool in the background when all are busy."""
         live = self._live
-        if live:
+        while live:
             best = min(live, key=lambda c: len(c.pending)) if len(live) > 1 else live[0]
+            if best.reading == IDLE and not best.idle_and_healthy():
+                continue  # the server hung up on it while idle: closed, out of the pool
             if best.pending and len(live) < self._size and not self._growing:
                 self._growing = True
                 self._nursery.start_soon(self._grow)
@@ -259,6 +234,23 @@ class LeanRedis:
             with trio.CancelScope(deadline=deadline):
                 return await self._open()
         raise StoreUnavailable("redis", "no connection within the call's timeout")
+
+    async def _watch(self) -> None:
+        """Fail, and close, every connection with a call past its deadline; runs for good.
+
+        The late call gets "no answer within"; every call queued behind it on that
+        connection fails too (behind the same stuck reply). A cancelled call's
+        reply that never comes closes its connection the same way.
+        """
+        while True:
+            await trio.sleep(self._watch_interval_s)
+            now = trio.current_time()
+            for conn in list(self._live):
+                late = next((w for w in conn.pending if w.deadline <= now), None)
+                if late is not None:
+                    self.timeouts += 1
+                    late.fail(StoreUnavailable("redis", f"no answer within {late.timeout_s}s"))
+                    conn.fail(StoreUnavailable("redis", "a call timed out on this connection"))
 
     async def _grow(self) -> None:
         try:
@@ -289,6 +281,9 @@ class LeanRedis:
         self._failures = 0
         self._retry_at = 0.0
         self.connects += 1
+        if not self._watching:
+            self._watching = True
+            self._nursery.start_soon(self._watch)
         self._live.append(conn)
         self._nursery.start_soon(self._serve, conn)
         return conn
@@ -315,7 +310,7 @@ class LeanRedis:
         except BaseException:
             close_now(stream)
             raise
-        return await start_connection(stream, ep.handshake(), self._live)
+        return await start_connection(stream, ep.handshake(), self._live, inline=self.inline_reads)
 
     async def _serve(self, conn: Connection) -> None:
         try:
@@ -331,7 +326,11 @@ class LeanRedis:
 
 @contextlib.asynccontextmanager
 async def open_lean_redis(
-    config: RedisConfig, *, connections: int = 4, ssl_context: ssl.SSLContext | None = None
+    config: RedisConfig,
+    *,
+    connections: int = 4,
+    ssl_context: ssl.SSLContext | None = None,
+    inline_reads: bool = True,
 ) -> AsyncIterator[LeanRedis]:
     """A :class:`LeanRedis` whose reader tasks live until the block ends.
 
@@ -346,7 +345,13 @@ async def open_lean_redis(
     raised: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            client = LeanRedis(config, nursery, connections=connections, ssl_context=ssl_context)
+            client = LeanRedis(
+                config,
+                nursery,
+                connections=connections,
+                ssl_context=ssl_context,
+                inline_reads=inline_reads,
+            )
             try:
                 yield client
             except BaseException as exc:

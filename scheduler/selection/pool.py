@@ -79,8 +79,9 @@ class PoolCache:
         self.counts: Counter[Reason] = Counter()
         self.scored: dict[str, Scored] = {}
         # (-score, snapshot index, id), ascending: best first, ties in snapshot order.
+        # An entry's key is rebuilt from ``scored`` to find it again (no second map of
+        # keys: one entry fewer per candidate, ~1 MB over 10,000 accounts' buckets).
         self._order: list[tuple[float, int, str]] = []
-        self._keys: dict[str, tuple[float, int, str]] = {}
         self._index = {a.id: i for i, a in enumerate(snap.accounts)}
         self.norm = Norm(0, 1.0, 1.0)
         # Leases held on the bucket's accounts when built (the leases-per-bucket gauge).
@@ -107,8 +108,7 @@ class PoolCache:
         for s in score(passed, self.weights, now, with_terms=False, norm=self.norm):
             account_id = s.account.id
             self.scored[account_id] = s
-            self._keys[account_id] = key = (-s.score, index[account_id], account_id)
-            self._order.append(key)
+            self._order.append((-s.score, index[account_id], account_id))
         self._order.sort()
 
     def update(self, ids: Iterable[str], state_of: StateOf, now: float) -> None:
@@ -147,7 +147,6 @@ class PoolCache:
         account_id = s.account.id
         key = (-s.score, self._index[account_id], account_id)
         self.scored[account_id] = s
-        self._keys[account_id] = key
         bisect.insort(self._order, key)
 
     def _remove(self, account_id: str) -> None:
@@ -155,8 +154,7 @@ class PoolCache:
         if reason is not None:
             self.counts[reason] -= 1
             return
-        key = self._keys.pop(account_id, None)
-        if key is not None:
-            del self.scored[account_id]
-            i = bisect.bisect_left(self._order, key)
+        s = self.scored.pop(account_id, None)
+        if s is not None:
+            i = bisect.bisect_left(self._order, (-s.score, self._index[account_id], account_id))
             del self._order[i]

@@ -72,27 +72,46 @@ READINGS_LUA = _HERE / "readings.lua"
 _SCRIPTS = (ACQUIRE_LUA, RELEASE_LUA, RENEW_LUA, READ_LUA, UNBIND_LUA, READINGS_LUA)
 
 
+class _Prefixes(dict[str, str]):
+    """``platform -> "<prefix>rt:{rt.<platform>}:<kind>:"``, built on first use."""
+
+    def __init__(self, redis: RedisStore, kind: str) -> None:
+        super().__init__()
+        self._redis = redis
+        self._kind = kind
+
+    def __missing__(self, platform: str) -> str:
+        prefix = self[platform] = self._redis.key("rt", Keys.tag(platform), self._kind, "")
+        return prefix
+
+
 class Keys:
     """Every runtime key name, built from the store's prefix. One place, per STYLE."""
 
     def __init__(self, redis: RedisStore) -> None:
         self._redis = redis
+        # Per platform, every key name up to the account id (or group): a select builds
+        # three names, a release three, so one concatenation each instead of a join.
+        self._lease = _Prefixes(redis, "lease")
+        self._state = _Prefixes(redis, "state")
+        self._sess = _Prefixes(redis, "sess")
+        self._resp = _Prefixes(redis, "resp")
 
     @staticmethod
     def tag(platform: str) -> str:
         return "{rt." + platform + "}"
 
     def leases(self, platform: str, account_id: str) -> str:
-        return self._redis.key("rt", self.tag(platform), "lease", account_id)
+        return self._lease[platform] + account_id
 
     def state(self, platform: str, account_id: str) -> str:
-        return self._redis.key("rt", self.tag(platform), "state", account_id)
+        return self._state[platform] + account_id
 
     def session(self, platform: str, group: str, session_hash: str) -> str:
-        return self._redis.key("rt", self.tag(platform), "sess", group, session_hash)
+        return self._sess[platform] + group + ":" + session_hash
 
     def response(self, platform: str, group: str, response_id: str) -> str:
-        return self._redis.key("rt", self.tag(platform), "resp", group, response_id)
+        return self._resp[platform] + group + ":" + response_id
 
     def released_channel(self, platform: str) -> str:
         """Pub/sub channel of ``platform``'s releases: ``"<account_id> <origin>"`` each."""

@@ -21,10 +21,12 @@ from urllib.parse import quote
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
 from accounts.errors import StoreUnavailable
+from snapshot._resp import CALLER, IDLE, TASK
 from snapshot.lean_redis import (
     Endpoint,
     LeanScript,
@@ -476,3 +478,115 @@ def test_any_redis_url_round_trips(user, password, host, port, db, tls):
     assert (ep.username, ep.password) == ((user or None) if auth else None, password)
     expected_auth = [] if password is None else [("AUTH", *([user] if user else []), password)]
     assert ep.handshake() == expected_auth + ([("SELECT", db)] if db else [])
+
+
+# --- inline reads: a caller on an idle connection reads its own reply ----------------------
+
+
+async def test_an_inline_reader_cancelled_with_calls_behind_it_hands_reading_on(redis_url):
+    """A reads inline (blocked in BLPOP), B is pipelined behind it, A is cancelled: the
+    reader task takes over, drops A's late reply and hands B its own; same connection."""
+    prefix = f"smlean:{secrets.token_hex(4)}:"
+    async with (
+        open_lean_redis(_config(redis_url), connections=1) as lean,
+        open_lean_redis(_config(redis_url), connections=1) as other,
+    ):
+        await lean.execute("PING")
+        conn = lean._live[0]
+        b_reply: list[str] = []
+
+        async def a(scope: trio.CancelScope) -> None:
+            with scope:
+                await lean.execute("BLPOP", f"{prefix}list", 10, timeout_s=20)
+                raise AssertionError("A was cancelled before its reply came")
+
+        async def b() -> None:
+            b_reply.append(await lean.evalsha(ECHO, [f"{prefix}b"], ["b-arg"]))
+
+        with trio.fail_after(15):
+            async with trio.open_nursery() as nursery:
+                a_scope = trio.CancelScope()
+                nursery.start_soon(a, a_scope)
+                await trio.testing.wait_all_tasks_blocked()
+                assert conn.reading == CALLER  # A reads its own reply
+                nursery.start_soon(b)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(conn.pending) == 2
+                a_scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert conn.reading == TASK  # handed on: B's reply is still to come
+                await other.execute("RPUSH", f"{prefix}list", "for-a")  # unblocks A's BLPOP
+        assert b_reply == [[f"{prefix}b", "b-arg", "b-arg"]]
+        assert a_scope.cancelled_caught
+        # A's reply was read and dropped: the connection is in step and idle again.
+        assert await lean.execute("GET", f"{prefix}b") == "b-arg"
+        assert conn.reading == IDLE and lean.connects == 1 and lean.timeouts == 0
+        await lean.execute("DEL", f"{prefix}b", f"{prefix}list")
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced_before_a_call(redis_url):
+    """Nobody watches an idle connection; the next call sees the hang-up and does not fail."""
+    async with (
+        open_lean_redis(_config(redis_url), connections=1) as lean,
+        open_lean_redis(_config(redis_url), connections=1) as other,
+    ):
+        client_id = await lean.execute("CLIENT", "ID")
+        conn = lean._live[0]
+        assert await other.execute("CLIENT", "KILL", "ID", client_id) == 1
+        with trio.fail_after(10):
+            await trio.lowlevel.wait_readable(conn.fd)  # the hang-up has arrived
+        assert await lean.execute("PING") == "PONG"
+        assert conn.closed and lean.connects == 2
+
+
+@pytest.mark.parametrize("inline_reads", [True, False])
+async def test_callers_cancelled_at_random_points_never_get_another_callers_answer(
+    redis_url, inline_reads
+):
+    """Callers cancelled at random checkpoints (while reading inline, waiting behind
+    others, or sending): every call that answers gets its own reply; the connections stay
+    in step. Both read paths: inline (idle connection) and the reader task's."""
+    prefix = f"smlean:{secrets.token_hex(4)}:"
+    rng = random.Random(1616)
+    scopes: set[trio.CancelScope] = set()
+    answered = cancelled = 0
+    finished = trio.Event()
+    config = _config(redis_url)
+    async with open_lean_redis(config, connections=2, inline_reads=inline_reads) as lean:
+
+        async def caller(i: int) -> None:
+            nonlocal answered, cancelled
+            for n in range(10):
+                arg = f"{i}:{n}:" + "z" * rng.choice((0, 50, 5000, 90_000))
+                with trio.CancelScope() as scope:
+                    scopes.add(scope)
+                    reply = await lean.evalsha(ECHO, [f"{prefix}{i}"], [arg])
+                    assert reply == [f"{prefix}{i}", arg, arg], (i, n)
+                    answered += 1
+                scopes.discard(scope)
+                cancelled += scope.cancelled_caught
+                if rng.random() < 0.3:
+                    await trio.sleep(0)
+
+        async def canceller() -> None:
+            while not finished.is_set():
+                if scopes and rng.random() < 0.02:
+                    rng.choice(sorted(scopes, key=id)).cancel()
+                await trio.sleep(0)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as outer:
+                outer.start_soon(canceller)
+                async with trio.open_nursery() as nursery:
+                    for i in range(40):
+                        nursery.start_soon(caller, i)
+                finished.set()
+        assert answered + cancelled == 400 and answered >= 40 and cancelled >= 5
+        assert lean.timeouts == 0
+        for n in range(4):
+            assert await lean.evalsha(ECHO, [f"{prefix}last"], [str(n)]) == [
+                f"{prefix}last",
+                str(n),
+                str(n),
+            ]
+        await lean.execute("DEL", *(f"{prefix}{i}" for i in range(40)), f"{prefix}last")
