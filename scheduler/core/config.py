@@ -59,7 +59,10 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # After SIGTERM, /readyz answers 503 but new connections are still accepted
     # for this long, so a load balancer notices before connections are refused.
     drain_delay_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 0.0
-    keep_alive_timeout_s: PositiveFloat = 5.0
+    # Longer than the gateway's own idle pool (httpx 5 s, Go 90 s): a server that
+    # closes first races the client's next request on that connection, which then
+    # fails with "connection reset" (a POST is not retried).
+    keep_alive_timeout_s: PositiveFloat = 120.0
 
 
 class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -48,7 +48,7 @@ class WireLimits:
     max_headers: int = 64
     # From a request's first byte to its last (head and body): a slow loris's budget.
     read_timeout_s: float = 10.0
-    keep_alive_timeout_s: float = 5.0
+    keep_alive_timeout_s: float = 120.0  # longer than clients' idle pools (config.py)
     drain_timeout_s: float = 10.0
 
 
