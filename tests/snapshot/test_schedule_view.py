@@ -26,7 +26,7 @@ from snapshot.builder import SnapshotBuilder
 from snapshot.keys import Bucket, BucketKeys
 from snapshot.observer import CountingObserver, ViewState
 from snapshot.redis import RedisConfig, RedisStore, open_redis
-from snapshot.schedule import read_active, set_snapshot
+from snapshot.schedule import PublishOutcome, read_active, set_snapshot
 from snapshot.source import RepositorySource
 from snapshot.view import ScheduleView
 from snapshot.watcher import ScheduleWatcher
@@ -271,8 +271,10 @@ async def test_two_instances_follow_a_rebuilt_snapshot_after_the_keys_are_delete
         for builder in builders:
             await nursery.start(builder.run)
         async with _watched(views[0]), _watched(views[1]):
-            for _ in range(3):  # push the version numbers up
-                await builders[0].rebuild(BUCKET)
+            activated = 0
+            while activated < 3:  # push the version numbers up ("busy": the other builder)
+                result = await builders[0].rebuild(BUCKET)
+                activated += result.outcome is PublishOutcome.ACTIVATED
             held = await read_active(redis, BUCKET)
             assert held is not None and held.version >= 4
             for view in views:
