@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_two_processes_migrate_at_once(pg_server_dsn: str) -> None:
 async def test_migrate_is_idempotent_and_detects_edits(
     aio_loop: None, pg_server_dsn: str, tmp_path: Path
 ) -> None:
-    name = f"smtest_mig_{tmp_path.name[-12:].replace('-', '_')}"
+    name = f"smtest_mig_{secrets.token_hex(4)}"
     await admin_execute(pg_server_dsn, f'CREATE DATABASE "{name}"')
     try:
         (tmp_path / "0001_a.sql").write_text("CREATE TABLE probe_a (id int);")
@@ -108,7 +109,7 @@ async def test_0007_drops_the_scoring_queue_weight_from_a_stored_document(
     from accounts.migrate import MIGRATIONS_DIR
     from snapshot.settings import SettingsStore
 
-    name = f"smtest_mig7_{tmp_path.name[-12:].replace('-', '_')}"
+    name = f"smtest_mig7_{secrets.token_hex(4)}"
     await admin_execute(pg_server_dsn, f'CREATE DATABASE "{name}"')
     try:
         for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
@@ -136,7 +137,7 @@ async def test_0008_keeps_the_oldest_name_and_renames_later_duplicates(
     become "<name> #<id>" with their version bumped; then the unique index refuses more."""
     from accounts.migrate import MIGRATIONS_DIR
 
-    name = f"smtest_m8_{tmp_path.name[-12:].replace('-', '_')}"
+    name = f"smtest_m8_{secrets.token_hex(4)}"
     await admin_execute(pg_server_dsn, f'CREATE DATABASE "{name}"')
     try:
         before = [f for f in sorted(MIGRATIONS_DIR.glob("*.sql")) if f.name < "0008"]

@@ -134,3 +134,26 @@ async def test_consumed_events_are_pruned_after_the_retention_in_small_batches(
     assert len(statements) == 4 and all(s.startswith("DELETE") for s in statements)
     rows = await db.fetch("SELECT kind, count(*) AS n FROM schedule_events GROUP BY kind")
     assert {r["kind"]: r["n"] for r in rows} == {"recent": 5, "pending": 1}
+
+
+async def test_the_running_builder_prunes_in_its_own_rounds(
+    db: Database, redis: RedisStore
+) -> None:
+    """The prune is part of the builder's loop, not only a method a caller may use: the
+    first round of a running builder deletes consumed rows past the retention."""
+    await db.execute(
+        "INSERT INTO schedule_events (kind, consumed_at)"
+        " SELECT 'old', now() - interval '2 hours' FROM generate_series(1, 5)"
+    )
+    builder = SnapshotBuilder(
+        db, redis, SqlSource(db), poll_s=3600, full_rebuild_s=3600, retention_s=3600
+    )
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(builder.run)
+            builder.wake()
+            while builder.rounds < 1:  # the round, not a time, is what is waited for
+                await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+    assert builder.pruned == 5
+    assert await db.fetchval("SELECT count(*) FROM schedule_events WHERE kind = 'old'") == 0

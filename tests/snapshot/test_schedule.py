@@ -400,6 +400,26 @@ def test_every_script_call_touches_one_slot(bucket: Bucket) -> None:
     assert len({key_slot(k) for k in all_keys}) == 1
 
 
+def test_the_documented_key_shapes_are_the_ones_built() -> None:
+    """Issue 10 item 13: keys.py documented a hash-tag shape the code did not build. Each key
+    line of its docstring, filled in for one bucket and version, is a key BucketKeys builds."""
+    import snapshot.keys
+
+    bucket, stamp = Bucket("team.a-b_c", Platform.ANTHROPIC), Stamp(epoch=7, number=3)
+    documented = {
+        line.split()[0]
+        .replace("<prefix>", "sm:")
+        .replace("<group>", bucket.group)
+        .replace("<platform>", bucket.platform.value)
+        .replace("<n>", str(stamp.number))
+        .replace("<epoch>", str(stamp.epoch))
+        for line in (snapshot.keys.__doc__ or "").splitlines()
+        if line.strip().startswith("<prefix>sched:{")
+    }
+    keys = BucketKeys("sm:", bucket)
+    assert documented == {keys.seq, keys.active, keys.ready, keys.lock, *keys.version(stamp)}
+
+
 @pytest.mark.parametrize("script", [ACTIVATE_LUA, ALLOC_LUA, UNLOCK_LUA])
 def test_scripts_touch_only_declared_keys(script: Path) -> None:
     """Every redis.call names its key through KEYS[i] (PUBLISH takes a channel, not a key)."""

@@ -27,7 +27,7 @@ from snapshot.builder import SnapshotBuilder
 from snapshot.keys import Bucket, BucketKeys
 from snapshot.observer import CountingObserver, ViewState
 from snapshot.redis import RedisConfig, RedisStore, open_redis
-from snapshot.schedule import read_active, set_snapshot
+from snapshot.schedule import PublishOutcome, read_active, set_snapshot
 from snapshot.source import RepositorySource
 from snapshot.view import ScheduleView
 from snapshot.watcher import ScheduleWatcher
@@ -272,8 +272,22 @@ async def test_two_instances_follow_a_rebuilt_snapshot_after_the_keys_are_delete
         for builder in builders:
             await nursery.start(builder.run)
         async with _watched(views[0]), _watched(views[1]):
-            for _ in range(3):  # push the version numbers up
-                await builders[0].rebuild(BUCKET)
+            # The builders' own rounds first: the account's event consumed and no rebuild
+            # under way when the keys go. (delete_prefix is SCAN + DEL, not atomic like a
+            # flush: a rebuild in flight could re-create "active" for an old-epoch version
+            # after the DEL, a healthy snapshot with no epoch change to wait for.)
+            while await db.fetchval(
+                "SELECT count(*) FROM schedule_events WHERE consumed_at IS NULL"
+            ):
+                await trio.sleep(0.02)
+            # And a round of each begun since then, which found nothing to do.
+            rounds = [b.rounds for b in builders]
+            while any(b.rounds < r + 2 for b, r in zip(builders, rounds, strict=True)):
+                await trio.sleep(0.02)
+            activated = 0
+            while activated < 3:  # push the version numbers up ("busy": the other builder)
+                result = await builders[0].rebuild(BUCKET)
+                activated += result.outcome is PublishOutcome.ACTIVATED
             held = await read_active(redis, BUCKET)
             assert held is not None and held.version >= 4
             for view in views:

@@ -152,8 +152,17 @@ async def test_a_failed_answer_gives_the_lease_back(config, db):
                 "UPDATE accounts SET credentials_enc = $1 WHERE id = $2", foreign, account["id"]
             )
             async with admin_client(url) as admin:
-                r = await admin.post("/v1/admin/buckets/rebuild", json={"bucket": "g1/openai"})
-                version = r.json()["results"][0]["version"]
+                # "busy": the builder holds the bucket's lock (the account's creation may
+                # still be building, from the row as it was): ask again until a version
+                # built from the updated row is active.
+                while True:
+                    r = await admin.post("/v1/admin/buckets/rebuild", json={"bucket": "g1/openai"})
+                    [result] = r.json()["results"]
+                    if result["outcome"] == "activated":
+                        break
+                    assert result["outcome"] == "busy", r.text
+                    await trio.sleep(0.05)
+                version = result["version"]
             view = daemon.services.schedule.view
             # Not held yet, the first select loads the new version; held, wait for it.
             while (held := view.get(Bucket("g1", Platform.OPENAI))) and held.version < version:
