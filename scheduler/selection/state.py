@@ -118,8 +118,8 @@ def parse_state(leases: int, flat: Sequence[str], shift_s: float = 0.0) -> Runti
 
 
 def _at(raw: str | None, shift_s: float) -> float | None:
-    seconds = F.ms_to_s(raw)
-    return None if seconds is None else seconds + shift_s
+    # F.ms_to_s(raw) + shift_s, inlined: five of these per state parsed on the hot path.
+    return float(raw) / 1000.0 + shift_s if raw else None
 
 
 def _shift_reading(reading: QuotaWindow, shift_s: float) -> QuotaWindow:

@@ -170,8 +170,10 @@ class RuntimeView:
 
     def hold(self, account_id: str) -> int:
         """Count one more lease locally while an acquire is in flight; the count it set."""
-        leases = self.get(account_id).leases + 1
-        self.patch(account_id, leases=leases)
+        state = self._states.get(account_id, EMPTY)
+        leases = state.leases + 1
+        self._states[account_id] = msgspec.structs.replace(state, leases=leases)
+        self._written(account_id)
         return leases
 
     def unhold(self, account_id: str, held: int) -> None:
