@@ -242,14 +242,18 @@ class Selector:
     ) -> Round:
         rnd = Round()
         bucket = snap.bucket
+        view = self.view
+        view_key = (bucket.group, bucket.platform.value)
         # The refresher keeps the view fresh; read here only if it cannot be trusted.
-        await self.view.refresh(
-            (bucket.group, bucket.platform.value),
-            bucket.platform,
-            (a.id for a in snap.accounts),
-            since=since,
-            max_age_s=self.view.request_max_age_s,
-        )
+        max_age_s = view.request_max_age_s
+        if since is not None or not view.current(view_key, max_age_s):
+            await view.refresh(
+                view_key,
+                bucket.platform,
+                (a.id for a in snap.accounts),
+                since=since,
+                max_age_s=max_age_s,
+            )
         now = self.clock()
         by_id = snap.by_id
         for account_id in req.exclude:
