@@ -89,7 +89,8 @@ def parse_state(leases: int, flat: Sequence[str], shift_s: float = 0.0) -> Runti
     ``shift_s`` (this instance's clock minus Redis's, at the reply) moves every
     time onto this instance's clock.
     """
-    if not flat and not int(leases):
+    leases = int(leases)
+    if not flat and not leases:
         # No state at all (an idle account): one shared record, not one each (10,000
         # idle accounts: ~1.3 MB).
         return EMPTY
@@ -102,7 +103,7 @@ def parse_state(leases: int, flat: Sequence[str], shift_s: float = 0.0) -> Runti
             with contextlib.suppress(msgspec.DecodeError):
                 windows.append(_shift_reading(_window_decoder.decode(raw), shift_s))
     return RuntimeState(
-        leases=int(leases),
+        leases=leases,
         rate_limited_until=_at(h.get(F.RATE_LIMITED_UNTIL), shift_s),
         overloaded_until=_at(h.get(F.OVERLOADED_UNTIL), shift_s),
         unschedulable_until=_at(h.get(F.UNSCHEDULABLE_UNTIL), shift_s),
