@@ -94,7 +94,8 @@ def parse_state(leases: int, flat: Sequence[str], shift_s: float = 0.0) -> Runti
         # No state at all (an idle account): one shared record, not one each (10,000
         # idle accounts: ~1.3 MB).
         return EMPTY
-    h = dict(zip(flat[::2], flat[1::2], strict=True))
+    pairs = iter(flat)  # field, value, field, value...: no slices copied (odd: ValueError)
+    h = dict(zip(pairs, pairs, strict=True))
     windows = []
     for field in F.WINDOW_FIELDS:
         raw = h.get(field)
