@@ -159,11 +159,16 @@ class Selector:
             )
         return snap
 
+    def _loaded(self, bucket: Bucket) -> BucketSnapshot | None:
+        """:meth:`snapshot`'s answer when it needs no await (saves a coroutine per select)."""
+        snap = self.buckets.get(bucket)
+        return snap if snap is not None and snap.accounts else None
+
     async def select(self, req: SelectRequest, settings: Settings | None = None) -> Selection:
         """Pick an account and hold a lease on it; NoAccountAvailable after the wait."""
         cfg = settings or self.settings()
         bucket = Bucket(req.group, req.platform)
-        snap = await self.snapshot(bucket)
+        snap = self._loaded(bucket) or await self.snapshot(bucket)
         self.active[bucket] = time.monotonic()
         view_key = (bucket.group, bucket.platform.value)
         wait_s = min(req.wait_ms, cfg.wait.max_wait_ms) / 1000.0
