@@ -140,9 +140,6 @@ class PoolCache:
         if k <= 0:
             return out
         scored = self.scored
-        if not excluded:
-            # The common case (nothing refused yet): the first k, no membership tests.
-            return [scored[account_id] for _, _, account_id in self._order[:k]]
         for _, _, account_id in self._order:
             if account_id not in excluded:
                 out.append(scored[account_id])
