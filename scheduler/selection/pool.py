@@ -114,6 +114,7 @@ class PoolCache:
     def update(self, ids: Iterable[str], state_of: StateOf, now: float) -> None:
         """Check and score again the given accounts (ids outside the bucket are ignored)."""
         by_id = self.snap.by_id
+        model, quota = self.model, self.cfg.quota
         passed = []
         for account_id in dict.fromkeys(ids):  # once each, however often it changed
             account = by_id.get(account_id)
@@ -121,7 +122,10 @@ class PoolCache:
                 continue
             self._remove(account_id)
             state = state_of(account_id)
-            reason = verdict(account, state, self.model, self.cfg, now)
+            # verdict(), inlined: this runs on every select.
+            reason = check(account, state, model, quota, now)
+            if reason is None and state.leases >= account.concurrency:
+                reason = _FULL
             if reason is not None:
                 self.reasons[account_id] = reason
                 self.counts[reason] += 1

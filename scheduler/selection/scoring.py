@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -130,7 +131,10 @@ def score(
     """
     if not candidates:
         return []
-    w0, w1, w3, w4, w5, w6 = (getattr(weights, name) for name in _TERM_NAMES)
+    # Plain attribute reads (in _TERM_NAMES order): a generator here cost more than
+    # scoring the one or two accounts a pool update re-scores.
+    w0, w1, w3, w4 = weights.priority, weights.load, weights.error_rate, weights.ttft
+    w5, w6 = weights.quota_headroom, weights.reset_soon
     n = norm if norm is not None else normalisation(candidates)
     lo, spread, ttft_ref = n.lo, n.spread, n.ttft_ref
     clamp = _clamp
@@ -145,10 +149,16 @@ def score(
         if room is not None and (state.ratelimit_room_until or 0.0) > now:
             # Little left of an upstream rate limit: a soft penalty, until its reset.
             headroom = min(headroom, clamp(room))
-        t0 = 1.0 - clamp((account.priority - lo) / spread)
-        t1 = 1.0 - clamp(load)
-        t3 = 1.0 - clamp(state.error_rate)
-        t4 = 1.0 - clamp((state.ttft_ms or 0.0) / ttft_ref)
+        # Each t = 1.0 - _clamp(x), inlined (four calls per candidate on every rebuild):
+        # 1.0 when not x > 0 (NaN included), 0.0 when x > 1, else 1.0 - x.
+        x = (account.priority - lo) / spread
+        t0 = 1.0 if not x > 0.0 else (0.0 if x > 1.0 else 1.0 - x)
+        x = load
+        t1 = 1.0 if not x > 0.0 else (0.0 if x > 1.0 else 1.0 - x)
+        x = state.error_rate
+        t3 = 1.0 if not x > 0.0 else (0.0 if x > 1.0 else 1.0 - x)
+        x = (state.ttft_ms or 0.0) / ttft_ref
+        t4 = 1.0 if not x > 0.0 else (0.0 if x > 1.0 else 1.0 - x)
         total = w0 * t0 + w1 * t1 + w3 * t3 + w4 * t4 + w5 * headroom + w6 * reset_soon
         # Terms are built only when asked (explain): the hot path scores 500 accounts.
         terms = None
@@ -170,16 +180,15 @@ def seed_for(session_hash: str | None, response_id: str | None) -> int | None:
 
 
 _shared_rng = random.Random()
+_first = operator.itemgetter(0)
 
 
 def weighted_order(scored: Sequence[Scored], seed: int | None) -> list[Scored]:
     """An order drawn by score without replacement; the same seed gives the same order."""
-    rng = random.Random(seed) if seed is not None else _shared_rng
-    keyed = []
-    for s in scored:
-        w = max(s.score, _MIN_DRAW_WEIGHT)
-        # u ** (1/w), compared via its log to stay exact for tiny weights.
-        u = rng.random() or 1e-300
-        keyed.append((math.log(u) / w, s))
-    keyed.sort(key=lambda pair: pair[0], reverse=True)
+    draw = (random.Random(seed) if seed is not None else _shared_rng).random
+    log, floor = math.log, _MIN_DRAW_WEIGHT
+    # u ** (1/w), compared via its log to stay exact for tiny weights; the weight is
+    # floored as max(score, floor) would (NaN stays NaN). One draw per candidate, in order.
+    keyed = [(log(draw() or 1e-300) / (floor if floor > s.score else s.score), s) for s in scored]
+    keyed.sort(key=_first, reverse=True)
     return [s for _, s in keyed]

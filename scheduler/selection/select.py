@@ -159,11 +159,16 @@ class Selector:
             )
         return snap
 
+    def _loaded(self, bucket: Bucket) -> BucketSnapshot | None:
+        """:meth:`snapshot`'s answer when it needs no await (saves a coroutine per select)."""
+        snap = self.buckets.get(bucket)
+        return snap if snap is not None and snap.accounts else None
+
     async def select(self, req: SelectRequest, settings: Settings | None = None) -> Selection:
         """Pick an account and hold a lease on it; NoAccountAvailable after the wait."""
         cfg = settings or self.settings()
         bucket = Bucket(req.group, req.platform)
-        snap = await self.snapshot(bucket)
+        snap = self._loaded(bucket) or await self.snapshot(bucket)
         self.active[bucket] = time.monotonic()
         view_key = (bucket.group, bucket.platform.value)
         wait_s = min(req.wait_ms, cfg.wait.max_wait_ms) / 1000.0
@@ -242,14 +247,18 @@ class Selector:
     ) -> Round:
         rnd = Round()
         bucket = snap.bucket
+        view = self.view
+        view_key = (bucket.group, bucket.platform.value)
         # The refresher keeps the view fresh; read here only if it cannot be trusted.
-        await self.view.refresh(
-            (bucket.group, bucket.platform.value),
-            bucket.platform,
-            (a.id for a in snap.accounts),
-            since=since,
-            max_age_s=self.view.request_max_age_s,
-        )
+        max_age_s = view.request_max_age_s
+        if since is not None or not view.current(view_key, max_age_s):
+            await view.refresh(
+                view_key,
+                bucket.platform,
+                (a.id for a in snap.accounts),
+                since=since,
+                max_age_s=max_age_s,
+            )
         now = self.clock()
         by_id = snap.by_id
         for account_id in req.exclude:

@@ -89,11 +89,13 @@ def parse_state(leases: int, flat: Sequence[str], shift_s: float = 0.0) -> Runti
     ``shift_s`` (this instance's clock minus Redis's, at the reply) moves every
     time onto this instance's clock.
     """
-    if not flat and not int(leases):
+    leases = int(leases)
+    if not flat and not leases:
         # No state at all (an idle account): one shared record, not one each (10,000
         # idle accounts: ~1.3 MB).
         return EMPTY
-    h = dict(zip(flat[::2], flat[1::2], strict=True))
+    pairs = iter(flat)  # field, value, field, value...: no slices copied (odd: ValueError)
+    h = dict(zip(pairs, pairs, strict=True))
     windows = []
     for field in F.WINDOW_FIELDS:
         raw = h.get(field)
@@ -102,7 +104,7 @@ def parse_state(leases: int, flat: Sequence[str], shift_s: float = 0.0) -> Runti
             with contextlib.suppress(msgspec.DecodeError):
                 windows.append(_shift_reading(_window_decoder.decode(raw), shift_s))
     return RuntimeState(
-        leases=int(leases),
+        leases=leases,
         rate_limited_until=_at(h.get(F.RATE_LIMITED_UNTIL), shift_s),
         overloaded_until=_at(h.get(F.OVERLOADED_UNTIL), shift_s),
         unschedulable_until=_at(h.get(F.UNSCHEDULABLE_UNTIL), shift_s),
@@ -118,8 +120,8 @@ def parse_state(leases: int, flat: Sequence[str], shift_s: float = 0.0) -> Runti
 
 
 def _at(raw: str | None, shift_s: float) -> float | None:
-    seconds = F.ms_to_s(raw)
-    return None if seconds is None else seconds + shift_s
+    # F.ms_to_s(raw) + shift_s, inlined: five of these per state parsed on the hot path.
+    return float(raw) / 1000.0 + shift_s if raw else None
 
 
 def _shift_reading(reading: QuotaWindow, shift_s: float) -> QuotaWindow:

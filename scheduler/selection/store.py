@@ -166,8 +166,9 @@ class RuntimeStore:
         k = self.keys
         binding = k.session(platform, group, session_hash or "-")
         self.round_trips += 1
-        reply = await self._call(
-            ACQUIRE_LUA,
+        # The client directly (not through _call): one coroutine less on the hot path.
+        reply = await self.hot.evalsha(
+            self._scripts[ACQUIRE_LUA],
             [k.leases(platform, account_id), k.state(platform, account_id), binding],
             [
                 lease_id,

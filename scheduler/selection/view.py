@@ -89,6 +89,14 @@ class RuntimeView:
             self._log = []
         self._log.append(account_id)
 
+    def current(self, bucket: tuple[str, str], max_age_s: float | None = None) -> bool:
+        """Whether a plain ``refresh(bucket, max_age_s=...)`` would return without reading.
+
+        True while a read of the bucket is under way, or when the copy is younger than
+        ``max_age_s``: the hot path tests this before paying for the call.
+        """
+        return bucket in self._refreshing or not self.stale(bucket, time.monotonic(), max_age_s)
+
     def mark(self, bucket: tuple[str, str]) -> int:
         """How many reads of ``bucket`` have started: pass it to a later ``refresh(since=)``."""
         return self._started.get(bucket, 0)
@@ -119,7 +127,7 @@ class RuntimeView:
         if force and since is None:
             since = self.mark(bucket)
         if since is None:
-            if bucket in self._refreshing or not self.stale(bucket, time.monotonic(), max_age_s):
+            if self.current(bucket, max_age_s):
                 return
         else:
             while True:
@@ -170,8 +178,10 @@ class RuntimeView:
 
     def hold(self, account_id: str) -> int:
         """Count one more lease locally while an acquire is in flight; the count it set."""
-        leases = self.get(account_id).leases + 1
-        self.patch(account_id, leases=leases)
+        state = self._states.get(account_id, EMPTY)
+        leases = state.leases + 1
+        self._states[account_id] = msgspec.structs.replace(state, leases=leases)
+        self._written(account_id)
         return leases
 
     def unhold(self, account_id: str, held: int) -> None:

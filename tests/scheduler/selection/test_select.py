@@ -157,6 +157,16 @@ async def test_unknown_group_is_404(redis):
         await sel.select(SelectRequest(group="nope", platform=Platform.OPENAI, model="m"))
 
 
+async def test_a_bucket_left_without_accounts_is_404(redis):
+    """A known bucket whose snapshot is now empty answers NotFound, also once loaded."""
+    sel = await open_selector(redis, [], SettingsBox())
+    assert sel.buckets.get(Bucket(GROUP, Platform.OPENAI)) is not None  # loaded, and empty
+    for _ in range(2):
+        with trio.fail_after(10), pytest.raises(NotFound) as err:
+            await sel.select(req())
+        assert err.value.details == {"group": GROUP, "platform": "openai"}
+
+
 async def until_waiting(sel: Selector, n: int = 1) -> float:
     """Return (trio time) once ``n`` selects of ``sel`` are waiting for a release."""
     while sel.waiters.waiting < n:
