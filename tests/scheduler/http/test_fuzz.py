@@ -17,10 +17,11 @@ body field, which no schema can say, and answers 428 with neither. So 428 is
 added to the statuses ``missing_required_header`` and
 ``positive_data_acceptance`` accept. Likewise 402 (RFC 9110): ``POST /v1/tasks``
 answers it when the owner's balance cannot cover the hold, and no schema can say
-which owner has credit; it is accepted by ``positive_data_acceptance`` only. And no NUL character is
-generated: task ``params`` are stored as PostgreSQL jsonb, which cannot hold one
-anywhere in a document; the schema says so in words (422 ``params``), which no
-JSON Schema keyword can say of every nested key and string.
+which owner has credit; it is accepted by ``positive_data_acceptance`` only.
+And no NUL character is generated: task ``params`` are stored as PostgreSQL
+jsonb, which cannot hold one anywhere in a document; the schema says so in
+words (422 ``params``), which no JSON Schema keyword can say of every nested key
+and string.
 
 Random group names rarely name a bucket, so before the gateway run the test
 takes two real leases and binds them to the ``lease_id`` of release and renew
@@ -31,9 +32,9 @@ Between the two runs the settings are put back to what the test set (the admin
 run may have changed any of them): ``wait.max_wait_ms = 0`` keeps a select on a
 full bucket from waiting, which bounds the gateway run's time. And every account
 is deleted before fresh ones are seeded: one the admin run created or changed to
-``concurrency: 1``, in a group the
-gateway run also generates fills at once, and its 503 ``no_available_accounts``
-(the documented answer for a full bucket) is not what this test looks for.
+``concurrency: 1``, in a group the gateway run also generates, fills at once,
+and its 503 ``no_available_accounts`` (the documented answer for a full bucket)
+is not what this test looks for.
 That answer cannot be avoided, only made rare: the run's own releases report
 errors and latencies that rightly take accounts out of rotation (``slow``,
 rate-limited). So for ``select`` alone, 503 is not counted as a server error; its
