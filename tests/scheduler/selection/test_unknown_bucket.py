@@ -80,8 +80,13 @@ async def test_unknown_groups_change_nothing(config: Any, db: Any) -> None:
                 await trio.sleep(0.05)
             await gw.post(f"/v1/leases/{r.json()['lease_id']}/release", json={"status": 200})
             view = daemon.services.schedule.view
-            await trio.sleep(1.2)  # let the fallback budget refill to its burst (1 s)
-            budget = view.fallback_budget()
+            # The fallback budget refills continuously up to its burst: full once two
+            # readings apart in time are equal.
+            with trio.fail_after(10):
+                budget = -1.0
+                while (now := view.fallback_budget()) != budget:
+                    budget = now
+                    await trio.sleep(0.05)
             ready = _readiness((await admin.get("/readyz")).json())
             buckets = _rows((await admin.get("/v1/admin/buckets")).json())
             fallbacks = _fallbacks((await admin.get("/metrics")).text)
