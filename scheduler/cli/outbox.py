@@ -18,12 +18,11 @@ import sys
 import msgspec
 import trio
 
-from accounts.db import PostgresError, open_database, open_loop
-from accounts.errors import StationmasterError, ValidationFailed
+from accounts.errors import ValidationFailed
 
 from ..core.config import Config
 from ..outbox import OutboxStore, Status
-from .registry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
+from .registry import EXIT_OK, command, with_database
 
 _STATUSES = [s.value for s in Status]
 
@@ -55,25 +54,7 @@ async def _act(args: argparse.Namespace, store: OutboxStore) -> int:
 
 
 async def _main(args: argparse.Namespace, config: Config) -> int:
-    # Errors become exit codes inside the loop: leaving it, they would arrive
-    # wrapped in the bridge's exception group.
-    async with open_loop(), open_database(config.database, retry_for_s=0) as db:
-        try:
-            return await _act(args, OutboxStore(db))
-        except ValidationFailed as exc:
-            for field, reason in exc.errors:
-                print(f"stationmaster: {field}: {reason}", file=sys.stderr)
-            return EXIT_USAGE
-        except StationmasterError as exc:
-            print(f"stationmaster: {exc.message}", file=sys.stderr)
-            return EXIT_FAILURE
-        except PostgresError as exc:
-            print(
-                f"stationmaster: PostgreSQL refused ({type(exc).__name__}); "
-                "has `stationmaster migrate` run?",
-                file=sys.stderr,
-            )
-            return EXIT_FAILURE
+    return await with_database(config, lambda db: _act(args, OutboxStore(db)))
 
 
 @command("outbox", "list outbox events or retry a dead one", _add_arguments)

@@ -23,8 +23,6 @@ from typing import Any
 import msgspec
 import trio
 
-from accounts.db import PostgresError, open_database, open_loop
-from accounts.errors import StationmasterError, ValidationFailed
 from snapshot.redis import open_redis
 from snapshot.settings import (
     SettingsRecord,
@@ -36,7 +34,7 @@ from snapshot.settings import (
 )
 
 from ..core.config import Config
-from .registry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
+from .registry import EXIT_OK, command, with_database
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,26 +66,7 @@ def _print(record: SettingsRecord, *, published: bool | None = None) -> None:
 
 
 async def _main(args: argparse.Namespace, config: Config) -> int:
-    # Errors are turned into exit codes inside the loop: leaving it, they would
-    # arrive wrapped in the bridge's exception group.
-    async with open_loop(), open_database(config.database, retry_for_s=0) as db:
-        try:
-            return await _act(args, config, SettingsStore(db))
-        except ValidationFailed as exc:
-            for field, reason in exc.errors:
-                print(f"stationmaster: {field}: {reason}", file=sys.stderr)
-            return EXIT_USAGE
-        except StationmasterError as exc:
-            print(f"stationmaster: {exc.message}", file=sys.stderr)
-            return EXIT_FAILURE
-        except PostgresError as exc:
-            # Most likely the schema is older than this release.
-            print(
-                f"stationmaster: PostgreSQL refused ({type(exc).__name__}); "
-                "has `stationmaster migrate` run?",
-                file=sys.stderr,
-            )
-            return EXIT_FAILURE
+    return await with_database(config, lambda db: _act(args, config, SettingsStore(db)))
 
 
 async def _act(args: argparse.Namespace, config: Config, store: SettingsStore) -> int:

@@ -19,15 +19,14 @@ import msgspec
 import trio
 
 from accounts.crypto import Cipher
-from accounts.db import PostgresError, open_database, open_loop
-from accounts.errors import NotFound, StationmasterError, ValidationFailed
+from accounts.errors import NotFound, ValidationFailed
 from accounts.repository import AccountRepository
 
 from ..core.config import Config
 from ..selection.credentials import Credentials
 from ..tasks import TaskStatus, TaskStore, standalone
 from ..upstream import open_upstream
-from .registry import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, command
+from .registry import EXIT_OK, command, with_database
 
 
 def _print(value: Any) -> None:
@@ -70,26 +69,12 @@ def _credits_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def _main(args: argparse.Namespace, config: Config, act: Any) -> int:
-    # Errors become exit codes inside the loop: leaving it, they would arrive
-    # wrapped in the bridge's exception group.
-    async with open_loop(), open_database(config.database, retry_for_s=0) as db:
-        store = TaskStore(db, max_in_flight=config.tasks.max_in_flight_per_owner)
-        try:
-            return int(await act(args, config, store))
-        except ValidationFailed as exc:
-            for field, reason in exc.errors:
-                print(f"stationmaster: {field}: {reason}", file=sys.stderr)
-            return EXIT_USAGE
-        except StationmasterError as exc:
-            print(f"stationmaster: {exc.message}", file=sys.stderr)
-            return EXIT_FAILURE
-        except PostgresError as exc:
-            print(
-                f"stationmaster: PostgreSQL refused ({type(exc).__name__}); "
-                "has `stationmaster migrate` run?",
-                file=sys.stderr,
-            )
-            return EXIT_FAILURE
+    return await with_database(
+        config,
+        lambda db: act(
+            args, config, TaskStore(db, max_in_flight=config.tasks.max_in_flight_per_owner)
+        ),
+    )
 
 
 async def _tasks(args: argparse.Namespace, config: Config, store: TaskStore) -> int:
