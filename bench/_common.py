@@ -440,3 +440,17 @@ def daemon_process(
             yield daemon, daemon.wait_ready()
         finally:
             daemon.stop()
+
+
+def run_child(tree: Path, script: str, argv: list[str]) -> dict[str, Any]:
+    """``tree``'s ``bench/<script> --child argv`` in a subprocess: its last stdout line as JSON
+    (for A/B runs of another checkout, each in a fresh interpreter)."""
+    done = subprocess.run(
+        [sys.executable, str(tree / "bench" / script), "--child", *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tree,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result

@@ -33,14 +33,13 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import secrets  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import trio  # noqa: E402
 
 from accounts.model import Account, Kind, Platform  # noqa: E402
-from bench._common import print_setup  # noqa: E402
+from bench._common import print_setup, run_child  # noqa: E402
 from snapshot.keys import Bucket  # noqa: E402
 from snapshot.redis import RedisConfig, open_redis  # noqa: E402
 from snapshot.schedule import set_snapshot  # noqa: E402
@@ -134,15 +133,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_tree(tree: Path, argv: list[str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, str(tree / "bench" / "bindings.py"), "--child", *argv],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=tree,
-    )
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_child(tree, "bindings.py", argv)
 
 
 def main() -> None:

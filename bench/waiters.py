@@ -32,7 +32,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import secrets  # noqa: E402
-import subprocess  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -41,7 +40,7 @@ import trio  # noqa: E402
 
 from accounts.errors import NoAccountAvailable  # noqa: E402
 from accounts.model import Account, Kind, Platform  # noqa: E402
-from bench._common import print_setup  # noqa: E402
+from bench._common import print_setup, run_child  # noqa: E402
 from snapshot.keys import Bucket  # noqa: E402
 from snapshot.redis import RedisConfig, open_redis  # noqa: E402
 from snapshot.schedule import set_snapshot  # noqa: E402
@@ -147,15 +146,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_tree(tree: Path, argv: list[str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, str(tree / "bench" / "waiters.py"), "--child", *argv],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=tree,
-    )
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_child(tree, "waiters.py", argv)
 
 
 def main() -> None:
